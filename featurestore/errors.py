@@ -1,0 +1,49 @@
+"""Exceptions raised by featurestore.
+
+Every error carries a one-line message that names the object at fault (file, column, feature,
+plugin) and what was expected; the CLI prints ``str(error)`` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class FeatureStoreError(Exception):
+    """Base class of every error featurestore raises on purpose."""
+
+    exit_code = 1
+
+
+class LeakageError(FeatureStoreError):
+    """A value could become visible before it was available (tier contract or causality)."""
+
+    exit_code = 3
+
+
+class DefinitionError(FeatureStoreError):
+    """A definitions file or API declaration is invalid (syntax, unknown reference, clash)."""
+
+    exit_code = 2
+
+
+class DataError(FeatureStoreError):
+    """Input data does not match what its source declares (missing column, dtype, nulls...)."""
+
+    exit_code = 4
+
+
+class ArtifactError(FeatureStoreError):
+    """An artifact is missing, outside the store, or differs from what the registry recorded."""
+
+    exit_code = 5
+
+
+class PluginError(FeatureStoreError):
+    """A plugin failed to load, clashed with another, or broke the transform contract."""
+
+    exit_code = 6
+
+
+class NotFoundError(FeatureStoreError):
+    """A named entity, source, feature, view, artifact or feature set is not registered."""
+
+    exit_code = 7

@@ -1,0 +1,78 @@
+"""The transform interface: what a plugin registers and what the core calls.
+
+A transform turns one source's rows into feature columns. It receives a Polars ``LazyFrame``
+holding the entity key columns, ``event_timestamp`` and ``available_at`` (both UTC datetimes) and
+the source's other columns, plus its JSON params, and returns a ``LazyFrame`` with exactly one row
+per input row: the same key columns, ``event_timestamp`` and ``available_at`` values, and the
+output columns it declared up front through ``output_columns``.
+
+The contract a transform keeps (checked by the core and by ``featurestore.testing``):
+- row preserving: one output row per input row, keys and event times unchanged;
+- causal: the value of an output row depends only on input rows of the same entity whose
+  ``available_at`` is at or before the row's own ``available_at``;
+- declared schema: output columns and dtypes are those ``output_columns`` returned;
+- deterministic: the same input and params give the same output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+EVENT_TIMESTAMP = "event_timestamp"
+AVAILABLE_AT = "available_at"
+
+Params = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a transform knows about its input besides the frame itself."""
+
+    keys: tuple[str, ...]
+    """The entity's join-key columns, in declaration order."""
+    time_column: str = EVENT_TIMESTAMP
+    """The event-time column (UTC). Rows of an entity are ordered by it, then by ``available_at``."""
+    available_column: str = AVAILABLE_AT
+    """The column saying when each row's values became available (UTC)."""
+
+
+TransformFn = Callable[[pl.LazyFrame, Params, TransformContext], pl.LazyFrame]
+OutputColumnsFn = Callable[[Params, Mapping[str, pl.DataType]], Mapping[str, pl.DataType]]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A named, registered computation from source rows to feature columns.
+
+    ``output_columns(params, input_schema)`` returns the columns and dtypes ``fn`` will add; it
+    must raise ``ValueError`` with a readable message for invalid params or a missing input
+    column. ``lookback(params)`` says how many earlier rows per entity a row's value may depend on
+    (``None``: the whole history), which lets incremental materialization recompute only new rows
+    plus that look-back.
+    """
+
+    name: str
+    fn: TransformFn
+    output_columns: OutputColumnsFn
+    description: str = ""
+    lookback: Callable[[Params], int | None] = field(default=lambda params: None)
+
+    def declared_schema(
+        self, params: Params, input_schema: Mapping[str, pl.DataType]
+    ) -> dict[str, pl.DataType]:
+        """Return the declared output columns, with ``ValueError`` for bad params."""
+        return dict(self.output_columns(params, input_schema))
+
+    def __call__(
+        self, frame: pl.LazyFrame, params: Params, ctx: TransformContext
+    ) -> pl.LazyFrame:
+        return self.fn(frame, params, ctx)
+
+
+def entity_order(ctx: TransformContext) -> Sequence[str]:
+    """Columns that put rows in causal order within an entity."""
+    return [*ctx.keys, ctx.time_column, ctx.available_column]
