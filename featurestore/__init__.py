@@ -10,11 +10,26 @@ from featurestore.errors import (
     PluginError,
 )
 
+from featurestore.definitions import Definitions, Entity, Feature, FeatureSet, Fill, Source, View
 from featurestore.hookspecs import hookimpl
+from featurestore.store import FeatureStore
+from featurestore.tiers import Tier
+from featurestore.transforms import Transform, TransformContext
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Definitions",
+    "Entity",
+    "Feature",
+    "FeatureSet",
+    "FeatureStore",
+    "Fill",
+    "Source",
+    "Tier",
+    "Transform",
+    "TransformContext",
+    "View",
     "ArtifactError",
     "DataError",
     "DefinitionError",

@@ -1,0 +1,5 @@
+import sys
+
+from featurestore.cli import main
+
+sys.exit(main())

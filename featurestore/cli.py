@@ -1,0 +1,393 @@
+"""The ``featurestore`` command line. Every verb wraps a ``FeatureStore`` method.
+
+Conventions (as pip, pytest and datasette): ``--help`` on every verb, ``--json`` for scripts,
+one-line errors on stderr with no traceback (``FEATURESTORE_DEBUG=1`` shows it), and exit codes
+that say what went wrong: 0 ok, 1 general error, 2 bad definitions or usage, 3 leakage refused,
+4 bad data, 5 artifact problem, 6 plugin problem, 7 not found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featurestore import __version__
+from featurestore.errors import FeatureStoreError
+
+KINDS = {"entities": "entity", "sources": "source", "views": "view", "features": "feature",
+         "feature-sets": "feature_set", "artifacts": "artifact", "tiers": "tier"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def console(stderr: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) if not isinstance(v, dict) else json.dumps(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=_json_default)
+    return str(value)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr, fed by the store's ``progress(label, done, total)``."""
+    if not enabled:
+        yield lambda _label, _done, _total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console(stderr=True), transient=False) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        yield update
+
+
+class Ctx:
+    def __init__(self, root: str, registry_url: str | None) -> None:
+        self.root = root
+        self.registry_url = registry_url
+        self._store: Any = None
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from featurestore.store import FeatureStore
+
+            self._store = FeatureStore(self.root, registry_url=self.registry_url)
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="featurestore")
+@click.option("-s", "--store", "root", default=".", envvar="FEATURESTORE_ROOT", show_default=True,
+              type=click.Path(file_okay=False), help="Store root (registry.db and data/).")
+@click.option("--registry", "registry_url", envvar="FEATURESTORE_REGISTRY_URL", default=None,
+              help="SQLAlchemy URL of the registry (default: sqlite ROOT/registry.db).")
+@click.pass_context
+def cli(ctx: click.Context, root: str, registry_url: str | None) -> None:
+    """featurestore: a plugin-based, leakage-safe feature store."""
+    ctx.obj = Ctx(root, registry_url)
+
+
+@cli.command()
+@click.argument("root", required=False, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def init(c: Ctx, root: str | None, as_json: bool) -> None:
+    """Create a store (registry and data directory) at ROOT or --store."""
+    from featurestore.store import DEFINITIONS_FILE, FeatureStore
+
+    store = FeatureStore(root or c.root, registry_url=c.registry_url)
+    defs = store.root / DEFINITIONS_FILE
+    created = not defs.exists()
+    if created:
+        defs.write_text(TEMPLATE, encoding="utf-8")
+    info = {"root": str(store.root), "registry": store.registry.safe_url,
+            "definitions": str(defs), "definitions_created": created, "tiers": store.tiers.names}
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"Store ready at {store.root}\n  registry:    {info['registry']}\n"
+                   f"  definitions: {defs}{' (template written)' if created else ''}\n"
+                   f"  tiers:       {' < '.join(info['tiers'])}")
+
+
+@cli.command()
+@click.argument("definitions", required=False, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Show the plan without applying it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def apply(c: Ctx, definitions: str | None, dry_run: bool, as_json: bool) -> None:
+    """Register DEFINITIONS (default ROOT/features.toml) in one all-or-nothing transaction."""
+    plan = c.store.apply(definitions, dry_run=dry_run)
+    if as_json:
+        emit_json({"applied": not dry_run, **plan.as_dict()})
+        return
+    for change in plan.tier_changes:
+        click.echo(f"~ {change}")
+    marks = {"add": "+", "version": "~", "update": "*", "unchanged": "="}
+    for item in plan.items:
+        label = {"add": f"add (v{item.version})",
+                 "version": f"new version v{item.version} (was v{item.previous_version})",
+                 "update": f"update v{item.version}", "unchanged": f"unchanged (v{item.version})"}[item.action]
+        line = f"{marks[item.action]} {item.kind} {item.name}: {label}"
+        if item.changes:
+            line += "\n      " + "\n      ".join(item.changes)
+        click.echo(line)
+    counts = plan.counts()
+    verb = "Would apply" if dry_run else ("Nothing to apply" if plan.is_noop else "Applied")
+    click.echo(f"{verb}: {counts['add']} added, {counts['version']} new versions, "
+               f"{counts['update']} updated, {counts['unchanged']} unchanged.")
+
+
+LIST_COLUMNS = {
+    "entity": ["name", "version", "join_keys", "description"],
+    "source": ["name", "version", "entity", "tier", "event_time", "timezone", "path"],
+    "view": ["name", "version", "source", "transform", "tier"],
+    "feature": ["name", "version", "entity", "view", "dtype", "tier", "tags", "description"],
+    "feature_set": ["name", "version", "features", "description"],
+    "artifact": ["id", "kind", "name", "object_version", "row_count", "size_bytes", "verified",
+                 "created_at", "path"],
+    "tier": ["position", "name", "lag_seconds"],
+}
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(list(KINDS)), default="features")
+@click.option("--tier", help="Only objects of this tier.")
+@click.option("--entity", help="Only objects of this entity.")
+@click.option("--tag", help="Only features with this tag.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def list_cmd(c: Ctx, kind: str, tier: str | None, entity: str | None, tag: str | None,
+             as_json: bool) -> None:
+    """List registered KIND (features by default), newest versions only."""
+    k = KINDS[kind]
+    rows = c.store.list(k, tier=tier, entity=entity, tag=tag)
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, LIST_COLUMNS[k], title=f"{kind} ({len(rows)})")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also check each file's checksum and schema.")
+@pass_ctx
+def artifacts(c: Ctx, as_json: bool, verify: bool) -> None:
+    """List artifacts (Parquet files) with their provenance."""
+    from featurestore.artifacts import verify_artifact
+    from featurestore.errors import ArtifactError
+
+    rows = c.store.list("artifact")
+    bad = 0
+    if verify:
+        for row in rows:
+            try:
+                verify_artifact(c.store.root, row)
+                row["status"] = "ok"
+            except ArtifactError as exc:
+                row["status"] = str(exc)
+                bad += 1
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, LIST_COLUMNS["artifact"] + (["status"] if verify else []),
+                    title=f"artifacts ({len(rows)})")
+    if bad:
+        sys.exit(5)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--history", is_flag=True, help="Show every version, oldest first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def show(c: Ctx, name: str, history: bool, as_json: bool) -> None:
+    """Show one feature, view, source, entity or feature set by NAME."""
+    if history:
+        kind, rows = c.store.history(name)
+    else:
+        kind, row = c.store.find(name)
+        rows = [row]
+    if as_json:
+        emit_json({"kind": kind, "versions" if history else "object": rows if history else rows[0]})
+        return
+    for row in rows:
+        click.echo(f"{kind} {row['name']} v{row['version']} (created {row['created_at']})")
+        for key, value in row.items():
+            if key in ("name", "version", "created_at", "id"):
+                continue
+            click.echo(f"  {key:<14} {_cell(value)}")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1)
+@click.option("--force", is_flag=True, help="Re-ingest even when the input files are unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Validate SOURCES (all by default) and snapshot them into the store."""
+    with progress_bar(not as_json) as progress:
+        results = c.store.ingest(list(sources) or None, force=force, progress=progress)
+    out = [{"source": r["name"], "status": r["status"], "artifact_id": r["artifact"]["id"],
+            "rows": r["artifact"]["row_count"], "path": r["artifact"]["path"]} for r in results]
+    if as_json:
+        emit_json(out)
+    else:
+        print_table(out, ["source", "status", "rows", "artifact_id", "path"])
+
+
+@cli.command()
+@click.argument("views", nargs=-1)
+@click.option("--no-verify", is_flag=True, help="Skip causality verification (warned, recorded).")
+@click.option("--samples", default=8, show_default=True, help="Cut points for causality verification.")
+@click.option("--force", is_flag=True, help="Recompute even when inputs are unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int, force: bool,
+                as_json: bool) -> None:
+    """Run VIEWS' transforms (all by default), verify causality and write artifacts."""
+    from featurestore.materialize import materialize as run
+
+    if no_verify:
+        click.echo("Warning: causality verification is skipped; the artifacts record it.", err=True)
+    with progress_bar(not as_json) as progress:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = run(c.store, list(views) or None, verify=not no_verify, samples=samples,
+                          force=force, progress=progress)
+    out = [r.as_dict() for r in results]
+    if as_json:
+        emit_json(out)
+    else:
+        print_table(out, ["view", "status", "rows", "verified", "verification", "artifact_id"])
+
+
+@cli.command()
+@click.option("--fix", is_flag=True, help="Remove orphaned temporary files (never registered data).")
+@click.option("--no-checksums", is_flag=True, help="Skip rehashing files (faster).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def doctor(c: Ctx, fix: bool, no_checksums: bool, as_json: bool) -> None:
+    """Verify artifacts and registry consistency; exit 0 only when all is well."""
+    report = c.store.doctor(fix=fix, checksums=not no_checksums)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"{report['artifacts_checked']} artifacts checked")
+        for p in report["problems"]:
+            click.echo(f"problem: {p}")
+        for o in report["orphans"]:
+            click.echo(f"{'removed' if fix else 'orphan'}: {o}")
+        click.echo("ok" if report["ok"] else "NOT ok")
+    if not report["ok"]:
+        sys.exit(5)
+
+
+TEMPLATE = """\
+# featurestore definitions. `featurestore apply` registers them; re-applying is a no-op.
+# Tiers default to historical < practice < qualifying < race; declare [[tiers]] to change them.
+
+# [[entities]]
+# name = "driver"
+# join_keys = ["driver_id"]
+
+# [[sources]]
+# name = "race_laps"
+# path = "data/race_laps.parquet"      # file, directory or glob; relative to this file
+# entity = "driver"
+# event_time = "lap_timestamp"
+# timezone = "America/New_York"        # how naive timestamps are read
+# tier = "race"
+
+# [[views]]
+# name = "lap_rolling"
+# source = "race_laps"
+# transform = "rolling"
+# params = { column = "running_position", windows = [10, 20, 50], aggs = ["mean"] }
+
+# [[features]]
+# name = "running_position_mean_last_10"
+# view = "lap_rolling"
+"""
+
+
+def _register_extra_commands() -> None:
+    try:
+        from featurestore.cli_plugins import PLUGIN_COMMANDS
+    except ImportError:
+        PLUGIN_COMMANDS = []
+    for command in PLUGIN_COMMANDS:
+        cli.add_command(command)
+    for module in ("featurestore.cli_retrieve", "featurestore.quickstart.command"):
+        try:
+            mod = __import__(module, fromlist=["COMMANDS"])
+        except ImportError:
+            continue
+        for command in getattr(mod, "COMMANDS", []):
+            cli.add_command(command)
+    try:
+        from featurestore.plugins import call_register_commands
+    except ImportError:
+        return
+    call_register_commands(cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    _register_extra_commands()
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="featurestore",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return 2 if isinstance(exc, click.UsageError) else exc.exit_code
+    except FeatureStoreError as exc:
+        if os.environ.get("FEATURESTORE_DEBUG"):
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into one line
+        if os.environ.get("FEATURESTORE_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        click.echo(f"Error: internal error {type(exc).__name__}: {first} "
+                   "(set FEATURESTORE_DEBUG=1 for the traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Ordered, versioned registry migrations.
+
+``MIGRATIONS[i]`` brings a registry from version ``i`` to ``i + 1``. Each one is plain DDL that
+runs inside the caller's transaction, so an interrupted upgrade leaves the old version intact
+(on PostgreSQL, where DDL is transactional, and on SQLite, whose DDL is too).
+Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, MetaData, Table, UniqueConstraint, inspect, select, text
+
+from featurestore import schema
+from featurestore.errors import FeatureStoreError
+
+# The tables of version 1, frozen: version 2 added feature_sets and three artifact columns.
+_V1_ARTIFACT_LATER = {"size_bytes", "plugin_version", "verification"}
+
+
+def _v1_tables() -> MetaData:
+    frozen = MetaData()
+    for table in schema.metadata.sorted_tables:
+        if table.name == "feature_sets":
+            continue
+        cols = [c._copy() for c in table.columns
+                if not (table.name == "artifacts" and c.name in _V1_ARTIFACT_LATER)]
+        extra = []
+        if table.name in {t.name for t in schema.VERSIONED.values()}:
+            extra.append(UniqueConstraint("name", "version", name=f"uq_{table.name}_name_version"))
+        Table(table.name, frozen, *cols, *extra)
+    return frozen
+
+
+def _to_v1(conn: Connection) -> None:
+    _v1_tables().create_all(conn)
+
+
+def _to_v2(conn: Connection) -> None:
+    schema.feature_sets.create(conn)
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN size_bytes INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN plugin_version VARCHAR(64)"))
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN verification TEXT NOT NULL DEFAULT ''"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2]
+LATEST = len(MIGRATIONS)
+
+
+def current_version(conn: Connection) -> int:
+    """The registry's schema version (0 for an empty database)."""
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    return conn.execute(select(schema.schema_version.c.version)
+                        .order_by(schema.schema_version.c.version.desc())).scalar() or 0
+
+
+def migrate(conn: Connection, target: int = LATEST) -> list[int]:
+    """Apply every migration above the current version up to ``target``; return those applied."""
+    version = current_version(conn)
+    if version > LATEST:
+        raise FeatureStoreError(
+            f"registry schema version {version} is newer than this featurestore release "
+            f"understands ({LATEST}); upgrade featurestore"
+        )
+    applied = []
+    for step in range(version, target):
+        MIGRATIONS[step](conn)
+        conn.execute(schema.schema_version.insert().values(
+            version=step + 1, applied_at=datetime.now(UTC).replace(tzinfo=None)))
+        applied.append(step + 1)
+    return applied

@@ -1,0 +1,424 @@
+"""Compare declarations with the registry: what an apply adds, versions, updates or leaves.
+
+``build_plan`` reads only; ``execute_plan`` writes a plan's rows. ``FeatureStore.apply`` runs
+both inside one write transaction, so a plan is never applied against a registry that changed
+after it was computed, and a failure anywhere writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlalchemy import Connection, update
+
+from featurestore import schema
+from featurestore.definitions import (
+    Definitions,
+    Entity,
+    Feature,
+    FeatureSet,
+    Source,
+    View,
+    canonical_json,
+    check_name,
+    dtype_name,
+    parse_dtype,
+)
+from featurestore.errors import DataError, DefinitionError, LeakageError, PluginError
+from featurestore.registry import Registry, utcnow
+from featurestore.sourcedata import RESERVED, check_timezone, read_schema
+from featurestore.tiers import TierOrder, format_duration
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+
+# Which fields change a definition's meaning (a new version) and which only describe it.
+MEANING = {
+    "entity": ("join_keys",),
+    "source": ("path", "entity", "event_time", "tier", "timezone", "available_time", "fills",
+               "on_duplicate", "schema"),
+    "view": ("source", "transform", "params", "tier"),
+    "feature": ("entity", "source", "view", "column_name", "dtype", "tier", "transform", "params"),
+    "feature_set": ("features",),
+}
+METADATA = {
+    "entity": ("description",),
+    "source": ("description", "owner"),
+    "view": ("description", "owner"),
+    "feature": ("description", "tags", "owner"),
+    "feature_set": ("description",),
+}
+KIND_ORDER = ("entity", "source", "view", "feature", "feature_set")
+
+
+@dataclass
+class PlanItem:
+    """One object's fate in an apply."""
+
+    kind: str
+    name: str
+    action: str  # "add" | "version" | "update" | "unchanged"
+    version: int
+    previous_version: int | None = None
+    changes: list[str] = field(default_factory=list)
+    row: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "action": self.action,
+                "version": self.version, "previous_version": self.previous_version,
+                "changes": self.changes}
+
+
+@dataclass
+class Plan:
+    """The outcome of comparing definitions with the registry."""
+
+    items: list[PlanItem]
+    tier_changes: list[str] = field(default_factory=list)
+    new_tiers: TierOrder | None = None
+
+    @property
+    def changed(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action != "unchanged"]
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.changed and not self.tier_changes
+
+    def counts(self) -> dict[str, int]:
+        out = {"add": 0, "version": 0, "update": 0, "unchanged": 0}
+        for item in self.items:
+            out[item.action] += 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"noop": self.is_noop, "counts": self.counts(), "tier_changes": self.tier_changes,
+                "items": [i.as_dict() for i in self.items]}
+
+
+def _store_path(path: str, root: Path) -> str:
+    p = Path(path)
+    if not p.is_absolute() and not any(ch in path for ch in "*?["):
+        p = p.resolve()
+    try:
+        return str(p.relative_to(root.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def absolute_source_path(path: str, root: Path) -> str:
+    return path if Path(path).is_absolute() else str(root / path)
+
+
+class _Planner:
+    def __init__(self, conn: Connection, registry: Registry, defs: Definitions, root: Path) -> None:
+        self.conn, self.registry, self.defs, self.root = conn, registry, defs, root
+        self.existing = {kind: Registry.latest_rows(conn, kind) for kind in KIND_ORDER}
+        self.final: dict[str, dict[str, dict[str, Any]]] = {k: dict(v) for k, v in self.existing.items()}
+        self.items: list[PlanItem] = []
+        self.origin = defs.origin
+
+    # -- helpers
+    def err(self, msg: str) -> DefinitionError:
+        return DefinitionError(f"{self.origin}: {msg}")
+
+    def check_unique_names(self) -> None:
+        declared: dict[str, str] = {}
+        groups: list[tuple[str, Iterable[Any]]] = [
+            ("entity", self.defs.entities), ("source", self.defs.sources),
+            ("view", self.defs.views), ("feature", self.defs.features),
+            ("feature_set", self.defs.feature_sets)]
+        for kind, objs in groups:
+            for obj in objs:
+                check_name(obj.name, kind)
+                if obj.name in declared:
+                    other = declared[obj.name]
+                    if other == kind:
+                        raise self.err(f"{kind} {obj.name!r} is declared twice")
+                    raise self.err(f"name {obj.name!r} is declared both as a {other} and as a {kind}")
+                declared[obj.name] = kind
+        for name, kind in declared.items():
+            for other_kind, rows in self.existing.items():
+                if other_kind == kind or name not in rows:
+                    continue
+                if other_kind == "view" and rows[name]["transform"] is None and kind == "source":
+                    continue  # a source's own column view carries the source's name
+                raise self.err(f"{kind} {name!r} clashes with the registered {other_kind} {name!r}; "
+                               "names are shared by all kinds")
+
+    def version_item(self, kind: str, name: str, row: dict[str, Any]) -> None:
+        old = self.existing[kind].get(name)
+        encoded = _encode(kind, row)
+        if old is None:
+            item = PlanItem(kind, name, "add", 1, row=encoded)
+        else:
+            old_enc = _encode(kind, old)
+            meaning = [f for f in MEANING[kind] if old_enc.get(f) != encoded.get(f)]
+            meta = [f for f in METADATA[kind] if old_enc.get(f) != encoded.get(f)]
+            if meaning:
+                item = PlanItem(kind, name, "version", old["version"] + 1, old["version"],
+                                [_describe_change(f, old.get(f), row.get(f)) for f in meaning],
+                                row=encoded)
+            elif meta:
+                item = PlanItem(kind, name, "update", old["version"], old["version"],
+                                [_describe_change(f, old.get(f), row.get(f)) for f in meta],
+                                row=encoded)
+            else:
+                item = PlanItem(kind, name, "unchanged", old["version"], old["version"])
+        self.items.append(item)
+        self.final[kind][name] = {**row, "version": item.version, "name": name}
+
+    # -- kinds
+    def plan_tiers(self) -> TierOrder:
+        current = self.registry.tiers(self.conn)
+        if self.defs.tiers is None:
+            return current
+        wanted = TierOrder(self.defs.tiers)
+        if wanted == current:
+            return current
+        self.tier_changes = [
+            f"tiers: {' < '.join(f'{t.name}(+{format_duration(t.lag)})' for t in current)} -> "
+            f"{' < '.join(f'{t.name}(+{format_duration(t.lag)})' for t in wanted)}"]
+        used = {r["tier"] for kind in ("source", "feature") for r in self.existing[kind].values()}
+        missing = sorted(used - set(wanted.names))
+        if missing:
+            raise self.err(f"tiers {', '.join(missing)} are used by registered objects and "
+                           "cannot be removed")
+        return wanted
+
+    def plan_entities(self) -> None:
+        for e in self.defs.entities:
+            if not e.join_keys:
+                raise self.err(f"entity {e.name!r} needs at least one join key")
+            if len(set(e.join_keys)) != len(e.join_keys):
+                raise self.err(f"entity {e.name!r} repeats a join key: {list(e.join_keys)}")
+            self.version_item("entity", e.name, {"join_keys": list(e.join_keys),
+                                                 "description": e.description})
+
+    def entity_keys(self, name: str, what: str) -> list[str]:
+        row = self.final["entity"].get(name)
+        if row is None:
+            raise self.err(f"{what} refers to unknown entity {name!r}")
+        return list(row["join_keys"])
+
+    def plan_sources(self, tiers: TierOrder) -> None:
+        for s in self.defs.sources:
+            what = f"source {s.name!r}"
+            keys = self.entity_keys(s.entity, what)
+            tiers.get(s.tier, what=what)
+            check_timezone(s.timezone, what)
+            if s.on_duplicate not in ("error", "keep_last"):
+                raise self.err(f"{what}: on_duplicate must be 'error' or 'keep_last', "
+                               f"got {s.on_duplicate!r}")
+            path = _store_path(s.path, self.root)
+            src_schema = read_schema(absolute_source_path(path, self.root))
+            needed = {s.event_time: "event_time"} | {k: "join key" for k in keys}
+            if s.available_time:
+                needed[s.available_time] = "available_time"
+            for fill in s.fills:
+                needed[fill.column] = "fill column"
+            for col, role in needed.items():
+                if col not in src_schema:
+                    raise DataError(f"{path}: {what} declares {role} {col!r}, but the file has "
+                                    f"no such column; found {', '.join(src_schema)}")
+            for col in RESERVED:
+                if col in src_schema and col not in (s.event_time, s.available_time):
+                    raise DataError(f"{path}: column {col!r} is reserved by featurestore; rename it")
+            self.version_item("source", s.name, {
+                "path": path, "entity": s.entity, "event_time": s.event_time, "tier": s.tier,
+                "timezone": s.timezone, "available_time": s.available_time,
+                "fills": [{"column": f.column, "method": f.method, "value": f.value}
+                          for f in s.fills],
+                "on_duplicate": s.on_duplicate,
+                "schema": {c: str(t) for c, t in src_schema.items()},
+                "description": s.description, "owner": s.owner})
+
+    def input_schema(self, source: str, what: str) -> tuple[dict[str, pl.DataType], list[str]]:
+        row = self.final["source"].get(source)
+        if row is None:
+            raise self.err(f"{what} refers to unknown source {source!r}")
+        keys = self.entity_keys(row["entity"], f"source {source!r}")
+        raw = {c: _dtype_from_str(t) for c, t in row["schema"].items()}
+        out: dict[str, pl.DataType] = {k: raw[k] for k in keys}
+        out[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
+        out[AVAILABLE_AT] = pl.Datetime("us", "UTC")
+        for c, t in raw.items():
+            if c not in out and c not in (row["event_time"], row.get("available_time")):
+                out[c] = t
+        return out, keys
+
+    def plan_views(self, tiers: TierOrder) -> dict[str, dict[str, pl.DataType]]:
+        outputs: dict[str, dict[str, pl.DataType]] = {}
+        for v in self.defs.views:
+            what = f"view {v.name!r}"
+            in_schema, keys = self.input_schema(v.source, what)
+            if v.tier is not None:
+                tiers.get(v.tier, what=what)
+            if not v.transform:
+                raise self.err(f"{what}: 'transform' is required (features read straight from a "
+                               "source are declared with source = ... and column = ...)")
+            from featurestore.plugins import get_transform
+
+            transform = get_transform(v.transform)
+            try:
+                declared = transform.transform.declared_schema(v.params, in_schema) \
+                    if hasattr(transform, "transform") else transform.declared_schema(v.params, in_schema)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise self.err(f"{what}: transform {v.transform!r} rejected its params: {exc}") from None
+            clash = sorted(set(declared) & {*keys, EVENT_TIMESTAMP, AVAILABLE_AT})
+            if clash:
+                raise PluginError(f"{what}: transform {v.transform!r} declares output column(s) "
+                                  f"{clash} that would overwrite keys or times")
+            outputs[v.name] = dict(declared)
+            self.version_item("view", v.name, {
+                "source": v.source, "transform": v.transform, "params": dict(v.params),
+                "tier": v.tier, "description": v.description, "owner": v.owner})
+        return outputs
+
+    def view_outputs(self, name: str, planned: dict[str, dict[str, pl.DataType]]) -> dict[str, pl.DataType]:
+        if name in planned:
+            return planned[name]
+        # A registered view not redeclared: its outputs are its registered features' columns.
+        return {r["column_name"]: _dtype_from_str(r["dtype"]) for r in self.final["feature"].values()
+                if r["view"] == name}
+
+    def plan_features(self, tiers: TierOrder, outputs: dict[str, dict[str, pl.DataType]]) -> None:
+        implicit: dict[str, set[str]] = {}
+        for f in self.defs.features:
+            what = f"feature {f.name!r}"
+            if (f.view is None) == (f.source is None):
+                raise self.err(f"{what}: declare exactly one of 'view' (a transform's output) or "
+                               "'source' (a column read as is)")
+            column = f.column or f.name
+            if f.view is not None:
+                view = self.final["view"].get(f.view)
+                if view is None or view["transform"] is None:
+                    raise self.err(f"{what} refers to unknown view {f.view!r}")
+                available = self.view_outputs(f.view, outputs)
+                source_name, view_name = view["source"], f.view
+                transform, params, default_tier = view["transform"], view["params"], view.get("tier")
+            else:
+                in_schema, keys = self.input_schema(f.source, what)
+                available = {c: t for c, t in in_schema.items()
+                             if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)}
+                source_name = view_name = f.source
+                transform, params, default_tier = None, {}, None
+                implicit.setdefault(f.source, set()).add(column)
+            if column not in available:
+                raise self.err(f"{what}: column {column!r} is not produced by "
+                               f"{'view ' + repr(f.view) if f.view else 'source ' + repr(f.source)}; "
+                               f"available: {', '.join(sorted(available)) or '(none)'}")
+            actual = available[column]
+            if f.dtype is not None:
+                declared = parse_dtype(f.dtype, what=what)
+                if dtype_name(declared) != dtype_name(actual):
+                    raise self.err(f"{what}: declared dtype {f.dtype} but column {column!r} "
+                                   f"has dtype {actual}")
+            src = self.final["source"][source_name]
+            tier = f.tier or default_tier or src["tier"]
+            tiers.get(tier, what=what)
+            self.version_item("feature", f.name, {
+                "entity": src["entity"], "source": source_name, "view": view_name,
+                "column_name": column, "dtype": dtype_name(actual), "tier": tier,
+                "transform": transform, "params": params, "description": f.description,
+                "tags": list(f.tags), "owner": f.owner})
+        # Each source's own columns view holds every column any feature reads from it.
+        for source_name in sorted(implicit):
+            cols = sorted({r["column_name"] for r in self.final["feature"].values()
+                           if r["view"] == source_name and r.get("transform") is None})
+            self.version_item("view", source_name, {
+                "source": source_name, "transform": None, "params": {"columns": cols},
+                "tier": None, "description": f"columns of source {source_name}", "owner": ""})
+
+    def plan_feature_sets(self) -> None:
+        for fs in self.defs.feature_sets:
+            pinned = []
+            for ref in fs.features:
+                name, _, version = ref.partition("@")
+                name = name.split(":")[-1]
+                row = self.final["feature"].get(name)
+                if row is None:
+                    raise self.err(f"feature set {fs.name!r} refers to unknown feature {name!r}")
+                pinned.append({"name": name, "version": int(version) if version else row["version"]})
+            self.version_item("feature_set", fs.name, {"features": pinned,
+                                                       "description": fs.description})
+
+    def check_forbidden_columns(self, tiers: TierOrder) -> None:
+        """A source at tier T must not carry a column named like a feature of a later tier."""
+        for sname, src in self.final["source"].items():
+            later = set(tiers.later_than(src["tier"]))
+            bad = sorted(f"{col} (feature {col!r} is tier {self.final['feature'][col]['tier']})"
+                         for col in src["schema"]
+                         if col in self.final["feature"]
+                         and self.final["feature"][col]["tier"] in later)
+            if bad:
+                raise LeakageError(
+                    f"source {sname!r} (tier {src['tier']}) carries column(s) of later-tier features: "
+                    f"{', '.join(bad)}; drop them from the file or register the source at a later tier")
+
+
+def _describe_change(fieldname: str, old: Any, new: Any) -> str:
+    def short(v: Any) -> str:
+        text = canonical_json(v) if not isinstance(v, str) else v
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"{fieldname}: {short(old)} -> {short(new)}"
+
+
+_JSON_COLUMNS = {"join_keys", "fills", "schema", "params", "tags", "features"}
+
+
+def _encode(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in (*MEANING[kind], *METADATA[kind]):
+        value = row.get(key)
+        out[key] = canonical_json(value) if key in _JSON_COLUMNS else value
+    return out
+
+
+def _dtype_from_str(text: str) -> pl.DataType:
+    namespace = {name: getattr(pl, name) for name in dir(pl) if not name.startswith("_")}
+    try:
+        value = eval(text, {"__builtins__": {}}, namespace)  # noqa: S307 - our own dtype strings
+    except Exception:
+        return pl.Object()
+    return value() if isinstance(value, type) else value
+
+
+def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Path) -> Plan:
+    """Compare ``defs`` with the registry as seen through ``conn``; raises on any invalid input."""
+    planner = _Planner(conn, registry, defs, root)
+    planner.tier_changes = []
+    planner.check_unique_names()
+    tiers = planner.plan_tiers()
+    planner.plan_entities()
+    planner.plan_sources(tiers)
+    outputs = planner.plan_views(tiers)
+    planner.plan_features(tiers, outputs)
+    planner.plan_feature_sets()
+    planner.check_forbidden_columns(tiers)
+    order = {k: i for i, k in enumerate(KIND_ORDER)}
+    items = sorted(planner.items, key=lambda i: (order[i.kind], i.name))
+    return Plan(items, planner.tier_changes, tiers if planner.tier_changes else None)
+
+
+def execute_plan(conn: Connection, registry: Registry, plan: Plan) -> None:
+    """Write a plan's rows through ``conn`` (the caller owns the transaction)."""
+    if plan.new_tiers is not None:
+        Registry._write_tiers(conn, list(plan.new_tiers))
+    now = utcnow()
+    for item in plan.changed:
+        table = schema.VERSIONED[item.kind]
+        if item.action == "update":
+            conn.execute(update(table)
+                         .where(table.c.name == item.name, table.c.version == item.version)
+                         .values(**{k: item.row[k] for k in METADATA[item.kind]}))
+        else:
+            conn.execute(table.insert().values(name=item.name, version=item.version,
+                                               created_at=now, **item.row))
+
+
+def describe_defs(objs: Iterable[Entity | Source | View | Feature | FeatureSet]) -> str:
+    return json.dumps([type(o).__name__ + ":" + o.name for o in objs])

@@ -1,0 +1,220 @@
+"""The registry: where definitions, versions and artifacts are recorded (SQLAlchemy 2 Core).
+
+SQLite ``registry.db`` in the store root by default (WAL, busy timeout, foreign keys on), any
+SQLAlchemy URL otherwise. Writes run in one transaction each and are retried with backoff when
+the database is busy or a concurrent writer took the same version number, so "database is
+locked" never reaches a user unless the lock outlives every retry.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from featurestore import migrations, schema
+from featurestore.errors import FeatureStoreError, NotFoundError
+from featurestore.tiers import DEFAULT_TIERS, Tier, TierOrder
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 30_000
+MAX_ATTEMPTS = 12
+
+
+def utcnow() -> datetime:
+    """Naive UTC wall-clock time: what registry DateTime columns hold."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent writer took the same (name, version): re-plan and retry
+    if isinstance(exc, OperationalError | DBAPIError):
+        msg = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+        return any(s in msg for s in ("database is locked", "database is busy", "could not serialize",
+                                      "deadlock detected", "serialization failure"))
+    return False
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the connection settings the registry relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Writers lock at BEGIN so two writers never deadlock upgrading read locks.
+            write = conn.get_execution_options().get("featurestore_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Registry:
+    """Typed access to the registry tables. Open it with a SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = make_engine(url)
+            self.write(self._migrate)
+        except FeatureStoreError:
+            raise
+        except Exception as exc:
+            raise FeatureStoreError(f"cannot open registry {self.safe_url}: {exc}") from None
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _migrate(self, conn: Connection) -> None:
+        migrations.migrate(conn)
+        if not conn.execute(select(schema.tiers.c.name).limit(1)).first():
+            self._write_tiers(conn, DEFAULT_TIERS)
+
+    @staticmethod
+    def _write_tiers(conn: Connection, tiers: tuple[Tier, ...] | list[Tier]) -> None:
+        conn.execute(schema.tiers.delete())
+        conn.execute(schema.tiers.insert(), [
+            {"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds()}
+            for t in tiers])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction: a consistent snapshot of the registry."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def write(self, fn: Callable[[Connection], T], *, on_retry: Callable[[int], None] | None = None) -> T:
+        """Run ``fn(conn)`` in one write transaction, all or nothing, retrying when busy."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with self.engine.connect() as base:
+                    conn = base.execution_options(featurestore_write=True)
+                    with conn.begin():
+                        return fn(conn)
+            except (OperationalError, IntegrityError, DBAPIError) as exc:
+                if attempt == MAX_ATTEMPTS or not _is_retryable(exc):
+                    raise
+                if on_retry:
+                    on_retry(attempt)
+                self.retries += 1
+                time.sleep(min(2.0, 0.01 * 2 ** attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    retries = 0
+
+    # ------------------------------------------------------------------ reads
+    def tiers(self, conn: Connection | None = None) -> TierOrder:
+        def q(c: Connection) -> TierOrder:
+            rows = c.execute(select(schema.tiers).order_by(schema.tiers.c.position)).mappings()
+            return TierOrder(Tier(r["name"], r["position"], timedelta(seconds=r["lag_seconds"]))
+                             for r in rows)
+        if conn is not None:
+            return q(conn)
+        with self.read() as c:
+            return q(c)
+
+    @staticmethod
+    def latest_rows(conn: Connection, kind: str) -> dict[str, dict[str, Any]]:
+        """The newest version of every object of ``kind``, by name."""
+        table = schema.VERSIONED[kind]
+        out: dict[str, dict[str, Any]] = {}
+        for row in conn.execute(select(table).order_by(table.c.name, table.c.version)).mappings():
+            out[row["name"]] = decode_row(kind, dict(row))
+        return out
+
+    def latest(self, kind: str) -> dict[str, dict[str, Any]]:
+        with self.read() as conn:
+            return self.latest_rows(conn, kind)
+
+    def get(self, kind: str, name: str, version: int | None = None,
+            conn: Connection | None = None) -> dict[str, Any]:
+        """One object (the newest version unless ``version``); ``NotFoundError`` names it."""
+        table = schema.VERSIONED[kind]
+        query = select(table).where(table.c.name == name)
+        query = (query.where(table.c.version == version) if version is not None
+                 else query.order_by(table.c.version.desc()).limit(1))
+        if conn is None:
+            with self.read() as c:
+                row = c.execute(query).mappings().first()
+        else:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            what = f"{kind} {name!r}" + (f" version {version}" if version is not None else "")
+            raise NotFoundError(f"{what} is not registered")
+        return decode_row(kind, dict(row))
+
+    def history(self, kind: str, name: str) -> list[dict[str, Any]]:
+        table = schema.VERSIONED[kind]
+        with self.read() as conn:
+            rows = conn.execute(select(table).where(table.c.name == name)
+                                .order_by(table.c.version)).mappings().all()
+        if not rows:
+            raise NotFoundError(f"{kind} {name!r} is not registered")
+        return [decode_row(kind, dict(r)) for r in rows]
+
+    def artifacts(self, *, kind: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        t = schema.artifacts
+        query = select(t).order_by(t.c.id)
+        if kind:
+            query = query.where(t.c.kind == kind)
+        if name:
+            query = query.where(t.c.name == name)
+        with self.read() as conn:
+            return [decode_artifact(dict(r)) for r in conn.execute(query).mappings()]
+
+    def latest_artifact(self, kind: str, name: str, conn: Connection | None = None) -> dict[str, Any] | None:
+        t = schema.artifacts
+        query = (select(t).where(t.c.kind == kind, t.c.name == name)
+                 .order_by(t.c.id.desc()).limit(1))
+        if conn is None:
+            with self.read() as c:
+                row = c.execute(query).mappings().first()
+        else:
+            row = conn.execute(query).mappings().first()
+        return decode_artifact(dict(row)) if row else None
+
+
+_JSON_FIELDS = {
+    "entity": ("join_keys",),
+    "source": ("fills", "schema"),
+    "view": ("params",),
+    "feature": ("params", "tags"),
+    "feature_set": ("features",),
+}
+
+
+def decode_row(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    for key in _JSON_FIELDS[kind]:
+        row[key] = json.loads(row[key]) if row.get(key) is not None else None
+    return row
+
+
+def decode_artifact(row: dict[str, Any]) -> dict[str, Any]:
+    row["schema"] = json.loads(row["schema"])
+    row["params"] = json.loads(row["params"]) if row.get("params") else {}
+    return row

@@ -1,0 +1,134 @@
+"""Registry tables at the newest schema version (SQLAlchemy Core).
+
+Every declared object is a row keyed by ``(name, version)``; versions only ever get added, so
+the history of a feature is its rows in version order. Lists and params are JSON text columns;
+everything a user filters by (name, tier, entity, source, dtype, kind) is a plain column.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime, nullable=False),
+)
+
+tiers = Table(
+    "tiers", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("position", Integer, nullable=False, unique=True),
+    Column("lag_seconds", Float, nullable=False, default=0.0),
+)
+
+
+def _versioned(name: str, *columns: Column) -> Table:
+    return Table(
+        name, metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(128), nullable=False, index=True),
+        Column("version", Integer, nullable=False),
+        *columns,
+        Column("created_at", DateTime, nullable=False),
+        UniqueConstraint("name", "version", name=f"uq_{name}_name_version"),
+    )
+
+
+entities = _versioned(
+    "entities",
+    Column("join_keys", Text, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+)
+
+sources = _versioned(
+    "sources",
+    Column("path", Text, nullable=False),
+    Column("entity", String(128), nullable=False, index=True),
+    Column("event_time", String(256), nullable=False),
+    Column("tier", String(128), ForeignKey("tiers.name"), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("available_time", String(256)),
+    Column("fills", Text, nullable=False, default="[]"),
+    Column("on_duplicate", String(16), nullable=False, default="error"),
+    Column("schema", Text, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("owner", String(256), nullable=False, default=""),
+)
+
+views = _versioned(
+    "views",
+    Column("source", String(128), nullable=False, index=True),
+    Column("transform", String(128)),
+    Column("params", Text, nullable=False, default="{}"),
+    Column("tier", String(128)),
+    Column("description", Text, nullable=False, default=""),
+    Column("owner", String(256), nullable=False, default=""),
+)
+
+features = _versioned(
+    "features",
+    Column("entity", String(128), nullable=False, index=True),
+    Column("source", String(128), nullable=False, index=True),
+    Column("view", String(128), nullable=False, index=True),
+    Column("column_name", String(256), nullable=False),
+    Column("dtype", String(64), nullable=False),
+    Column("tier", String(128), ForeignKey("tiers.name"), nullable=False, index=True),
+    Column("transform", String(128)),
+    Column("params", Text, nullable=False, default="{}"),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", Text, nullable=False, default="[]"),
+    Column("owner", String(256), nullable=False, default=""),
+)
+
+feature_sets = _versioned(
+    "feature_sets",
+    Column("features", Text, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(128), nullable=False, index=True),
+    Column("object_version", Integer, nullable=False),
+    Column("path", Text, nullable=False, unique=True),
+    Column("compression", String(16), nullable=False),
+    Column("schema", Text, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("min_event_time", DateTime),
+    Column("max_event_time", DateTime),
+    Column("checksum", String(80), nullable=False),
+    Column("size_bytes", Integer, nullable=False, default=0),
+    Column("transform", String(128)),
+    Column("plugin", String(256)),
+    Column("plugin_version", String(64)),
+    Column("params", Text, nullable=False, default="{}"),
+    Column("input_fingerprint", String(80), nullable=False),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("verification", Text, nullable=False, default=""),
+    Column("created_at", DateTime, nullable=False),
+)
+
+VERSIONED = {
+    "entity": entities,
+    "source": sources,
+    "view": views,
+    "feature": features,
+    "feature_set": feature_sets,
+}
