@@ -123,9 +123,6 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True) -
     label = f"artifact {row['id']} ({row['kind']} {row['name']!r}, {row['path']})"
     if not path.exists():
         raise ArtifactError(f"{label}: file is missing")
-    size = path.stat().st_size
-    if row.get("size_bytes") and size != row["size_bytes"]:
-        raise ArtifactError(f"{label}: size is {size} bytes, the registry recorded {row['size_bytes']}")
     try:
         actual = schema_dict(pl.read_parquet_schema(path))
     except Exception as exc:
@@ -135,6 +132,9 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True) -
         diffs = [f"{c}: registry {expected.get(c, 'absent')} vs file {actual.get(c, 'absent')}"
                  for c in sorted(set(actual) | set(expected)) if actual.get(c) != expected.get(c)]
         raise ArtifactError(f"{label}: schema differs from the registry: {'; '.join(diffs)}")
+    size = path.stat().st_size
+    if row.get("size_bytes") and size != row["size_bytes"]:
+        raise ArtifactError(f"{label}: size is {size} bytes, the registry recorded {row['size_bytes']}")
     if checksum:
         got = file_checksum(path)
         if got != row["checksum"]:

@@ -360,8 +360,15 @@ def _register_extra_commands() -> None:
     call_register_commands(cli)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     _register_extra_commands()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="featurestore",

@@ -1,0 +1,1 @@
+"""Quickstart helpers: a deterministic synthetic NASCAR Cup season and the pictures drawn from it."""

@@ -1,0 +1,77 @@
+"""Shared fixtures: real SQLite files and a real PostgreSQL schema per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ENV = "FEATURESTORE_TEST_PG_URL"
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_base_url() -> str | None:
+    """The PostgreSQL URL to test against, or None to skip (only when the env var is unset)."""
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get(PG_ENV)
+    required = bool(url)
+    url = url or PG_DEFAULT
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:
+        if required:
+            pytest.fail(f"{PG_ENV} is set but PostgreSQL does not answer at {url}: {exc}")
+        return None
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> str | None:
+    return _pg_base_url()
+
+
+@pytest.fixture
+def pg_url(pg_base_url: str | None) -> Iterator[str]:
+    """A URL whose connections use a fresh schema, dropped after the test."""
+    if pg_base_url is None:
+        pytest.skip(f"no PostgreSQL server answers (set {PG_ENV} to make this a failure)")
+    from sqlalchemy import create_engine, text
+
+    name = f"fs_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    sep = "&" if "?" in pg_base_url else "?"
+    try:
+        yield f"{pg_base_url}{sep}options=-csearch_path%3D{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each registry test runs on a real SQLite file and on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The public motorsport data in ../shared/data; skipped when absent unless required."""
+    root = Path(os.environ.get("FEATURESTORE_SHARED_DATA",
+                               Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not root.is_dir():
+        if os.environ.get("FEATURESTORE_TEST_REAL_DATA") == "1":
+            pytest.fail(f"FEATURESTORE_TEST_REAL_DATA=1 but {root} is missing")
+        pytest.skip(f"real data folder {root} is absent")
+    return root
