@@ -20,8 +20,8 @@ an output row may depend only on rows *of its own entity* available no later tha
 (``featurestore.transforms``). For such a transform, an entity's output computed on that entity's
 rows alone equals its output computed next to every other entity, so removing the other entities
 cannot hide a leak and cannot invent one. Several (entity, cut point) pairs then share a single
-rerun, each entity truncated at its own cut, which keeps the verification to one or two reruns of a
-small fraction of the data (``max_fraction``, 20 % by default).
+rerun, each entity truncated at its own cut, which keeps the verification to (usually) one rerun of a
+small fraction of the data (``max_fraction``, 10 % by default).
 
 A transform that reads other entities' rows (a rank across drivers, a whole-column normalisation)
 breaks the per-entity contract; sampling entities exposes that as well, and the error says that the
@@ -135,18 +135,18 @@ def _type_name(obj: object) -> str:
 # --------------------------------------------------------------------------- contract
 
 
-def _multiset_fingerprint(frame: pl.DataFrame, cols: Sequence[str]) -> tuple[int, int, int]:
-    """An order-independent fingerprint of the rows of ``cols`` (row count, two hash sums).
+def _multiset_fingerprint(frame: pl.DataFrame, cols: Sequence[str]) -> tuple[int, int]:
+    """An order-independent fingerprint of the rows of ``cols``: (row count, sum of row hashes).
 
-    Each half of a 64-bit row hash is summed as UInt64, which cannot overflow below 2**32 rows.
+    A row's hash XORs its columns' hashes, each seeded differently; the sum wraps modulo 2**64.
+    Two frames with the same schema and the same multiset of rows always agree; frames that differ
+    collide with a chance of about 2**-64. One cheap pass, no sort.
     """
-    h = pl.struct(cols).hash(seed=0)
-    out = frame.select(
-        n=pl.len(),
-        hi=(h // 2**32).sum(),
-        lo=(h % 2**32).sum(),
-    ).row(0)
-    return int(out[0]), int(out[1]), int(out[2])
+    row_hash = pl.lit(0, dtype=pl.UInt64)
+    for i, c in enumerate(cols):
+        row_hash = row_hash ^ pl.col(c).hash(seed=i + 1)
+    out = frame.select(pl.len().alias("n"), row_hash.sum().alias("h")).row(0)
+    return int(out[0]), int(out[1] or 0)
 
 
 def _count_mismatch(inp: pl.DataFrame, out: pl.DataFrame, cols: list[str]) -> dict[str, Any] | None:
@@ -289,9 +289,17 @@ def _sortable(dtype: pl.DataType) -> bool:
     return dtype.is_numeric() or dtype.is_temporal() or dtype in (pl.String, pl.Boolean)
 
 
-def _align(frame: pl.DataFrame, ids: list[str], features: list[str]) -> pl.DataFrame:
+def _has_duplicates(frame: pl.DataFrame, ids: Sequence[str]) -> bool:
+    """Whether two rows share all ``ids``."""
+    return bool(frame.select(pl.struct(list(ids)).is_duplicated().any()).item())
+
+
+def _align(frame: pl.DataFrame, ids: list[str], features: list[str],
+           duplicates: bool | None = None) -> pl.DataFrame:
     """Number rows that share all id columns, canonically, so two runs can be joined row by row."""
-    if not frame.select(pl.struct(ids).is_duplicated().any()).item():
+    if duplicates is None:
+        duplicates = _has_duplicates(frame, ids)
+    if not duplicates:
         return frame.with_columns(pl.lit(0, pl.UInt32).alias(_DUP))
     order = [*ids, *(f for f in features if _sortable(frame.schema[f]))]
     return frame.sort(order, nulls_last=True).with_columns(
@@ -311,20 +319,32 @@ def _differs(a: pl.Expr, b: pl.Expr, dtype: pl.DataType, rtol: float, atol: floa
 
 def first_difference(left: pl.DataFrame, right: pl.DataFrame, ids: Sequence[str],
                      features: Sequence[str], *, rtol: float = 1e-9, atol: float = 1e-12,
-                     order_by: str | None = None) -> dict[str, Any] | None:
+                     order_by: str | None = None, duplicates: bool | None = None
+                     ) -> dict[str, Any] | None:
     """The first row where two outputs differ, or None.
 
     Rows are matched on ``ids`` (rows sharing all of them are matched in a canonical order of their
     values). Returns ``{"row": {...ids}, "feature": name or None, "left": v, "right": v}``, where
     ``feature`` is None when the row exists on one side only. The earliest row by ``order_by``
-    (default: the last id column) is reported.
+    (default: the last id column) is reported. ``duplicates=False`` promises that no two rows of
+    either side share all ``ids`` (skips looking; None looks).
     """
     ids, features = list(ids), list(features)
     order_by = order_by or ids[-1]
-    lf = _align(left, ids, features).with_columns(pl.lit(True).alias(_LEFT))
-    rf = _align(right, ids, features).with_columns(pl.lit(True).alias(_RIGHT))
+    if duplicates is None:
+        duplicates = _has_duplicates(left, ids) or _has_duplicates(right, ids)
+    lf = _align(left, ids, features, duplicates).with_columns(pl.lit(True).alias(_LEFT))
+    rf = _align(right, ids, features, duplicates).with_columns(pl.lit(True).alias(_RIGHT))
     on = [*ids, _DUP]
-    joined = lf.join(rf, on=on, how="full", nulls_equal=True, coalesce=True, suffix=_SUFFIX)
+    if left.height == right.height and (
+            _multiset_fingerprint(left, ids) == _multiset_fingerprint(right, ids)):
+        # The same rows on both sides: pair them by sorting (cheap, outputs are mostly sorted).
+        lf = lf.sort(on, nulls_last=True)
+        rf = rf.sort(on, nulls_last=True)
+        joined = lf.with_columns(
+            rf.get_column(_RIGHT), *(rf.get_column(f).alias(f + _SUFFIX) for f in features))
+    else:
+        joined = lf.join(rf, on=on, how="full", nulls_equal=True, coalesce=True, suffix=_SUFFIX)
     diff_cols = [
         _differs(pl.col(f), pl.col(f + _SUFFIX), left.schema[f], rtol, atol).alias(f"__d_{i}")
         for i, f in enumerate(features)
@@ -349,23 +369,36 @@ def first_difference(left: pl.DataFrame, right: pl.DataFrame, ids: Sequence[str]
 # --------------------------------------------------------------------------- causality
 
 
-def _choose_cuts(distinct: list[datetime], samples: int, rng: random.Random) -> list[datetime]:
-    """Cut points by priority: the earliest, the one just before the last, then random ones.
-
-    The last distinct value removes nothing, so it is never a cut point.
+def _choose_cuts(frame: pl.DataFrame, column: str, samples: int, seed: int,
+                 rng: random.Random) -> list[datetime]:
+    """Cut points by priority: the earliest ``available_at``, the one just before the last, a
+    middle one, then random ones; all distinct values of the column, never the last (cutting there
+    removes nothing). One pass over the column, no sort of it.
     """
-    candidates = distinct[:-1]
-    if not candidates or samples <= 0:
+    if samples <= 0:
         return []
-    chosen = [candidates[0]]
-    if len(candidates) > 1:
-        chosen.append(candidates[-1])
-    if len(candidates) > 2:
-        chosen.append(candidates[len(candidates) // 2])
-    rest = [c for c in candidates[1:-1] if c not in chosen]
-    rng.shuffle(rest)
-    chosen.extend(rest)
-    return chosen[:samples]
+    col = pl.col(column)
+    pool_size = min(frame.height, max(8 * samples, 64))
+    row = frame.select(
+        col.min().alias("first"),
+        col.max().alias("last"),
+        col.filter(col < col.max()).max().alias("second"),
+        col.drop_nulls().sample(n=pool_size, with_replacement=True, seed=seed).implode()
+        .alias("pool"),
+    ).row(0, named=True)
+    last = row["last"]
+    if row["first"] is None or row["second"] is None:
+        return []
+    pool = sorted({v for v in row["pool"] if v is not None and v < last})
+    chosen = [row["first"], row["second"]]
+    if pool:
+        chosen.append(pool[len(pool) // 2])
+    rng.shuffle(pool)
+    for value in pool:
+        if value not in chosen:
+            chosen.append(value)
+    unique = list(dict.fromkeys(chosen))
+    return unique[:samples]
 
 
 def verify_causality(
@@ -380,8 +413,8 @@ def verify_causality(
     view: str = "",
     plugin: str = "",
     entities_per_cut: int | None = 2,
-    max_fraction: float = 0.2,
-    min_rows: int = 2_000,
+    max_fraction: float = 0.1,
+    min_rows: int = 1_000,
     rtol: float = 1e-9,
     atol: float = 1e-12,
 ) -> VerificationReport:
@@ -394,8 +427,11 @@ def verify_causality(
     sides of t; ``None``: every entity) are truncated at t, the transform is rerun, and every
     output row available at or before t is compared with the full run: nulls equal nulls, NaN
     equals NaN, floats agree within ``rtol`` (relative) / ``atol``. Reruns are capped at
-    ``max(max_fraction * rows, min_rows)`` input rows in total, the earliest cut points first; at
-    least one cut point is always checked when there is one.
+    ``max(max_fraction * rows, min_rows)`` input rows in total, the cut points in the order above; at
+    least one cut point is always checked when there is one. What is left of that budget goes to
+    more entities, each truncated at a random one of its own ``available_at`` values, in the same
+    rerun: many more (entity, cut) pairs at no extra rerun, which is what finds leaks that show at
+    a few rows only (a backward fill over a rare null).
 
     Returns a ``VerificationReport``. Raises ``LeakageError`` naming the plugin, transform, feature
     and one example row (keys, times, full-run and truncated values); the error carries the
@@ -405,7 +441,7 @@ def verify_causality(
     started = time.perf_counter()
     what = _what(transform, plugin, view)
     inp = _eager(frame)
-    keys, tcol, acol = list(ctx.keys), ctx.time_column, ctx.available_column
+    keys, acol = list(ctx.keys), ctx.available_column
     ids = _id_columns(ctx)
     if output is None:
         output = _run(transform, inp, params, ctx, what, "on the full input")
@@ -420,64 +456,20 @@ def verify_causality(
 
     if inp.height == 0 or not features:
         return report([], 0, 0, 0, 0, ["nothing to verify: no rows or no feature columns"])
-    distinct = inp.get_column(acol).drop_nulls().unique().sort().to_list()
-    cuts = _choose_cuts(distinct, samples, rng)
+    cuts = _choose_cuts(inp, acol, samples, seed, rng)
     if not cuts:
         return report([], 0, 0, 0, 0, [f"one distinct {acol} value: no cut point removes a row"])
 
-    stats = inp.group_by(keys).agg(
-        pl.col(acol).min().alias("__lo"), pl.col(acol).max().alias("__hi"),
-        pl.len().alias("__n")).sort(keys, nulls_last=True)
-    entities = stats.select(keys).rows()
-    lo, hi, n = stats["__lo"].to_list(), stats["__hi"].to_list(), stats["__n"].to_list()
-    budget = max(int(max_fraction * inp.height), min_rows)
-
-    def estimate(i: int, t: datetime) -> int:
-        if hi[i] is None or lo[i] is None or hi[i] <= t:
-            return n[i]
-        span = (hi[i] - lo[i]).total_seconds()
-        return max(1, math.ceil(n[i] * (t - lo[i]).total_seconds() / span)) if span > 0 else n[i]
-
-    # (entity index, cut) pairs; each rerun holds an entity at most once.
-    rounds: list[dict[int, datetime]] = []
-    spent = 0
-    used_cuts: list[datetime] = []
-    for t in cuts:
-        kept = [i for i in range(len(entities)) if lo[i] is not None and lo[i] <= t]
-        if entities_per_cut is None:
-            picked = kept
-        else:
-            straddle = [i for i in kept if hi[i] > t]
-            pool = straddle or kept
-            picked = rng.sample(pool, min(entities_per_cut, len(pool)))
-        cost = sum(estimate(i, t) for i in picked)
-        if used_cuts and spent + cost > budget:
-            if entities_per_cut is None:
-                continue
-            picked = [i for i in picked if spent + estimate(i, t) <= budget][:1]
-            if not picked:
-                continue
-            cost = estimate(picked[0], t)
-        spent += cost
-        used_cuts.append(t)
-        for i in picked:
-            for r in rounds:
-                if i not in r:
-                    r[i] = t
-                    break
-            else:
-                rounds.append({i: t})
+    budget = max(max_fraction * inp.height, min_rows)
+    rounds, used_cuts = _plan_rounds(inp, keys, acol, cuts, entities_per_cut, budget, rng)
 
     key_schema = {k: inp.schema[k] for k in keys}
     recomputed = compared = 0
     for r in rounds:
-        idx = list(r)
         cut_frame = pl.DataFrame(
-            {**{k: [entities[i][j] for i in idx] for j, k in enumerate(keys)},
-             _CUT: [r[i] for i in idx]},
+            {**{k: [key[j] for key in r] for j, k in enumerate(keys)}, _CUT: list(r.values())},
             schema={**key_schema, _CUT: inp.schema[acol]})
-        truncated_in = inp.join(cut_frame, on=keys, how="inner", nulls_equal=True,
-                                maintain_order="left").filter(pl.col(acol) <= pl.col(_CUT))
+        truncated_in = _available_by_cut(inp, cut_frame, keys, acol, keep_order=True)
         recomputed += truncated_in.height
         truncated_out = _run(transform, truncated_in.drop(_CUT), params, ctx, what,
                              "on the input truncated for causality verification")
@@ -485,25 +477,120 @@ def verify_causality(
             diffs = _schema_differences(dict(output.schema), dict(truncated_out.schema))
             raise PluginError(f"{what}: the output schema depends on the input rows: "
                               + "; ".join(diffs))
-
-        def available_by_cut(frame_: pl.DataFrame) -> pl.DataFrame:
-            return frame_.join(cut_frame, on=keys, how="inner", nulls_equal=True).filter(
-                pl.col(acol) <= pl.col(_CUT))
-
-        full_part = available_by_cut(output)
-        trunc_part = available_by_cut(truncated_out)
+        if truncated_out.height != truncated_in.height:
+            raise PluginError(f"{what} returned {truncated_out.height} row(s) for "
+                              f"{truncated_in.height} input row(s) on a truncated input")
+        full_part = _available_by_cut(output, cut_frame, keys, acol)
+        trunc_part = _available_by_cut(truncated_out, cut_frame, keys, acol)
         compared += full_part.height
+        # The compared rows share their identities with the truncated input (the contract keeps
+        # keys and times), so duplicates there are the only ones to number.
+        duplicates = _has_duplicates(truncated_in, ids)
         diff = first_difference(full_part, trunc_part, [*ids, _CUT], features,
-                                rtol=rtol, atol=atol, order_by=acol)
+                                rtol=rtol, atol=atol, order_by=acol, duplicates=duplicates)
         if diff is not None:
-            _raise_leak(transform, params, ctx, inp, output, cut_frame, diff, what=what,
+            _raise_leak(transform, params, ctx, inp, output, diff, what=what,
                         plugin=plugin, view=view, rtol=rtol, atol=atol)
     pairs = sum(len(r) for r in rounds)
     return report(used_cuts, pairs, recomputed, compared, len(rounds))
 
 
+def _available_by_cut(frame: pl.DataFrame, cut_frame: pl.DataFrame, keys: list[str],
+                      acol: str, *, keep_order: bool = False) -> pl.DataFrame:
+    """The rows of the entities in ``cut_frame`` available at or before their entity's cut.
+
+    With one key column the frame is first narrowed with ``is_in`` (much cheaper than joining the
+    whole frame); ``keep_order`` keeps the frame's row order.
+    """
+    if len(keys) == 1:
+        frame = frame.filter(pl.col(keys[0]).is_in(cut_frame.get_column(keys[0]).implode(),
+                                                   nulls_equal=True))
+    joined = frame.join(cut_frame, on=keys, how="inner", nulls_equal=True,
+                        maintain_order="left" if keep_order else None)
+    return joined.filter(pl.col(acol) <= pl.col(_CUT))
+
+
+def _plan_rounds(inp: pl.DataFrame, keys: list[str], acol: str, cuts: list[datetime],
+                 entities_per_cut: int | None, budget: float, rng: random.Random
+                 ) -> tuple[list[dict[tuple[Any, ...], datetime]], list[datetime]]:
+    """Choose (entity, cut) pairs within ``budget`` input rows; pack them into reruns.
+
+    Returns the reruns (entity key -> its cut; an entity appears at most once per rerun) and the
+    cut points used. Entity statistics come from one group-by; the choices from small frames.
+    """
+    stats = inp.group_by(keys).agg(
+        pl.col(acol).min().alias("__lo"), pl.col(acol).max().alias("__hi"),
+        pl.len().alias("__n")).sort(keys, nulls_last=True).filter(pl.col("__lo").is_not_null())
+    lo, hi = pl.col("__lo"), pl.col("__hi")
+
+    def estimate(row: Mapping[str, Any], t: datetime) -> int:
+        if row["__hi"] <= t:
+            return row["__n"]
+        span = (row["__hi"] - row["__lo"]).total_seconds()
+        share = (t - row["__lo"]).total_seconds() / span if span > 0 else 1.0
+        return max(1, math.ceil(row["__n"] * share))
+
+    rounds: list[dict[tuple[Any, ...], datetime]] = []
+    used: list[datetime] = []
+    spent = 0
+
+    def add(key: tuple[Any, ...], t: datetime) -> None:
+        for r in rounds:
+            if key not in r:
+                r[key] = t
+                return
+        rounds.append({key: t})
+
+    for t in cuts:
+        kept = stats.filter(lo <= t)
+        if entities_per_cut is None:
+            rows = list(kept.iter_rows(named=True))
+        else:
+            straddle = kept.filter(hi > t)
+            pool = straddle if straddle.height else kept
+            picked = rng.sample(range(pool.height), min(entities_per_cut, pool.height))
+            rows = [pool.row(i, named=True) for i in picked]
+        costs = [estimate(row, t) for row in rows]
+        if used and spent + sum(costs) > budget:
+            if entities_per_cut is None:
+                continue
+            fits = [(row, c) for row, c in zip(rows, costs) if spent + c <= budget][:1]
+            if not fits:
+                continue
+            rows, costs = [fits[0][0]], [fits[0][1]]
+        spent += sum(costs)
+        used.append(t)
+        for row in rows:
+            add(tuple(row[k] for k in keys), t)
+
+    if entities_per_cut is not None and spent < budget:
+        # Spend what is left on more entities, each cut at a random time of its own history
+        # (truncating there is truncating at its greatest available_at not after it), all in the
+        # first rerun: more (entity, cut) pairs at no extra rerun.
+        taken = rounds[0] if rounds else {}
+        candidates = stats.filter(hi > lo)
+        mean_n = max(1.0, float(candidates.get_column("__n").mean() or 1.0))
+        want = min(candidates.height, int(4 * (budget - spent) / mean_n) + 16)
+        for i in rng.sample(range(candidates.height), want):
+            row = candidates.row(i, named=True)
+            key = tuple(row[k] for k in keys)
+            if key in taken:
+                continue
+            share = rng.random()
+            cost = max(1, math.ceil(row["__n"] * share))
+            if spent + cost > budget:
+                continue
+            t = row["__lo"] + (row["__hi"] - row["__lo"]) * share
+            taken[key] = t
+            spent += cost
+            used.append(t)
+        if taken and not rounds:
+            rounds.append(taken)
+    return rounds, used
+
+
 def _raise_leak(transform: Transform, params: Params, ctx: TransformContext, inp: pl.DataFrame,
-                output: pl.DataFrame, cut_frame: pl.DataFrame, diff: dict[str, Any], *,
+                output: pl.DataFrame, diff: dict[str, Any], *,
                 what: str, plugin: str, view: str, rtol: float, atol: float) -> None:
     keys = list(ctx.keys)
     ids = _id_columns(ctx)
@@ -531,8 +618,8 @@ def _raise_leak(transform: Transform, params: Params, ctx: TransformContext, inp
                 cause = ("it changes when other entities' rows are removed: the transform mixes "
                          "entities (or is not deterministic), which the per-entity contract "
                          "forbids and which lets other entities' later rows leak in")
-        except Exception:  # noqa: BLE001 - the diagnosis is best effort; the leak stands
-            pass
+        except Exception as exc:  # noqa: BLE001 - the diagnosis is best effort; the leak stands
+            cause += f" (rerunning its entity alone failed: {type(exc).__name__})"
         message = (f"causality check failed for {what}: feature {feature!r} at ({where}) is "
                    f"{_fmt(full_value)} on the full input but {_fmt(truncated_value)} when the "
                    f"input rows available after {_fmt(cut)} are removed; {cause}")

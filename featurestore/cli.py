@@ -339,11 +339,16 @@ TEMPLATE = """\
 """
 
 
+_extras_registered = False
+
+
 def _register_extra_commands() -> None:
-    try:
-        from featurestore.cli_plugins import PLUGIN_COMMANDS
-    except ImportError:
-        PLUGIN_COMMANDS = []
+    global _extras_registered
+    if _extras_registered:
+        return
+    _extras_registered = True
+    from featurestore.cli_plugins import PLUGIN_COMMANDS
+
     for command in PLUGIN_COMMANDS:
         cli.add_command(command)
     for module in ("featurestore.cli_retrieve", "featurestore.quickstart.command"):
@@ -353,11 +358,14 @@ def _register_extra_commands() -> None:
             continue
         for command in getattr(mod, "COMMANDS", []):
             cli.add_command(command)
-    try:
-        from featurestore.plugins import call_register_commands
-    except ImportError:
-        return
-    call_register_commands(cli)
+    import warnings
+
+    from featurestore.plugins import PluginWarning, call_register_commands
+
+    with warnings.catch_warnings():
+        # `featurestore plugins` lists every load problem; start-up need not repeat them.
+        warnings.simplefilter("ignore", PluginWarning)
+        call_register_commands(cli)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:

@@ -7,6 +7,7 @@ after it was computed, and a failure anywhere writes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -241,7 +242,7 @@ class _Planner:
         if row is None:
             raise self.err(f"{what} refers to unknown source {source!r}")
         keys = self.entity_keys(row["entity"], f"source {source!r}")
-        raw = {c: _dtype_from_str(t) for c, t in row["schema"].items()}
+        raw = {c: dtype_from_str(t) for c, t in row["schema"].items()}
         out: dict[str, pl.DataType] = {k: raw[k] for k in keys}
         out[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
         out[AVAILABLE_AT] = pl.Datetime("us", "UTC")
@@ -282,7 +283,7 @@ class _Planner:
         if name in planned:
             return planned[name]
         # A registered view not redeclared: its outputs are its registered features' columns.
-        return {r["column_name"]: _dtype_from_str(r["dtype"]) for r in self.final["feature"].values()
+        return {r["column_name"]: dtype_from_str(r["dtype"]) for r in self.final["feature"].values()
                 if r["view"] == name}
 
     def plan_features(self, tiers: TierOrder, outputs: dict[str, dict[str, pl.DataType]]) -> None:
@@ -378,7 +379,8 @@ def _encode(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _dtype_from_str(text: str) -> pl.DataType:
+@functools.lru_cache(maxsize=512)
+def dtype_from_str(text: str) -> pl.DataType:
     namespace = {name: getattr(pl, name) for name in dir(pl) if not name.startswith("_")}
     try:
         value = eval(text, {"__builtins__": {}}, namespace)  # noqa: S307 - our own dtype strings

@@ -177,8 +177,12 @@ def _core_version() -> str | None:
 
 
 def _describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if isinstance(exc, pluggy.PluginValidationError):
+        text = "; ".join(lines)  # pluggy puts what is wrong on the later lines
+    else:
+        text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _register(source: PluginSource, load: Callable[[], object], where: str) -> None:

@@ -1,0 +1,133 @@
+"""The ``plugins``, ``install`` and ``uninstall`` commands of the ``featurestore`` CLI.
+
+``featurestore install`` and ``featurestore uninstall`` run ``pip`` with the interpreter that runs
+featurestore (``python -m pip``), so a plugin always lands in the environment that will load it.
+
+The main CLI adds ``PLUGIN_COMMANDS`` to its group; ``python -m featurestore.cli_plugins`` runs
+them on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from collections.abc import Sequence
+
+import click
+
+from featurestore import plugins as plugin_registry
+
+
+def _run_pip(args: Sequence[str]) -> int:
+    """Run ``python -m pip ARGS`` with this interpreter; return its exit code."""
+    return subprocess.call([sys.executable, "-m", "pip", *args])
+
+
+def _show_problems() -> None:
+    for problem in plugin_registry.plugin_problems():
+        click.echo(f"Warning: {problem}", err=True)
+
+
+@click.command(name="plugins")
+@click.option("--all", "include_builtins", is_flag=True,
+              help="Include the built-in plugins shipped with featurestore.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def plugins_cmd(include_builtins: bool, as_json: bool) -> None:
+    """List the installed plugins: version, hooks and transforms.
+
+    Plugins that could not be loaded are reported as warnings on stderr.
+    FEATURESTORE_PLUGINS=name,name limits which plugins load (empty: none).
+    """
+    with warnings.catch_warnings():
+        # Shown once below, as lines on stderr, rather than as Python warnings.
+        warnings.simplefilter("ignore", plugin_registry.PluginWarning)
+        infos = plugin_registry.plugin_info(include_builtins=include_builtins)
+        _show_problems()
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    if not infos:
+        click.echo("No plugins installed." if include_builtins
+                   else "No plugins installed (--all also lists the built-in ones).")
+        return
+    for info in infos:
+        origin = "built-in" if info["builtin"] else (info["distribution"] or "registered in code")
+        click.echo(f"{info['name']} {info['version'] or ''}".rstrip() + f"  ({origin})")
+        click.echo(f"  hooks: {', '.join(info['hooks']) or '(none)'}")
+        if info["transforms"]:
+            click.echo(f"  transforms: {', '.join(info['transforms'])}")
+
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": False}
+
+
+@click.command(name="install", context_settings=_PASS_THROUGH)
+@click.argument("packages", nargs=-1, type=click.UNPROCESSED)
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade the packages to the newest version.")
+@click.option("-e", "--editable", multiple=True, metavar="PATH",
+              help="Install a project in editable mode from a local path.")
+@click.option("--force-reinstall", is_flag=True, help="Reinstall even if already up to date.")
+@click.option("--no-cache-dir", is_flag=True, help="Do not use pip's cache.")
+@click.option("--pre", is_flag=True, help="Include pre-release and development versions.")
+def install_cmd(packages: tuple[str, ...], upgrade: bool, editable: tuple[str, ...],
+                force_reinstall: bool, no_cache_dir: bool, pre: bool) -> None:
+    """Install plugins (PyPI names, wheels, paths) into featurestore's environment.
+
+    Runs "python -m pip install" with the interpreter running featurestore; other pip options
+    are passed through as given.
+    """
+    if not packages and not editable:
+        raise click.UsageError("name at least one package to install (or -e PATH)")
+    args = ["install"]
+    if upgrade:
+        args.append("--upgrade")
+    if force_reinstall:
+        args.append("--force-reinstall")
+    if no_cache_dir:
+        args.append("--no-cache-dir")
+    if pre:
+        args.append("--pre")
+    for path in editable:
+        args.extend(["--editable", path])
+    args.extend(packages)
+    code = _run_pip(args)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@click.command(name="uninstall", context_settings=_PASS_THROUGH)
+@click.argument("packages", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall_cmd(packages: tuple[str, ...], yes: bool) -> None:
+    """Uninstall plugins from featurestore's environment (runs "python -m pip uninstall")."""
+    args = ["uninstall", *packages]
+    if yes:
+        args.append("--yes")
+    code = _run_pip(args)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+PLUGIN_COMMANDS: list[click.Command] = [plugins_cmd, install_cmd, uninstall_cmd]
+
+
+def standalone_group() -> click.Group:
+    """A ``featurestore`` group holding only these commands and the plugins' own."""
+
+    @click.group(name="featurestore")
+    def group() -> None:
+        """featurestore plugin management."""
+
+    for command in PLUGIN_COMMANDS:
+        group.add_command(command)
+    with warnings.catch_warnings():
+        # `plugins` lists every problem; other commands need not repeat them at start-up.
+        warnings.simplefilter("ignore", plugin_registry.PluginWarning)
+        plugin_registry.call_register_commands(group)
+    return group
+
+
+if __name__ == "__main__":
+    standalone_group()(prog_name="featurestore")

@@ -1,0 +1,107 @@
+"""``featurestore retrieve`` and ``featurestore online``: point-in-time frames from the shell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import polars as pl
+
+from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.errors import DataError
+
+
+def _features(values: tuple[str, ...]) -> list[str] | str:
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise click.UsageError("give at least one feature with --features (or a feature set's name)")
+    return names[0] if len(names) == 1 else names
+
+
+def _read_entities(path: str) -> pl.DataFrame:
+    p = Path(path)
+    try:
+        if p.suffix == ".csv":
+            return pl.read_csv(p, try_parse_dates=True)
+        return pl.read_parquet(p)
+    except FileNotFoundError:
+        raise DataError(f"{path}: entity file not found") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read entity file ({type(exc).__name__})") from None
+
+
+@click.command()
+@click.option("--entities", "entities_path", required=True, type=click.Path(dir_okay=False),
+              help="Parquet (or CSV) file of entity keys and cutoff times.")
+@click.option("--features", "feature_args", multiple=True, required=True,
+              help="Feature names (comma-separated or repeated), view:name, name@version, "
+                   "or one feature set's name.")
+@click.option("--tier", required=True, help="Tier of the prediction point.")
+@click.option("--cutoff", default="event_timestamp", show_default=True, help="Cutoff column.")
+@click.option("--timezone", "cutoff_timezone", default=None,
+              help="Zone of a naive cutoff column (default UTC).")
+@click.option("--inclusive", is_flag=True, help="Allow values available exactly at the cutoff.")
+@click.option("--ttl", default=None, help="Null values older than this (e.g. 30d, 12h).")
+@click.option("--with-availability", is_flag=True, help="Add each feature's available_at column.")
+@click.option("--audit", "run_audit", is_flag=True, help="Audit the frame and report the result.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the training frame (.parquet).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@pass_ctx
+def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: str, cutoff: str,
+             cutoff_timezone: str | None, inclusive: bool, ttl: str | None,
+             with_availability: bool, run_audit: bool, output: str, as_json: bool) -> None:
+    """Build a point-in-time training frame and write it to OUTPUT."""
+    if not output.endswith(".parquet"):
+        raise click.UsageError("--output must be a .parquet file")
+    entities = _read_entities(entities_path)
+    features = _features(feature_args)
+    frame = c.store.get_historical_features(
+        entities, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
+        cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit)
+    names = [r["name"] for r in c.store.resolve_features(features)]
+    summary: dict[str, object] = {"rows": frame.height, "features": names, "output": output,
+                                  "null_counts": {n: frame[n].null_count() for n in names}}
+    if run_audit:
+        report = c.store.audit(frame, names, cutoff=cutoff, inclusive=inclusive)
+        summary["audit"] = {"checked": report.n_checked, "violations": report.n_violations}
+        if not with_availability:
+            frame = frame.drop([col for col in frame.columns if col.endswith("__available_at")])
+    frame.write_parquet(output)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_table([{"feature": n, "nulls": summary["null_counts"][n]} for n in names],  # type: ignore[index]
+                    ["feature", "nulls"], title=f"{frame.height} rows -> {output}")
+        if run_audit:
+            a = summary["audit"]
+            click.echo(f"audit: {a['checked']} values checked, {a['violations']} available after their cutoff")  # type: ignore[index]
+
+
+@click.command()
+@click.option("--key", "key_args", multiple=True, required=True,
+              help="Entity key as column=value; repeat for composite keys or more entities.")
+@click.option("--features", "feature_args", multiple=True, required=True, help="Features.")
+@click.option("--as-of", "as_of", default=None, help="ISO timestamp (default: now, UTC).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def online(c: Ctx, key_args: tuple[str, ...], feature_args: tuple[str, ...], as_of: str | None,
+           as_json: bool) -> None:
+    """Latest feature values for one or a few keys (the serving path)."""
+    from datetime import datetime
+
+    keys: dict[str, list[object]] = {}
+    for arg in key_args:
+        col, sep, value = arg.partition("=")
+        if not sep:
+            raise click.UsageError(f"--key {arg!r}: expected column=value")
+        keys.setdefault(col, []).append(int(value) if value.lstrip("-").isdigit() else value)
+    moment = datetime.fromisoformat(as_of) if as_of else None
+    frame = c.store.get_online_features(keys, _features(feature_args), as_of=moment)
+    if as_json:
+        emit_json(frame.to_dicts())
+    else:
+        print_table(frame.to_dicts(), frame.columns)
+
+
+COMMANDS = [retrieve, online]

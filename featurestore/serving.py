@@ -1,0 +1,129 @@
+"""Point-in-time retrieval through the registry: training frames and online lookups.
+
+This module resolves feature references, enforces the tier contract before any data is read,
+finds each feature's materialized artifact and hands sorted artifacts to the join engine in
+``featurestore.retrieval``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from featurestore.artifacts import verify_artifact
+from featurestore.definitions import dtype_name
+from featurestore.errors import DataError, NotFoundError
+from featurestore.plan import dtype_from_str
+from featurestore.retrieval import ViewFrame, audit, point_in_time_join, point_in_time_join_lazy
+from featurestore.tiers import parse_duration
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
+
+FeatureRefs = str | Sequence[str]
+
+
+def _artifact_for(store: FeatureStore, feature: dict[str, Any]) -> dict[str, Any]:
+    """The newest artifact of the view version that computes this feature version."""
+    view_name = feature["view"]
+    try:
+        versions = store.registry.history("view", view_name)
+    except NotFoundError:
+        raise NotFoundError(f"feature {feature['name']!r}: its view {view_name!r} is not registered") from None
+    matching = {v["version"] for v in versions
+                if v["source"] == feature["source"] and v["transform"] == feature["transform"]
+                and (v["transform"] is None or v["params"] == feature["params"])}
+    column = feature["column_name"]
+    # The view version alone is not enough: a source whose column changed dtype gives a new
+    # feature version under the same column view, so the artifact's dtype must match too.
+    candidates = [a for a in store.registry.artifacts(kind="view", name=view_name)
+                  if a["object_version"] in matching and column in a["schema"]
+                  and dtype_name(dtype_from_str(a["schema"][column])) == feature["dtype"]]
+    if not candidates:
+        raise NotFoundError(
+            f"feature {feature['name']!r} (view {view_name!r}) has no materialized artifact; "
+            f"run `featurestore materialize {view_name}`")
+    return candidates[-1]
+
+
+def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
+                verify_checksums: bool = False) -> list[ViewFrame]:
+    """One ``ViewFrame`` per artifact the requested features live in, in request order."""
+    groups: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+    for feat in features:
+        art = _artifact_for(store, feat)
+        groups.setdefault(art["id"], (art, {}))[1][feat["name"]] = feat["column_name"]
+    frames = []
+    for art, mapping in groups.values():
+        path = verify_artifact(store.root, art, checksum=verify_checksums)
+        entity = store.registry.get("entity", store.registry.get("feature", next(iter(mapping)))["entity"])
+        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
+                                keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
+    return frames
+
+
+def _ttl(ttl: timedelta | str | int | float | None) -> timedelta | None:
+    return None if ttl is None else parse_duration(ttl, what="ttl")
+
+
+def _check_query(query: pl.DataFrame | pl.LazyFrame, frames: list[ViewFrame], cutoff: str) -> None:
+    schema = query.collect_schema() if isinstance(query, pl.LazyFrame) else query.schema
+    if cutoff not in schema:
+        raise DataError(f"entity frame: cutoff column {cutoff!r} is missing; found "
+                        f"{', '.join(schema.names())} (choose it with cutoff=...)")
+    for vf in frames:
+        missing = [k for k in vf.keys if k not in schema]
+        if missing:
+            raise DataError(f"entity frame: key column(s) {', '.join(missing)} of view "
+                            f"{vf.name!r} are missing; found {', '.join(schema.names())}")
+
+
+def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.LazyFrame,
+                            features: FeatureRefs, *, tier: str, inclusive: bool = False,
+                            ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
+                            cutoff_timezone: str | None = None, with_availability: bool = False,
+                            lazy: bool = False, verify_checksums: bool = False
+                            ) -> pl.DataFrame | pl.LazyFrame:
+    rows = store.resolve_features(features)
+    store.tiers.check_usable(tier, {r["name"]: r["tier"] for r in rows})
+    frames = view_frames(store, rows, verify_checksums=verify_checksums)
+    _check_query(entity_df, frames, cutoff)
+    join = point_in_time_join_lazy if lazy else point_in_time_join
+    return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+                cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+
+
+def get_online_features(store: FeatureStore,
+                        keys: pl.DataFrame | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+                        features: FeatureRefs, *, as_of: datetime | None = None,
+                        tier: str | None = None, inclusive: bool = False) -> pl.DataFrame:
+    rows = store.resolve_features(features)
+    tiers = store.tiers
+    store.tiers.check_usable(tier or tiers.names[-1], {r["name"]: r["tier"] for r in rows})
+    query = keys if isinstance(keys, pl.DataFrame) else pl.DataFrame(keys)
+    moment = as_of or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    query = query.with_columns(pl.lit(moment).dt.convert_time_zone("UTC")
+                               .dt.cast_time_unit("us").alias("__as_of"))
+    frames = view_frames(store, rows)
+    _check_query(query, frames, "__as_of")
+    # Only the requested keys' rows are read: the artifacts are sorted by key, so Parquet
+    # statistics let the scan skip every other row group.
+    narrowed = []
+    for vf in frames:
+        key_filter = pl.lit(True)
+        for k in vf.keys:
+            key_filter = key_filter & pl.col(k).is_in(query[k].unique().implode())
+        narrowed.append(ViewFrame(vf.name, vf.frame.filter(key_filter), vf.keys, vf.features,
+                                  vf.query_keys, vf.presorted))
+    out = point_in_time_join(query, narrowed, cutoff="__as_of", inclusive=inclusive)
+    return out.drop("__as_of")
+
+
+def audit_frame(frame: pl.DataFrame, *, cutoff: str = "event_timestamp", features: Sequence[str],
+                inclusive: bool = False) -> Any:
+    return audit(frame, cutoff, list(features), inclusive=inclusive)
