@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from featurestore.definitions import canonical_json
-from featurestore.errors import NotFoundError
+from featurestore.errors import DataError, FeatureStoreError, NotFoundError, PluginError
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, TransformContext
 
 if TYPE_CHECKING:
@@ -59,7 +59,9 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
     import time
 
     registered = store.registry.latest("view")
-    names = list(views) if views else sorted(registered)
+    # A source's column view with no columns left has nothing to materialize.
+    names = list(views) if views else sorted(
+        n for n, v in registered.items() if v["transform"] is not None or v["params"]["columns"])
     for n in names:
         if n not in registered:
             raise NotFoundError(f"view {n!r} is not registered; registered views: "
@@ -91,15 +93,28 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
         verification = "columns read as is"
         if transform is None:
+            missing = [c for c in view["params"]["columns"] if c not in snapshot.columns]
+            if missing:
+                raise DataError(f"view {name!r}: source {view['source']!r} no longer has "
+                                f"column(s) {', '.join(missing)}; re-apply the definitions")
             out = snapshot.select(*base, *view["params"]["columns"])
             t1 = t2 = time.perf_counter()
         else:
             from featurestore.causality import check_contract, verify_causality
 
             ctx = TransformContext(keys=tuple(keys))
-            result = transform(snapshot.lazy(), view["params"], ctx)
-            check_contract(transform, view["params"], snapshot, result, ctx)
-            out = result.collect() if isinstance(result, pl.LazyFrame) else result
+            try:
+                result = transform(snapshot.lazy(), view["params"], ctx)
+            except FeatureStoreError:
+                raise
+            except Exception as exc:  # a plugin's bug, reported with its name
+                raise PluginError(f"transform {view['transform']!r} (plugin {plugin_name!r}, view "
+                                  f"{name!r}) failed: {type(exc).__name__}: {exc}") from exc
+            checked = check_contract(transform, view["params"], snapshot, result, ctx,
+                                     plugin=plugin_name or "", view=name)
+            # check_contract collected the output once; use that rather than run it again.
+            out = checked if isinstance(checked, pl.DataFrame) else (
+                result.collect() if isinstance(result, pl.LazyFrame) else result)
             t1 = time.perf_counter()
             if verify:
                 report = verify_causality(transform, view["params"], snapshot, ctx,

@@ -32,7 +32,7 @@ from featurestore.definitions import (
 )
 from featurestore.errors import DataError, DefinitionError, LeakageError, PluginError
 from featurestore.registry import Registry, utcnow
-from featurestore.sourcedata import RESERVED, check_timezone, read_schema
+from featurestore.sourcedata import RESERVED, check_column_roles, check_timezone, read_schema
 from featurestore.tiers import TierOrder, format_duration
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
@@ -228,6 +228,8 @@ class _Planner:
             for col in RESERVED:
                 if col in src_schema and col not in (s.event_time, s.available_time):
                     raise DataError(f"{path}: column {col!r} is reserved by featurestore; rename it")
+            check_column_roles(src_schema, path=path, keys=keys, event_time=s.event_time,
+                               available_time=s.available_time)
             self.version_item("source", s.name, {
                 "path": path, "entity": s.entity, "event_time": s.event_time, "tier": s.tier,
                 "timezone": s.timezone, "available_time": s.available_time,
@@ -269,6 +271,16 @@ class _Planner:
                     if hasattr(transform, "transform") else transform.declared_schema(v.params, in_schema)
             except (ValueError, KeyError, TypeError) as exc:
                 raise self.err(f"{what}: transform {v.transform!r} rejected its params: {exc}") from None
+            except Exception as exc:  # the plugin's bug: name it, never a bare traceback
+                raise PluginError(f"{what}: transform {v.transform!r} (plugin "
+                                  f"{getattr(transform, 'plugin', '?')!r}) failed in output_columns: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            bad = [c for c, t in declared.items() if not isinstance(c, str) or not (
+                isinstance(t, pl.DataType) or (isinstance(t, type) and issubclass(t, pl.DataType)))]
+            if bad:
+                raise PluginError(f"{what}: transform {v.transform!r} declared output column(s) "
+                                  f"{bad} without a polars dtype (got "
+                                  f"{', '.join(type(declared[c]).__name__ for c in bad)})")
             clash = sorted(set(declared) & {*keys, EVENT_TIMESTAMP, AVAILABLE_AT})
             if clash:
                 raise PluginError(f"{what}: transform {v.transform!r} declares output column(s) "
@@ -326,7 +338,11 @@ class _Planner:
                 "column_name": column, "dtype": dtype_name(actual), "tier": tier,
                 "transform": transform, "params": params, "description": f.description,
                 "tags": list(f.tags), "owner": f.owner})
-        # Each source's own columns view holds every column any feature reads from it.
+        # Each source's own columns view holds every column any feature reads from it; views
+        # of sources whose column features all moved elsewhere are recomputed too.
+        for name, view in self.existing["view"].items():
+            if view["transform"] is None:
+                implicit.setdefault(name, set())
         for source_name in sorted(implicit):
             cols = sorted({r["column_name"] for r in self.final["feature"].values()
                            if r["view"] == source_name and r.get("transform") is None})

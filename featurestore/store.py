@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,9 +19,11 @@ from featurestore import schema
 from featurestore.artifacts import (
     WrittenArtifact,
     confine,
+    file_checksum,
     temp_files,
     verify_artifact,
     write_parquet_atomic,
+    writers_lock,
 )
 from featurestore.definitions import (
     COMPRESSIONS,
@@ -47,6 +50,8 @@ from featurestore.tiers import TierOrder
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
+# How _artifact_relpath names files: what doctor may call an orphan when no registry row names it.
+_ARTIFACT_NAME = re.compile(r"^v\d+-\d{8}T\d{6}-[0-9a-f]{8}\.parquet$")
 DEFINITIONS_FILE = "features.toml"
 Progress = Callable[[str, int, int], None]
 DeclLike = Definitions | str | Path | Iterable[Entity | Source | View | Feature | FeatureSet]
@@ -169,8 +174,8 @@ class FeatureStore:
             "fills", "on_duplicate", "tier")}).encode())
         digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
         for f in resolve_files(absolute_source_path(src["path"], self.root)):
-            st = os.stat(f)
-            digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+            # Content, not mtime: a rewritten but identical file is not new input.
+            digest.update(f"{f}:{file_checksum(Path(f))}".encode())
         return "sha256:" + digest.hexdigest()
 
     def read_source(self, name: str) -> pl.DataFrame:
@@ -232,15 +237,16 @@ class FeatureStore:
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str) -> dict[str, Any]:
         relpath = self._artifact_relpath(kind, name, version)
-        written = write_parquet_atomic(self.root, relpath, df, compression=self.compression,
-                                       time_column=EVENT_TIMESTAMP)
-        try:
-            return self.registry.write(lambda conn: self._insert_artifact(
-                conn, kind, name, version, written, fingerprint, transform, plugin,
-                plugin_version, params, verified, verification))
-        except BaseException:
-            written.full_path.unlink(missing_ok=True)  # never registered: leave no orphan
-            raise
+        with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
+            written = write_parquet_atomic(self.root, relpath, df, compression=self.compression,
+                                           time_column=EVENT_TIMESTAMP)
+            try:
+                return self.registry.write(lambda conn: self._insert_artifact(
+                    conn, kind, name, version, written, fingerprint, transform, plugin,
+                    plugin_version, params, verified, verification))
+            except BaseException:
+                written.full_path.unlink(missing_ok=True)  # never registered: leave no orphan
+                raise
 
     @staticmethod
     def _insert_artifact(conn: Connection, kind: str, name: str, version: int,
@@ -285,9 +291,12 @@ class FeatureStore:
     def doctor(self, *, fix: bool = False, checksums: bool = True) -> dict[str, Any]:
         """Check every artifact against the registry and the registry's own references.
 
-        Returns ``{"ok": bool, "problems": [...], "orphans": [...], "removed": [...]}``. With
-        ``fix``, temporary files left by interrupted writes and Parquet files under ``data/``
-        that no registry row names are removed; registered data is never touched.
+        Returns ``{"ok": bool, "problems": [...], "orphans": [...], "removed": [...]}``. Orphans
+        are what an interrupted write leaves: temporary files, and files named like artifacts
+        (``data/<kind>s/<name>/v<version>-<stamp>-<id>.parquet``) that no registry row names.
+        Nothing else under ``data/`` is ever an orphan (a source file kept there is the user's).
+        With ``fix`` orphans are removed; registered data is never touched. ``ok`` is true when
+        there is no problem and no orphan is left.
         """
         problems: list[str] = []
         rows = self.registry.artifacts()
@@ -318,20 +327,56 @@ class FeatureStore:
                 except NotFoundError:
                     problems.append(f"feature set {name!r} pins missing feature "
                                     f"{ref['name']}@{ref['version']}")
-        registered = {str(confine(self.root, r["path"])) for r in rows}
-        data_dir = self.root / "data"
-        orphans = [p for p in temp_files(self.root)]
-        if data_dir.exists():
-            orphans += [p for p in data_dir.rglob("*.parquet")
-                        if str(p) not in registered and p not in orphans]
-        removed = []
-        if fix:
-            for p in orphans:
-                p.unlink(missing_ok=True)
-                removed.append(str(p))
+        problems += self._registry_consistency(rows)
+        with writers_lock(self.root, exclusive=True):  # no write is between file and row now
+            # Re-read the rows: an artifact registered since the check above is not an orphan.
+            registered = set()
+            for r in self.registry.artifacts():
+                try:
+                    registered.add(confine(self.root, r["path"]))
+                except ArtifactError:
+                    pass  # reported above by verify_artifact
+            sources = {Path(absolute_source_path(s["path"], self.root)).resolve()
+                       for s in self.registry.latest("source").values()}
+            orphans = temp_files(self.root)
+            data_dir = self.root / "data"
+            if data_dir.exists():
+                orphans += [p for p in sorted(data_dir.rglob("*.parquet"))
+                            if _ARTIFACT_NAME.match(p.name) and p.resolve() not in registered
+                            and p.resolve() not in sources and p not in orphans]
+            removed = []
+            if fix:
+                for p in orphans:
+                    p.unlink(missing_ok=True)
+                    removed.append(str(p))
         return {"ok": not problems and (not orphans or fix), "problems": problems,
                 "orphans": [str(p) for p in orphans], "removed": removed,
                 "artifacts_checked": len(rows)}
+
+    def _registry_consistency(self, artifacts: Sequence[dict[str, Any]]) -> list[str]:
+        """The registry's own invariants: schema version, version numbering, artifact owners."""
+        from sqlalchemy import select
+
+        from featurestore.migrations import LATEST, current_version
+
+        problems = []
+        with self.registry.read() as conn:
+            version = current_version(conn)
+            if version != LATEST:
+                problems.append(f"registry schema version is {version}, expected {LATEST}")
+            versions: dict[tuple[str, str], list[int]] = {}
+            for kind, table in schema.VERSIONED.items():
+                for name, v in conn.execute(select(table.c.name, table.c.version)):
+                    versions.setdefault((kind, name), []).append(v)
+        for (kind, name), found in sorted(versions.items()):
+            if sorted(found) != list(range(1, len(found) + 1)):
+                problems.append(f"{kind} {name!r} has versions {sorted(found)}, expected 1..n")
+        for row in artifacts:
+            if row["kind"] in schema.VERSIONED and \
+                    row["object_version"] not in versions.get((row["kind"], row["name"]), []):
+                problems.append(f"artifact {row['id']} ({row['path']}) belongs to {row['kind']} "
+                                f"{row['name']!r} v{row['object_version']}, which is not registered")
+        return problems
 
     # ------------------------------------------------------------------ retrieval helpers
     def resolve_features(self, features: str | Sequence[str]) -> list[dict[str, Any]]:
@@ -363,3 +408,59 @@ class FeatureStore:
                 raise NotFoundError(f"feature {name!r} belongs to view {row['view']!r}, not {view!r}")
             rows.append(row)
         return rows
+
+    # ------------------------------------------------------------------ retrieval
+    def get_historical_features(self, entity_df: pl.DataFrame | pl.LazyFrame,
+                                features: str | Sequence[str], *, tier: str,
+                                inclusive: bool = False, ttl: timedelta | str | None = None,
+                                cutoff: str = "event_timestamp", cutoff_timezone: str | None = None,
+                                with_availability: bool = False,
+                                verify_checksums: bool = False) -> pl.DataFrame:
+        """A point-in-time correct training frame: one row per ``entity_df`` row, in order.
+
+        ``features`` are names, ``name@version``, ``view:name``, or one feature set's name.
+        ``tier`` is the prediction point's tier: asking for a later-tier feature raises
+        ``LeakageError`` before any data is read. Each value comes from the newest row of the
+        same keys with ``available_at < cutoff`` (``<=`` if ``inclusive``); ties go to the later
+        event time, then the later ingestion; with ``ttl`` older values are null. Naive cutoffs
+        are read in ``cutoff_timezone`` (UTC by default). ``with_availability`` adds each
+        feature's ``available_at`` so ``audit`` can prove the frame clean.
+        """
+        from featurestore.serving import get_historical_features
+
+        return get_historical_features(  # type: ignore[return-value]
+            self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability,
+            verify_checksums=verify_checksums)
+
+    def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
+                                     features: str | Sequence[str], *, tier: str,
+                                     inclusive: bool = False, ttl: timedelta | str | None = None,
+                                     cutoff: str = "event_timestamp",
+                                     cutoff_timezone: str | None = None,
+                                     with_availability: bool = False) -> pl.LazyFrame:
+        """``get_historical_features`` as a ``LazyFrame`` for streaming pipelines (same rules)."""
+        from featurestore.serving import get_historical_features
+
+        return get_historical_features(  # type: ignore[return-value]
+            self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability, lazy=True)
+
+    def get_online_features(self, keys: pl.DataFrame | Mapping[str, Sequence[Any]]
+                            | Sequence[Mapping[str, Any]], features: str | Sequence[str], *,
+                            as_of: datetime | None = None, tier: str | None = None) -> pl.DataFrame:
+        """Latest values for a few keys: the point-in-time rule with one cutoff (now by default).
+
+        ``tier`` defaults to the last tier (every feature usable); pass the serving moment's
+        tier to have the tier contract enforced.
+        """
+        from featurestore.serving import get_online_features
+
+        return get_online_features(self, keys, features, as_of=as_of, tier=tier)
+
+    def audit(self, frame: pl.DataFrame, features: Sequence[str], *,
+              cutoff: str = "event_timestamp", inclusive: bool = False) -> Any:
+        """Prove row by row that every value in a ``with_availability`` frame preceded its cutoff."""
+        from featurestore.serving import audit_frame
+
+        return audit_frame(frame, cutoff=cutoff, features=features, inclusive=inclusive)

@@ -1,0 +1,67 @@
+"""The main job, end to end at a reduced size: its outputs, not just its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+
+def run_quickstart(out: Path) -> dict:  # type: ignore[type-arg]
+    env = {k: v for k, v in os.environ.items() if k != "FEATURESTORE_REGISTRY_URL"}
+    proc = subprocess.run([sys.executable, "-m", "featurestore", "quickstart", "-o", str(out),
+                           "--races", "5", "--drivers", "14", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("qs") / "store"
+    return out, run_quickstart(out)
+
+
+def test_frames_audit_and_guard(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, summary = first_run
+    results = pl.read_parquet(out / "season" / "results.parquet")
+    prerace = pl.read_parquet(summary["prerace"]["path"])
+    inrace = pl.read_parquet(summary["inrace"]["path"])
+    assert prerace.height == results.height == summary["prerace"]["rows"]
+    assert prerace.columns[:5] == ["race_id", "driver_id", "track_id", "event_timestamp", "label_finish"]
+    assert len(prerace.columns) == 5 + 11
+    assert inrace.height == summary["inrace"]["rows"] > 0 and len(inrace.columns) == 5 + 11 + 18
+    assert summary["audit"]["checked"] > 1000 and summary["audit"]["violations"] == 0
+    assert "lap_time_mean_last_10l (tier race)" in summary["leakage_error"]
+    for picture in summary["pictures"]:
+        assert Path(picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Qualifying and practice values are known for every pre-race row; form is known from race 2.
+    assert prerace["qualifying_position"].null_count() == 0
+    assert prerace.filter(pl.col("race_id") > 1)["prev_finish"].null_count() < prerace.height * 0.1
+    assert inrace["avg_position_last_10l"].null_count() == 0
+
+
+def test_previous_finish_matches_a_plain_loop(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, summary = first_run
+    results = pl.read_parquet(out / "season" / "results.parquet").to_dicts()
+    schedule = {r["race_id"]: r for r in pl.read_parquet(out / "season" / "schedule.parquet").to_dicts()}
+    prerace = pl.read_parquet(summary["prerace"]["path"]).to_dicts()
+    for row in prerace:
+        cutoff = schedule[row["race_id"]]["green_flag"]
+        earlier = [r for r in results if r["driver_id"] == row["driver_id"] and r["result_time"] < cutoff]
+        expected = max(earlier, key=lambda r: r["result_time"])["finish_position"] if earlier else None
+        assert row["prev_finish"] == expected, row
+
+
+def test_second_run_is_a_noop(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, summary = first_run
+    again = run_quickstart(out)
+    assert again["apply"]["add"] == again["apply"]["version"] == again["apply"]["update"] == 0
+    assert {m["status"] for m in again["materialize"]} == {"up-to-date"}
+    assert {i["status"] for i in again["ingest"]} == {"up-to-date"}
+    assert pl.read_parquet(again["prerace"]["path"]).equals(pl.read_parquet(summary["prerace"]["path"]))
