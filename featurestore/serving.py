@@ -125,5 +125,6 @@ def get_online_features(store: FeatureStore,
 
 
 def audit_frame(frame: pl.DataFrame, *, cutoff: str = "event_timestamp", features: Sequence[str],
-                inclusive: bool = False) -> Any:
-    return audit(frame, cutoff, list(features), inclusive=inclusive)
+                inclusive: bool = False, cutoff_timezone: str | None = None) -> Any:
+    return audit(frame, cutoff, list(features), inclusive=inclusive,
+                 cutoff_timezone=cutoff_timezone)

@@ -459,8 +459,14 @@ class FeatureStore:
         return get_online_features(self, keys, features, as_of=as_of, tier=tier)
 
     def audit(self, frame: pl.DataFrame, features: Sequence[str], *,
-              cutoff: str = "event_timestamp", inclusive: bool = False) -> Any:
-        """Prove row by row that every value in a ``with_availability`` frame preceded its cutoff."""
+              cutoff: str = "event_timestamp", inclusive: bool = False,
+              cutoff_timezone: str | None = None) -> Any:
+        """Prove row by row that every value in a ``with_availability`` frame preceded its cutoff.
+
+        Returns an ``AuditReport`` (``n_checked``, ``n_violations``, ``examples``). Naive cutoffs
+        are read in ``cutoff_timezone`` (UTC by default), as in retrieval.
+        """
         from featurestore.serving import audit_frame
 
-        return audit_frame(frame, cutoff=cutoff, features=features, inclusive=inclusive)
+        return audit_frame(frame, cutoff=cutoff, features=features, inclusive=inclusive,
+                           cutoff_timezone=cutoff_timezone)
