@@ -17,7 +17,8 @@ import polars as pl
 
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, FeatureStoreError, NotFoundError, PluginError
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, TransformContext
+from featurestore.incremental import growth, new_output_rows, recompute_input
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore, Progress
@@ -100,39 +101,94 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             out = snapshot.select(*base, *view["params"]["columns"])
             t1 = t2 = time.perf_counter()
         else:
-            from featurestore.causality import check_contract, verify_causality
-
             ctx = TransformContext(keys=tuple(keys))
-            try:
-                result = transform(snapshot.lazy(), view["params"], ctx)
-            except FeatureStoreError:
-                raise
-            except Exception as exc:  # a plugin's bug, reported with its name
-                raise PluginError(f"transform {view['transform']!r} (plugin {plugin_name!r}, view "
-                                  f"{name!r}) failed: {type(exc).__name__}: {exc}") from exc
-            checked = check_contract(transform, view["params"], snapshot, result, ctx,
-                                     plugin=plugin_name or "", view=name)
-            # check_contract collected the output once; use that rather than run it again.
-            out = checked if isinstance(checked, pl.DataFrame) else (
-                result.collect() if isinstance(result, pl.LazyFrame) else result)
+            params = view["params"]
+            previous = None if force else _incremental_base(store, latest, view, src_row,
+                                                              plugin_version, verify)
+            grown = None
+            if previous is not None:
+                grown = growth(previous[0], snapshot, keys)
+            if grown is not None:
+                subset = recompute_input(snapshot, keys, grown, transform.lookback(params))
+                computed = _run_checked(transform, params, subset, ctx, name, plugin_name)
+                fresh = new_output_rows(computed, keys, grown)
+                scope = f"incremental: {fresh.height} new of {snapshot.height} rows, " \
+                        f"{subset.height} recomputed; "
+                verify_input, verify_output = subset, computed
+            else:
+                computed = _run_checked(transform, params, snapshot, ctx, name, plugin_name)
+                fresh, scope = computed, ""
+                verify_input, verify_output = snapshot, computed
             t1 = time.perf_counter()
+            _validate_hooks(name, view["transform"], params, verify_output)
             if verify:
-                report = verify_causality(transform, view["params"], snapshot, ctx,
-                                          samples=samples, view=name, plugin=plugin_name or "",
-                                          output=out)
-                verification = f"causality verified at {getattr(report, 'cut_points', samples)} cut points"
+                from featurestore.causality import verify_causality
+
+                report = verify_causality(transform, params, verify_input, ctx, samples=samples,
+                                          view=name, plugin=plugin_name or "", output=verify_output)
+                verification = f"{scope}causality verified at {report.cut_points} cut points"
             else:
                 warnings.warn(f"view {name!r}: causality verification skipped (--no-verify); "
                               "recorded on the artifact", stacklevel=2)
-                verification = "NOT VERIFIED: causality verification skipped by the user"
+                verification = f"{scope}NOT VERIFIED: causality verification skipped by the user"
             t2 = time.perf_counter()
-            out = out.select(*base, *[c for c in out.columns if c not in base])
+            fresh = fresh.select(*base, *[c for c in fresh.columns if c not in base])
+            out = pl.concat([previous[1], fresh]) if grown is not None and previous else fresh
         out = sort_for_retrieval(out, keys)
         row = store._record_artifact(
             "view", name, view["version"], out, fingerprint=fingerprint,
             transform=view["transform"], plugin=plugin_name, plugin_version=plugin_version,
-            params=view["params"], verified=verify or transform is None, verification=verification)
-        results.append(MaterializeResult(name, "materialized", row, t1 - t0, t2 - t1))
+            params=view["params"], verified=verify or transform is None, verification=verification,
+            input_artifact_id=src_row["id"])
+        status = "incremental" if verification.startswith("incremental") else "materialized"
+        results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
     if progress:
         progress("materialize", len(names), len(names))
     return results
+
+
+def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame, ctx: TransformContext,
+                 view: str, plugin: str | None) -> pl.DataFrame:
+    """Run a transform and check its contract; a plugin's crash is reported with its name."""
+    from featurestore.causality import check_contract
+
+    try:
+        result = transform(frame.lazy(), params, ctx)
+    except FeatureStoreError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"transform {transform.name!r} (plugin {plugin!r}, view {view!r}) "
+                          f"failed: {type(exc).__name__}: {exc}") from exc
+    # check_contract collects the output once and returns it: the transform runs only once.
+    return check_contract(transform, params, frame, result, ctx, plugin=plugin or "", view=view)
+
+
+def _validate_hooks(view: str, transform: str, params: Any, frame: pl.DataFrame) -> None:
+    from featurestore.plugins import call_validate_materialized
+
+    problems = call_validate_materialized(view, transform, params, frame)
+    if problems:
+        raise PluginError(f"view {view!r}: materialized frame rejected: {'; '.join(problems)}")
+
+
+def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: dict[str, Any],
+                      src_row: dict[str, Any], plugin_version: str | None,
+                      verify: bool) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The previous source snapshot and view output, when they can seed an incremental run."""
+    from featurestore.artifacts import verify_artifact
+    from featurestore.errors import ArtifactError
+
+    if (latest is None or latest.get("input_artifact_id") is None
+            or latest["object_version"] != view["version"]
+            or latest["plugin_version"] != plugin_version
+            or latest["params"] != view["params"]
+            or (verify and not latest["verified"])
+            or latest["input_artifact_id"] == src_row["id"]):
+        return None
+    try:
+        old_src = store.artifact(latest["input_artifact_id"])
+        old_snapshot = pl.read_parquet(verify_artifact(store.root, old_src, checksum=False))
+        old_out = pl.read_parquet(verify_artifact(store.root, latest, checksum=False))
+    except (ArtifactError, NotFoundError):
+        return None  # the seed is gone or damaged: recompute in full
+    return old_snapshot, old_out

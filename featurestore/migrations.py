@@ -16,8 +16,8 @@ from sqlalchemy import Connection, MetaData, Table, UniqueConstraint, inspect, s
 from featurestore import schema
 from featurestore.errors import FeatureStoreError
 
-# The tables of version 1, frozen: version 2 added feature_sets and three artifact columns.
-_V1_ARTIFACT_LATER = {"size_bytes", "plugin_version", "verification"}
+# The tables of version 1, frozen: later versions added feature_sets and artifact columns.
+_V1_ARTIFACT_LATER = {"size_bytes", "plugin_version", "verification", "input_artifact_id"}
 
 
 def _v1_tables() -> MetaData:
@@ -39,13 +39,22 @@ def _to_v1(conn: Connection) -> None:
 
 
 def _to_v2(conn: Connection) -> None:
-    schema.feature_sets.create(conn)
+    frozen = MetaData()
+    Table("feature_sets", frozen, *[c._copy() for c in schema.feature_sets.columns],
+          UniqueConstraint("name", "version", name="uq_feature_sets_name_version"))
+    frozen.create_all(conn)
     conn.execute(text("ALTER TABLE artifacts ADD COLUMN size_bytes INTEGER NOT NULL DEFAULT 0"))
     conn.execute(text("ALTER TABLE artifacts ADD COLUMN plugin_version VARCHAR(64)"))
     conn.execute(text("ALTER TABLE artifacts ADD COLUMN verification TEXT NOT NULL DEFAULT ''"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2]
+def _to_v3(conn: Connection) -> None:
+    # Which source snapshot a view artifact was computed from: incremental materialization
+    # compares it with the current snapshot.
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN input_artifact_id INTEGER"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3]
 LATEST = len(MIGRATIONS)
 
 

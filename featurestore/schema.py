@@ -123,6 +123,7 @@ artifacts = Table(
     Column("verified", Boolean, nullable=False, default=False),
     Column("verification", Text, nullable=False, default=""),
     Column("created_at", DateTime, nullable=False),
+    Column("input_artifact_id", Integer),
 )
 
 VERSIONED = {
