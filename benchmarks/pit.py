@@ -1,0 +1,469 @@
+"""Point-in-time join benchmark: featurestore vs a hand-written Polars join_asof vs DuckDB ASOF.
+
+    python benchmarks/pit.py --scale S|M|L [--data-dir DIR] [--repeat N] [--skip-multi]
+
+Scales (feature rows / query rows / entities): S 1M/100k/1k, M 10M/1M/10k, L 50M/5M/50k.
+Data is generated deterministically (fixed seeds) and cached in ``--data-dir``: a feature file
+with 10 float features in random row order (``available_at`` unique per entity, so no
+engine-specific tie rules are involved; ``f0`` has ~1% nulls), and a shuffled query frame
+(``query_id``, ``entity_id``, ``event_timestamp``) where 1% of entities have no data, 2% of
+cutoffs fall outside the data's time range and 10% of cutoffs equal an existing
+``available_at`` exactly, so the strict boundary rule matters.
+
+Each contestant runs as its own process; the parent measures wall time and peak RSS with
+``os.wait4``. All use the strict rule ``available_at < cutoff``:
+
+(a) featurestore: ``point_in_time_join`` on the artifact, i.e. the raw file after
+    ``sort_for_retrieval`` written once with ``sink_parquet`` ("materialize", timed and reported
+    separately as a one-time cost). The runner is the single function ``run_featurestore``;
+    swap it for the FeatureStore API when that exists.
+(b) polars: ``join_asof(by=entity, allow_exact_matches=False)`` on the raw file (which it has to
+    sort by ``available_at``), default engine.
+(c) duckdb: ``ASOF LEFT JOIN ... ON q.entity_id = f.entity_id AND q.event_timestamp >
+    f.available_at`` on the raw file, ordered back to query order.
+
+Each writes its result (Arrow IPC, uncompressed); the parent checks the three are identical and
+exits non-zero if not. A multi-view case (5 views x 10 features, each view file N/5 rows, one
+call) is timed the same way. Reports the median wall time and the peak RSS (max) over
+``--repeat`` interleaved rounds, and ends with exactly one line
+
+    RESULT scale=M fs_vs_polars_wall=<x> fs_vs_polars_mem=<x> fs_vs_duckdb_wall=<x> fs_vs_duckdb_mem=<x>
+
+(ratios featurestore / peer for the single-view case; below 1 means featurestore is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCALES = {
+    "S": (1_000_000, 100_000, 1_000),
+    "M": (10_000_000, 1_000_000, 10_000),
+    "L": (50_000_000, 5_000_000, 50_000),
+}
+N_FEATURES = 10
+N_VIEWS = 5
+SEED = 20240601
+CHUNK = 5_000_000
+T0_US = 1_640_995_200 * 10**6  # 2022-01-01 UTC
+SPAN_US = 2 * 365 * 86_400 * 10**6  # two years
+GEN_VERSION = 1
+KEY = "entity_id"
+CUTOFF = "event_timestamp"
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    scale: str
+
+    def raw(self, view: int | None = None) -> Path:
+        return self.root / (
+            f"features_{self.scale}.parquet"
+            if view is None
+            else f"features_{self.scale}_v{view}.parquet"
+        )
+
+    def artifact(self, view: int | None = None) -> Path:
+        return self.root / (
+            f"artifact_{self.scale}.parquet"
+            if view is None
+            else f"artifact_{self.scale}_v{view}.parquet"
+        )
+
+    @property
+    def query(self) -> Path:
+        return self.root / f"query_{self.scale}.parquet"
+
+    def raws(self, case: str) -> list[Path]:
+        return [self.raw()] if case == "single" else [self.raw(v) for v in range(N_VIEWS)]
+
+    def artifacts(self, case: str) -> list[Path]:
+        return [self.artifact()] if case == "single" else [self.artifact(v) for v in range(N_VIEWS)]
+
+
+def output_names(case: str) -> list[list[str]]:
+    """Output column names per view: f0..f9 (single) or v{j}_f{i} (multi)."""
+    if case == "single":
+        return [FEATURES]
+    return [[f"v{j}_{c}" for c in FEATURES] for j in range(N_VIEWS)]
+
+
+# --------------------------------------------------------------------------------------------
+# data generation (deterministic, chunked so L fits in memory)
+
+
+def _write_features(path: Path, n_rows: int, n_entities: int, stream: int, pick: int):
+    """Write a random-order feature file; return `pick` (entity, available_at) samples."""
+    import numpy as np
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    n_chunks = max(1, -(-n_rows // CHUNK))
+    sub_span = SPAN_US // n_chunks
+    writer = None
+    picks_e, picks_t = [], []
+    tmp = path.with_suffix(".tmp")
+    for c in range(n_chunks):
+        rng = np.random.default_rng([SEED, stream, c])
+        size = n_rows // n_chunks + (1 if c < n_rows % n_chunks else 0)
+        # Unique (entity, available_at) in this chunk; available_at = c (mod n_chunks) makes
+        # them unique across chunks too.
+        codes = np.unique(rng.integers(0, n_entities * sub_span, int(size * 1.01) + 16))
+        codes = rng.permutation(codes)[:size]
+        ent = codes // sub_span
+        av = T0_US + (codes % sub_span) * n_chunks + c
+        lag = rng.integers(0, 3_600 * 10**6, size)
+        cols = {KEY: ent, CUTOFF: av - lag, "available_at": av}
+        for i in range(N_FEATURES):
+            cols[f"f{i}"] = rng.standard_normal(size)
+        df = pl.DataFrame(cols).with_columns(
+            pl.col(CUTOFF, "available_at").cast(pl.Datetime("us", "UTC")),
+            pl.when(pl.col("f0") > 2.33).then(None).otherwise(pl.col("f0")).alias("f0"),
+        )
+        table = df.to_arrow()
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+        writer.write_table(table, row_group_size=1_000_000)
+        k = pick // n_chunks + (1 if c < pick % n_chunks else 0)
+        idx = rng.integers(0, size, k)
+        picks_e.append(ent[idx])
+        picks_t.append(av[idx])
+        del df, table, cols
+    writer.close()
+    tmp.replace(path)
+    return np.concatenate(picks_e), np.concatenate(picks_t)
+
+
+def generate(paths: Paths) -> None:
+    import numpy as np
+    import polars as pl
+
+    n_rows, n_query, n_entities = SCALES[paths.scale]
+    meta = paths.root / f"meta_{paths.scale}.json"
+    want = {"scale": paths.scale, "seed": SEED, "version": GEN_VERSION}
+    files = [paths.query, paths.raw(), *[paths.raw(v) for v in range(N_VIEWS)]]
+    if meta.exists() and json.loads(meta.read_text()) == want and all(f.exists() for f in files):
+        return
+    t = time.perf_counter()
+    n_exact = n_query // 10
+    pick_e, pick_t = _write_features(paths.raw(), n_rows, n_entities, 0, n_exact)
+    for v in range(N_VIEWS):
+        _write_features(paths.raw(v), n_rows // N_VIEWS, n_entities, 1 + v, 0)
+    rng = np.random.default_rng([SEED, 99])
+    ent = rng.integers(0, int(n_entities * 1.01), n_query)  # ~1% entities without data
+    margin = SPAN_US // 50
+    cut = T0_US + rng.integers(-margin, SPAN_US + margin, n_query)
+    ent[:n_exact], cut[:n_exact] = pick_e, pick_t  # exact boundary hits
+    perm = rng.permutation(n_query)
+    query = pl.DataFrame(
+        {"query_id": np.arange(n_query), KEY: ent[perm], CUTOFF: cut[perm]}
+    ).with_columns(pl.col(CUTOFF).cast(pl.Datetime("us", "UTC")))
+    query.write_parquet(paths.query)
+    meta.write_text(json.dumps(want))
+    print(f"generated scale {paths.scale} data in {time.perf_counter() - t:.1f} s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# contestants (each runs in its own process via --child)
+
+
+def materialize(paths: Paths, case: str) -> None:
+    """One-time cost: write each raw file as a retrieval-sorted artifact (what the store does)."""
+    import polars as pl
+
+    from featurestore.retrieval import sort_for_retrieval
+
+    for raw, art in zip(paths.raws(case), paths.artifacts(case), strict=True):
+        sort_for_retrieval(pl.scan_parquet(raw), [KEY]).sink_parquet(art)
+
+
+def run_featurestore(paths: Paths, case: str):
+    """(a) featurestore retrieval over its materialized artifacts.
+
+    The one function to replace when retrieval goes through the full FeatureStore API.
+    """
+    import polars as pl
+
+    from featurestore.retrieval import ViewFrame, point_in_time_join
+
+    query = pl.read_parquet(paths.query)
+    views = [
+        ViewFrame(
+            name=f"view{j}",
+            frame=pl.scan_parquet(art),
+            keys=(KEY,),
+            features=dict(zip(names, FEATURES, strict=True)),
+            presorted=True,
+        )
+        for j, (art, names) in enumerate(
+            zip(paths.artifacts(case), output_names(case), strict=True)
+        )
+    ]
+    return point_in_time_join(query, views, cutoff=CUTOFF)
+
+
+def run_polars(paths: Paths, case: str):
+    """(b) hand-written Polars join_asof on the raw, random-order files."""
+    import polars as pl
+
+    lf = pl.scan_parquet(paths.query).with_row_index("__row").sort(CUTOFF)
+    for raw, names in zip(paths.raws(case), output_names(case), strict=True):
+        feats = (
+            pl.scan_parquet(raw)
+            .select(
+                KEY,
+                "available_at",
+                *[pl.col(c).alias(n) for c, n in zip(FEATURES, names, strict=True)],
+            )
+            .sort("available_at")
+        )
+        lf = lf.join_asof(
+            feats,
+            left_on=CUTOFF,
+            right_on="available_at",
+            by=KEY,
+            allow_exact_matches=False,
+            check_sortedness=False,
+        ).drop("available_at")
+    return lf.sort("__row").drop("__row").collect()
+
+
+def run_duckdb(paths: Paths, case: str):
+    """(c) DuckDB ASOF JOIN (strict: ``>``) on the raw files, back in query order."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    joins, select = [], []
+    for j, (raw, names) in enumerate(zip(paths.raws(case), output_names(case), strict=True)):
+        joins.append(
+            f"ASOF LEFT JOIN read_parquet('{raw}') f{j} "
+            f"ON q.{KEY} = f{j}.{KEY} AND q.{CUTOFF} > f{j}.available_at"
+        )
+        select += [f'f{j}.{c} AS "{n}"' for c, n in zip(FEATURES, names, strict=True)]
+    sql = (
+        f"SELECT q.query_id, q.{KEY}, q.{CUTOFF}, {', '.join(select)} "
+        f"FROM read_parquet('{paths.query}', file_row_number = true) q {' '.join(joins)} "
+        "ORDER BY q.file_row_number"
+    )
+    return con.sql(sql).to_arrow_table()
+
+
+RUNNERS = {"featurestore": run_featurestore, "polars": run_polars, "duckdb": run_duckdb}
+
+
+def child_main(args: argparse.Namespace) -> None:
+    paths = Paths(Path(args.data_dir), args.scale)
+    if args.child == "materialize":
+        materialize(paths, args.case)
+        return
+    t = time.perf_counter()
+    result = RUNNERS[args.child](paths, args.case)
+    elapsed = time.perf_counter() - t
+    if args.child == "duckdb":
+        import pyarrow.feather as feather
+
+        feather.write_feather(result, args.out, compression="uncompressed")
+    else:
+        result.write_ipc(args.out, compression="uncompressed")
+    print(json.dumps({"join_s": elapsed}), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# parent: run, measure, compare
+
+
+@dataclass
+class Run:
+    wall: float
+    rss: int  # bytes
+    join_s: float
+
+
+def measure(name: str, paths: Paths, case: str, out: Path | None) -> Run:
+    """Run one contestant in a fresh process; wall time and peak RSS come from ``os.wait4``.
+
+    The contestant is started by a small launcher process (``--launch``): on Linux a child's
+    ``ru_maxrss`` starts at the RSS of the process it was forked from, so forking it from this
+    (large) parent would inflate its figure.
+    """
+    child = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--case",
+        case,
+        "--scale",
+        paths.scale,
+        "--data-dir",
+        str(paths.root),
+        "--out",
+        str(out or ""),
+    ]
+    done = subprocess.run(
+        [sys.executable, __file__, "--launch", *child],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"launcher for {name} ({case}) failed")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    if info["status"] != 0:
+        raise SystemExit(f"{name} ({case}) failed with status {info['status']}")
+    joined = json.loads(info["stdout"].strip().splitlines()[-1]) if info["stdout"].strip() else {}
+    return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")))
+
+
+def launch(cmd: list[str]) -> None:
+    """Launcher: run ``cmd``, print its wall time, peak RSS and output as one JSON line.
+
+    Imports nothing heavy, so the child's inherited ``ru_maxrss`` floor stays ~10 MB.
+    """
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    print(
+        json.dumps(
+            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": status, "stdout": stdout}
+        )
+    )
+
+
+def same_results(files: dict[str, Path]) -> list[str]:
+    import polars as pl
+
+    frames = {k: pl.read_ipc(p) for k, p in files.items()}
+    ref_name, ref = next(iter(frames.items()))
+    problems = []
+    for name, df in frames.items():
+        if name == ref_name:
+            continue
+        if df.columns != ref.columns:
+            problems.append(f"{name}: columns {df.columns} != {ref_name}: {ref.columns}")
+        elif not df.cast(ref.schema).equals(ref):  # DuckDB's int/timestamp types differ in name
+            problems.append(f"{name}: values differ from {ref_name}")
+    return problems
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--launch":
+        launch(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", choices=sorted(SCALES), default="S")
+    ap.add_argument(
+        "--data-dir", default=os.path.join(tempfile.gettempdir(), "featurestore-pit-bench")
+    )
+    ap.add_argument("--repeat", type=int, default=None, help="rounds (default: 3, L: 1)")
+    ap.add_argument("--skip-multi", action="store_true", help="skip the 5-view case")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--case", default="single", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child_main(args)
+        return
+
+    root = Path(args.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = Paths(root, args.scale)
+    repeat = args.repeat or (1 if args.scale == "L" else 3)
+    n_rows, n_query, n_entities = SCALES[args.scale]
+    import polars as pl
+
+    print(
+        f"PIT benchmark scale={args.scale}: {n_rows:,} feature rows, {n_query:,} query rows, "
+        f"{n_entities:,} entities, {N_FEATURES} float features; {repeat} round(s)"
+    )
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+        f"polars {pl.__version__}, duckdb {__import__('duckdb').__version__}; "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load avg {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    generate(paths)
+
+    cases = ["single"] if args.skip_multi else ["single", "multi"]
+    summary: dict[str, dict[str, Run]] = {}
+    failed = False
+    for case in cases:
+        mat = measure("materialize", paths, case, None)
+        print(
+            f"\n[{case}] materialize (one-time sort_for_retrieval + sink_parquet): "
+            f"wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
+            flush=True,
+        )
+        runs: dict[str, list[Run]] = {k: [] for k in RUNNERS}
+        outs = {k: root / f"result_{args.scale}_{case}_{k}.arrow" for k in RUNNERS}
+        for r in range(repeat):
+            order = list(RUNNERS)
+            order = order[r % 3 :] + order[: r % 3]  # rotate: no engine always runs first
+            for name in order:
+                run = measure(name, paths, case, outs[name])
+                runs[name].append(run)
+                print(
+                    f"  round {r + 1} {name:<12} wall {run.wall:6.2f} s  (in-process "
+                    f"{run.join_s:6.2f} s)  peak {gib(run.rss)}",
+                    flush=True,
+                )
+        problems = same_results(outs)
+        if problems:
+            failed = True
+            print("  RESULTS DIFFER: " + "; ".join(problems))
+        else:
+            print("  results identical: featurestore == polars == duckdb")
+        for p in outs.values():
+            p.unlink(missing_ok=True)
+        med = {
+            k: Run(
+                statistics.median(x.wall for x in v),
+                max(x.rss for x in v),
+                statistics.median(x.join_s for x in v),
+            )
+            for k, v in runs.items()
+        }
+        summary[case] = med
+        fs = med["featurestore"]
+        print(
+            f"  {'engine':<12} {'wall (median)':>14} {'peak RSS (max)':>15} {'wall ratio fs/x':>16} "
+            f"{'mem ratio fs/x':>15}"
+        )
+        for name, run in med.items():
+            print(
+                f"  {name:<12} {run.wall:>12.2f} s {gib(run.rss):>15} {fs.wall / run.wall:>16.2f} "
+                f"{fs.rss / run.rss:>15.2f}"
+            )
+    if failed:
+        raise SystemExit("results differ between engines")
+    s = summary["single"]
+    fs, po, dd = s["featurestore"], s["polars"], s["duckdb"]
+    print(
+        f"RESULT scale={args.scale} fs_vs_polars_wall={fs.wall / po.wall:.2f} "
+        f"fs_vs_polars_mem={fs.rss / po.rss:.2f} fs_vs_duckdb_wall={fs.wall / dd.wall:.2f} "
+        f"fs_vs_duckdb_mem={fs.rss / dd.rss:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
