@@ -293,6 +293,16 @@ def test_consecutive_pit_laps_are_one_stop() -> None:
     assert out["stint"].to_list() == [1, 2, 2, 2]
 
 
+def test_one_lap_stints() -> None:
+    rows = _laps([30.0, 50.0, 31.0, 52.0], pit=[False, True, False, True])
+    _, out, _ = run(rows, ["driver_id"], {"pit_column": "pit", "slope_min_laps": 2})
+    assert out["stint"].to_list() == [1, 2, 2, 3]
+    assert out["tyre_age"].to_list() == [1, 1, 2, 1]
+    assert out["lap_time_delta_best"].to_list() == [0.0, None, 0.0, None]
+    assert out["deg_slope"].to_list() == [None, None, None, None]
+    assert out["slow_lap"].to_list() == [None, None, None, None]
+
+
 def test_tyre_age_counts_missing_laps_with_lap_column() -> None:
     rows = _laps([30.0, 30.1, 30.2, 30.3])
     for row, lap in zip(rows, [1, 2, 5, 6], strict=True):

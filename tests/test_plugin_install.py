@@ -160,3 +160,57 @@ def test_uninstall_and_reinstall_through_the_cli(venv):
     assert missing.returncode != 0 and "unknown transform 'ewm_mean'" in missing.stderr
     venv.cli("install", str(venv.wheels["featurestore_plugin_ewm"]))
     assert _ewm_entry(venv.plugins_json())["version"] == "0.1.0"
+
+
+def test_cli_materialize_and_retrieve_use_the_installed_transform(venv):
+    """A user's whole path: definitions naming the plugin's transform, then the real CLI."""
+    project = venv.base / "project"
+    project.mkdir(exist_ok=True)
+    laps = textwrap.dedent("""
+        import datetime as dt, polars as pl
+        pl.DataFrame({"driver_id": [1, 1, 1, 2, 2],
+                      "t": [dt.datetime(2025, 3, 1, 12, m) for m in (0, 1, 2, 0, 1)],
+                      "lap_time_s": [30.0, 32.0, 31.0, 29.0, 29.5]}).write_parquet("laps.parquet")
+        pl.DataFrame({"driver_id": [1, 2],
+                      "event_timestamp": [dt.datetime(2025, 3, 1, 12, 2, 30, tzinfo=dt.UTC)] * 2,
+                      }).write_parquet("entities.parquet")
+        """)
+    run([venv.python, "-c", laps], cwd=project)
+    (project / "features.toml").write_text(textwrap.dedent("""
+        [[entities]]
+        name = "driver"
+        join_keys = ["driver_id"]
+
+        [[sources]]
+        name = "laps"
+        path = "laps.parquet"
+        entity = "driver"
+        event_time = "t"
+        tier = "race"
+
+        [[views]]
+        name = "smooth"
+        source = "laps"
+        transform = "ewm_mean"
+        params = { column = "lap_time_s", alpha = 0.5, include_current = true }
+
+        [[features]]
+        name = "lap_time_s_ewm_mean"
+        view = "smooth"
+        """))
+    fs = venv.bin / "featurestore"
+    run([fs, "-s", project, "apply"], cwd=project)
+    done = run([fs, "-s", project, "materialize", "--json"], cwd=project)
+    [view] = json.loads(done.stdout)
+    assert view["view"] == "smooth" and view["rows"] == 5 and view["verified"]
+    arts = json.loads(run([fs, "-s", project, "artifacts", "--json"], cwd=project).stdout)
+    produced = [a for a in arts if a["kind"] == "view"]
+    assert [(a["transform"], a["plugin"], a["plugin_version"]) for a in produced] == [
+        ("ewm_mean", "ewm", "0.1.0")]
+    out = project / "train.parquet"
+    run([fs, "-s", project, "retrieve", "--entities", project / "entities.parquet", "--features",
+         "lap_time_s_ewm_mean", "--tier", "race", "--output", out], cwd=project)
+    check = run([venv.python, "-c", f"import polars as pl; print(pl.read_parquet({str(out)!r}).to_dicts())"],
+                cwd=project)
+    # Driver 1: 30 -> 31 -> 31 (alpha 0.5, current lap included); driver 2: 29 -> 29.25.
+    assert "'lap_time_s_ewm_mean': 31.0" in check.stdout and "29.25" in check.stdout
