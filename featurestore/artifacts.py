@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +25,34 @@ from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError
 
 TMP_PREFIX = ".fs-tmp-"
+LOCK_FILE = ".fs-writers.lock"
 _CHUNK = 4 << 20
+
+
+@contextmanager
+def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Hold the store's file lock: shared for writers, exclusive for ``doctor``.
+
+    A writer holds it (shared: writers never wait for each other) from creating its temporary
+    file until its registry row is committed or the file is removed again, the one span in which
+    an unregistered file under ``data/`` is legitimate. ``doctor`` holds it exclusively while it
+    decides what is an orphan and removes it, so it can never delete a file a live writer is
+    about to register. The kernel drops the lock when a process dies (even by SIGKILL), so a
+    crashed writer never blocks ``doctor``. A no-op where ``fcntl`` is missing (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def confine(root: Path, relative: str | Path) -> Path:
@@ -91,7 +120,9 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
     final = confine(root, relative)
     if final.exists():
         raise ArtifactError(f"artifact {relative} already exists; artifacts are never overwritten")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.parent.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
     tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     try:
         frame.write_parquet(tmp, compression=compression, statistics=True)

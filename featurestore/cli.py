@@ -67,8 +67,11 @@ def _cell(value: Any) -> str:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on stderr, fed by the store's ``progress(label, done, total)``."""
-    if not enabled:
+    """A rich progress bar on stderr, fed by the store's ``progress(label, done, total)``.
+
+    Only on a terminal: redirected, stderr holds nothing but warnings and the one error line.
+    """
+    if not enabled or not sys.stderr.isatty():
         yield lambda _label, _done, _total: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -390,7 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FeatureStoreError as exc:
         if os.environ.get("FEATURESTORE_DEBUG"):
             raise
-        click.echo(f"Error: {exc}", err=True)
+        # One line, always: a message that embeds a multi-line library error (a polars plan)
+        # keeps its first line; FEATURESTORE_DEBUG=1 shows the whole of it.
+        lines = str(exc).strip().splitlines()
+        click.echo(f"Error: {lines[0] if lines else type(exc).__name__}", err=True)
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

@@ -186,6 +186,12 @@ _KINDS = {
 }
 
 
+# Keys whose value must be a string (lists, tables and durations are checked where parsed).
+_STRING_KEYS = {"name", "path", "entity", "event_time", "tier", "timezone", "available_time",
+                "on_duplicate", "description", "owner", "source", "transform", "view", "column",
+                "dtype"}
+
+
 def _check_keys(kind: str, index: int, table: Mapping[str, Any], origin: str) -> str:
     if not isinstance(table, Mapping):
         raise DefinitionError(f"{origin}: [[{kind}]] entry {index + 1} is not a table")
@@ -196,6 +202,9 @@ def _check_keys(kind: str, index: int, table: Mapping[str, Any], origin: str) ->
         raise DefinitionError(
             f"{label}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KINDS[kind]))}"
         )
+    for key in sorted(_STRING_KEYS & set(table)):
+        if not isinstance(table[key], str):
+            raise DefinitionError(f"{label}: {key!r} must be a string, got {table[key]!r}")
     if "name" not in table:
         raise DefinitionError(f"{label}: missing required key 'name'")
     return label

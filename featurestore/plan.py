@@ -224,7 +224,7 @@ class _Planner:
             for col, role in needed.items():
                 if col not in src_schema:
                     raise DataError(f"{path}: {what} declares {role} {col!r}, but the file has "
-                                    f"no such column; found {', '.join(src_schema)}")
+                                    f"no such column; found {', '.join(map(repr, src_schema))}")
             for col in RESERVED:
                 if col in src_schema and col not in (s.event_time, s.available_time):
                     raise DataError(f"{path}: column {col!r} is reserved by featurestore; rename it")
@@ -323,7 +323,7 @@ class _Planner:
             if column not in available:
                 raise self.err(f"{what}: column {column!r} is not produced by "
                                f"{'view ' + repr(f.view) if f.view else 'source ' + repr(f.source)}; "
-                               f"available: {', '.join(sorted(available)) or '(none)'}")
+                               f"available: {', '.join(map(repr, sorted(available))) or '(none)'}")
             actual = available[column]
             if f.dtype is not None:
                 declared = parse_dtype(f.dtype, what=what)

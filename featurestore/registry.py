@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from featurestore import migrations, schema
@@ -37,10 +37,19 @@ def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError):
         return True  # a concurrent writer took the same (name, version): re-plan and retry
     if isinstance(exc, OperationalError | DBAPIError):
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) in ("40001", "40P01", "55P03"):
+            return True  # PostgreSQL serialization failure, deadlock or lock timeout: rerun
         msg = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
         return any(s in msg for s in ("database is locked", "database is busy", "could not serialize",
                                       "deadlock detected", "serialization failure"))
     return False
+
+
+# Taken first in every PostgreSQL write transaction (see Registry.write); lock_timeout bounds
+# the wait like SQLite's busy timeout, and a timeout is retried.
+_PG_WRITE_LOCK = text("SELECT set_config('lock_timeout', :timeout, true), "
+                      "pg_advisory_xact_lock(hashtext('featurestore:' || "
+                      "coalesce(current_schema(), '')))")
 
 
 def make_engine(url: str) -> Engine:
@@ -66,6 +75,11 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
+    if url.startswith("postgresql"):
+        # Reads get snapshot isolation: under the default READ COMMITTED every statement of a
+        # read transaction would see a newer state, so a reader could find a feature set whose
+        # features it had just read as absent (half an apply). Writes: see Registry.write.
+        return create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ")
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -109,16 +123,37 @@ class Registry:
             yield conn
 
     def write(self, fn: Callable[[Connection], T], *, on_retry: Callable[[int], None] | None = None) -> T:
-        """Run ``fn(conn)`` in one write transaction, all or nothing, retrying when busy."""
+        """Run ``fn(conn)`` in one write transaction, all or nothing, retrying when busy.
+
+        Writers take turns, as readers never wait: SQLite's ``BEGIN IMMEDIATE`` takes the write
+        lock up front; on PostgreSQL the transaction first takes an advisory lock (one per
+        schema) and then runs at READ COMMITTED, so every statement after the lock sees the
+        writes committed before it and nothing can change under the plan it builds. Without the
+        lock, concurrent applies of one feature collide on its next version number and retry
+        each other into the ground. A lock that outlives every retry, or any other transient
+        failure that does, ends as a ``FeatureStoreError`` saying so.
+        """
+        postgres = self.engine.dialect.name == "postgresql"
+        options: dict[str, Any] = {"featurestore_write": True}
+        if postgres:
+            options["isolation_level"] = "READ COMMITTED"
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.engine.connect() as base:
-                    conn = base.execution_options(featurestore_write=True)
+                    conn = base.execution_options(**options)
                     with conn.begin():
+                        if postgres:
+                            conn.execute(_PG_WRITE_LOCK, {"timeout": f"{BUSY_TIMEOUT_MS}ms"})
                         return fn(conn)
             except (OperationalError, IntegrityError, DBAPIError) as exc:
-                if attempt == MAX_ATTEMPTS or not _is_retryable(exc):
+                if not _is_retryable(exc):
                     raise
+                if attempt == MAX_ATTEMPTS:
+                    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                    raise FeatureStoreError(
+                        f"registry {self.safe_url} stayed busy through {MAX_ATTEMPTS} attempts "
+                        f"({first[0] if first else type(exc).__name__}); nothing was written, "
+                        "try again") from exc
                 if on_retry:
                     on_retry(attempt)
                 self.retries += 1
@@ -142,9 +177,18 @@ class Registry:
     def latest_rows(conn: Connection, kind: str) -> dict[str, dict[str, Any]]:
         """The newest version of every object of ``kind``, by name."""
         table = schema.VERSIONED[kind]
+        newest = (select(table.c.name, func.max(table.c.version).label("newest"))
+                  .group_by(table.c.name).subquery())
+        query = (select(table)
+                 .join(newest, (table.c.name == newest.c.name)
+                       & (table.c.version == newest.c.newest))
+                 .order_by(table.c.name))
+        result = conn.execute(query)
+        columns = list(result.keys())  # zip with plain tuples: far cheaper than row mappings
         out: dict[str, dict[str, Any]] = {}
-        for row in conn.execute(select(table).order_by(table.c.name, table.c.version)).mappings():
-            out[row["name"]] = decode_row(kind, dict(row))
+        for values in result:
+            row = dict(zip(columns, values, strict=True))
+            out[row["name"]] = decode_row(kind, row)
         return out
 
     def latest(self, kind: str) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ timestamps are read in the source's declared time zone and converted to UTC here
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,23 @@ def to_utc(expr: pl.Expr, dtype: pl.DataType, tz: str, *, where: str) -> pl.Expr
     raise DataError(f"{where}: expected a Datetime or Date column, found {dtype}")
 
 
+def check_column_roles(schema: Mapping[str, pl.DataType], *, path: str, keys: Sequence[str],
+                       event_time: str, available_time: str | None = None) -> None:
+    """Keys must be comparable exactly and times must be times: checked at apply and ingest."""
+    for col in schema:
+        if col == "*" or (len(col) > 1 and col.startswith("^") and col.endswith("$")):
+            raise DataError(f"{path}: column {col!r} cannot be used: Polars reads that name as a "
+                            "wildcard or a regular expression, not as a column; rename it")
+    for key in keys:
+        if isinstance(schema[key], pl.Float32 | pl.Float64 | pl.List | pl.Struct | pl.Array):
+            raise DataError(f"{path}: key column {key!r} has dtype {schema[key]}; "
+                            "keys must be integers, strings, dates or booleans")
+    for col, label in ((event_time, "event-time"), (available_time, "availability")):
+        if col is not None and not isinstance(schema[col], pl.Datetime | pl.Date):
+            raise DataError(f"{path}: {label} column {col!r}: expected a Datetime or Date "
+                            f"column, found {schema[col]}")
+
+
 def normalize(lf: pl.LazyFrame, *, path: str, keys: Sequence[str], event_time: str,
               timezone: str, lag: timedelta, available_time: str | None = None,
               expected_schema: dict[str, str] | None = None) -> pl.LazyFrame:
@@ -88,7 +105,7 @@ def normalize(lf: pl.LazyFrame, *, path: str, keys: Sequence[str], event_time: s
         if col not in schema:
             raise DataError(f"{path}: column {col!r} is missing (expected it as "
                             f"{'a key' if col in keys else 'a time'} column); "
-                            f"found {', '.join(schema.names())}")
+                            f"found {', '.join(map(repr, schema.names()))}")
     if expected_schema:
         for col, dtype in expected_schema.items():
             if col in schema and str(schema[col]) != dtype:
@@ -99,10 +116,8 @@ def normalize(lf: pl.LazyFrame, *, path: str, keys: Sequence[str], event_time: s
     for col in RESERVED:
         if col in schema and col not in (event_time, available_time):
             raise DataError(f"{path}: column {col!r} is reserved by featurestore; rename it")
-    for key in keys:
-        if isinstance(schema[key], pl.Float32 | pl.Float64 | pl.List | pl.Struct):
-            raise DataError(f"{path}: key column {key!r} has dtype {schema[key]}; "
-                            "keys must be integers, strings, dates or booleans")
+    check_column_roles(schema, path=path, keys=keys, event_time=event_time,
+                       available_time=available_time)
     ts = to_utc(pl.col(event_time), schema[event_time], timezone,
                 where=f"{path}: event-time column {event_time!r}")
     avail = (to_utc(pl.col(available_time), schema[available_time], timezone,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -334,10 +335,8 @@ class FeatureStore:
             # Re-read the rows: an artifact registered since the check above is not an orphan.
             registered = set()
             for r in self.registry.artifacts():
-                try:
+                with contextlib.suppress(ArtifactError):  # a bad path: reported above already
                     registered.add(confine(self.root, r["path"]))
-                except ArtifactError:
-                    pass  # reported above by verify_artifact
             sources = {Path(absolute_source_path(s["path"], self.root)).resolve()
                        for s in self.registry.latest("source").values()}
             orphans = temp_files(self.root)

@@ -1,0 +1,854 @@
+"""The bad-input matrix: one case per row of docs/bad-input.md, plus a fuzz test.
+
+Every refused case must give exactly one line on stderr (``Error: ...``) naming the culprit (file,
+column, feature, plugin), a non-zero exit code, and leave the registry and the store's data
+directory exactly as they were. Accepted cases (unsorted input, naive or zoned times, odd column
+names) must give correct results. Command-line cases run the real CLI as a subprocess; plugin
+and retrieval cases go through the Python API.
+
+``CASES`` is the single list: the table in docs/bad-input.md is rendered from it and a test
+checks the file matches (``python tests/test_bad_input.py`` rewrites it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import re
+import string
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from featurestore import (
+    Feature,
+    FeatureStore,
+    FeatureStoreError,
+    LeakageError,
+    NotFoundError,
+    PluginError,
+    Transform,
+    View,
+    hookimpl,
+    schema,
+)
+from featurestore.materialize import materialize
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad-input.md"
+START, END = "<!-- cases:start -->", "<!-- cases:end -->"
+
+DEFS = """
+[[entities]]
+name = "driver"
+join_keys = ["driver_id"]
+
+[[sources]]
+name = "results"
+path = "r.parquet"
+entity = "driver"
+event_time = "race_date"
+timezone = "America/New_York"
+
+[[features]]
+name = "finish"
+source = "results"
+
+[[features]]
+name = "laps_led"
+source = "results"
+"""
+
+NEW_SOURCE = """
+[[sources]]
+name = "extra"
+path = "new.parquet"
+entity = "driver"
+event_time = "race_date"
+timezone = "{tz}"
+
+[[features]]
+name = "extra_value"
+source = "extra"
+column = "{column}"
+"""
+
+
+def results_frame() -> pl.DataFrame:
+    """Six race results of three drivers, naive US Eastern race start times."""
+    t = [dt.datetime(2025, 2, 16, 14), dt.datetime(2025, 2, 23, 15), dt.datetime(2025, 3, 2, 15)]
+    return pl.DataFrame({
+        "driver_id": [1, 1, 1, 2, 2, 3],
+        "race_date": [t[0], t[1], t[2], t[0], t[1], t[0]],
+        "finish": [3, None, 7, 1, 5, 12],
+        "laps_led": [10, 0, 4, 50, 2, 0],
+    })
+
+
+# --------------------------------------------------------------------------- state snapshots
+
+
+def registry_dump(store: FeatureStore) -> dict[str, list[str]]:
+    """Every row of every registry table, as sorted text: equal dumps, equal registries."""
+    with store.registry.read() as conn:
+        return {t.name: sorted(repr(tuple(r)) for r in conn.execute(select(t)))
+                for t in schema.metadata.sorted_tables}
+
+
+def data_listing(root: Path) -> dict[str, str]:
+    """Every file under the store's data directory with its checksum."""
+    data = root / "data"
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.rglob("*")) if p.is_file()} if data.exists() else {}
+
+
+def state(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    store = FeatureStore(root)
+    try:
+        return registry_dump(store), data_listing(root)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- the cases
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    input: str
+    answer: str
+    code: int  # the CLI exit code (0: accepted); for API cases the code the error class maps to
+    via: str  # "apply", "ingest", "materialize" (CLI verbs) or "API ..."
+    prepare: Callable[[Path], list[str]] | None = None  # mutate the project, return CLI args
+    needle: str = ""  # regex the one error line must match
+    check: Callable[[Path], None] | None = None  # correctness of an accepted case
+    api: Callable[[FeatureStore], Any] | None = None  # the step that must fail
+    api_setup: Callable[[FeatureStore], Any] | None = None  # what runs (and succeeds) before it
+    error: type[BaseException] | None = None
+
+
+def rewrite(mutate: Callable[[pl.DataFrame], pl.DataFrame]) -> Callable[[Path], list[str]]:
+    def prepare(root: Path) -> list[str]:
+        mutate(results_frame()).write_parquet(root / "r.parquet")
+        return ["ingest"]
+    return prepare
+
+
+def raw_bytes(data: Callable[[bytes], bytes]) -> Callable[[Path], list[str]]:
+    def prepare(root: Path) -> list[str]:
+        path = root / "r.parquet"
+        path.write_bytes(data(path.read_bytes()))
+        return ["ingest"]
+    return prepare
+
+
+def bad_defs(text: str, *, frame: pl.DataFrame | None = None) -> Callable[[Path], list[str]]:
+    def prepare(root: Path) -> list[str]:
+        if frame is not None:
+            frame.write_parquet(root / "new.parquet")
+        (root / "bad.toml").write_text(text, encoding="utf-8")
+        return ["apply", "bad.toml"]
+    return prepare
+
+
+def new_source(frame: pl.DataFrame, *, tz: str = "America/New_York",
+               column: str = "value") -> Callable[[Path], list[str]]:
+    return bad_defs(NEW_SOURCE.format(tz=tz, column=column.replace('"', '\\"')), frame=frame)
+
+
+def remove(name: str) -> Callable[[Path], list[str]]:
+    def prepare(root: Path) -> list[str]:
+        (root / name).unlink()
+        return ["ingest"]
+    return prepare
+
+
+def nat_times(root: Path) -> list[str]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = results_frame()
+    times = np.array([d.isoformat() for d in df["race_date"]], dtype="datetime64[us]")
+    times[2] = np.datetime64("NaT")
+    table = df.to_arrow().set_column(1, "race_date", pa.array(times))
+    pq.write_table(table, root / "r.parquet")
+    return ["ingest"]
+
+
+def _snapshot(root: Path, source: str) -> pl.DataFrame:
+    store = FeatureStore(root)
+    try:
+        row = store.registry.latest_artifact("source", source)
+        assert row is not None
+        return store.load_artifact(row["id"])  # type: ignore[return-value]
+    finally:
+        store.close()
+
+
+def _view(root: Path, view: str) -> pl.DataFrame:
+    store = FeatureStore(root)
+    try:
+        row = store.registry.latest_artifact("view", view)
+        assert row is not None
+        return store.load_artifact(row["id"])  # type: ignore[return-value]
+    finally:
+        store.close()
+
+
+def shuffled(root: Path) -> list[str]:
+    results_frame().sample(fraction=1.0, shuffle=True, seed=3).write_parquet(root / "r.parquet")
+    return ["materialize"]
+
+
+def check_unsorted(root: Path) -> None:
+    # Shuffled rows give exactly the artifact the sorted rows gave: same rows, same order.
+    view = _view(root, "results")
+    store = FeatureStore(root)
+    first = store.registry.artifacts(kind="view", name="results")[0]
+    store.close()
+    assert view.equals(pl.read_parquet(root / first["path"]))
+    assert view["finish"].to_list() == [3, None, 7, 1, 5, 12]
+
+
+def naive_frame() -> pl.DataFrame:
+    return pl.DataFrame({"driver_id": [1, 2], "race_date": [dt.datetime(2025, 7, 6, 15)] * 2,
+                         "value": [1.5, 2.5]})
+
+
+def check_naive(root: Path) -> None:
+    subprocess_ok(root, "ingest")
+    snap = _snapshot(root, "extra")
+    # 15:00 in Tokyo (UTC+9) is 06:00 UTC: naive times are read in the declared zone.
+    assert snap["event_timestamp"].to_list() == [dt.datetime(2025, 7, 6, 6, tzinfo=dt.UTC)] * 2
+
+
+def zoned_frame() -> pl.DataFrame:
+    return naive_frame().with_columns(pl.col("race_date").dt.replace_time_zone("America/Chicago"))
+
+
+def check_zoned(root: Path) -> None:
+    subprocess_ok(root, "ingest")
+    snap = _snapshot(root, "extra")
+    # 15:00 in Chicago (CDT, UTC-5) is 20:00 UTC, whatever zone the source declares.
+    assert snap["event_timestamp"].to_list() == [dt.datetime(2025, 7, 6, 20, tzinfo=dt.UTC)] * 2
+
+
+SQL_COLUMN = "x\"; DROP TABLE features; --'"
+
+
+def check_sql_column(root: Path) -> None:
+    subprocess_ok(root, "materialize")
+    view = _view(root, "extra")
+    assert view[SQL_COLUMN].to_list() == [1.5, 2.5]
+    store = FeatureStore(root)
+    assert store.registry.get("feature", "extra_value")["column_name"] == SQL_COLUMN
+    assert len(store.list("feature")) == 3
+    store.close()
+
+
+def check_duplicates_kept(root: Path) -> None:
+    snap = _snapshot(root, "results")
+    assert snap.height == 6 and snap.filter(pl.col("driver_id") == 3)["finish"].to_list() == [99]
+
+
+def dup_keep_last(root: Path) -> list[str]:
+    df = results_frame()
+    pl.concat([df, df.tail(1).with_columns(finish=pl.lit(99, pl.Int64))]).write_parquet(
+        root / "r.parquet")
+    (root / "keep.toml").write_text(DEFS.replace('timezone = "America/New_York"',
+                                                 'timezone = "America/New_York"\n'
+                                                 'on_duplicate = "keep_last"'))
+    subprocess_ok(root, "apply", "keep.toml")
+    return ["ingest"]
+
+
+def subprocess_ok(root: Path, *args: str) -> None:
+    proc = run_cli(root, *args)
+    assert proc.returncode == 0, proc.stderr
+
+
+FEATURE = '[[features]]\nname = "{name}"\nsource = "results"\ncolumn = "finish"\n'
+
+# Plugin cases: throwaway transforms registered by the ``bad_plugins`` fixture.
+PLUGIN = "bad_plugins"
+
+
+def _declare_out(_params: Any, _schema: Any) -> dict[str, pl.DataType]:
+    return {"out": pl.Float64()}
+
+
+IDS = ["driver_id", "event_timestamp", "available_at"]
+
+
+def _out(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.select(*IDS, out=pl.col("laps_led").cast(pl.Float64))
+
+
+def _t(name: str, fn: Callable[[pl.LazyFrame, Any, Any], Any],
+       output_columns: Callable[[Any, Any], Any] = _declare_out) -> Transform:
+    return Transform(name, fn, output_columns)
+
+
+def _raise(frame: pl.LazyFrame, params: Any, ctx: Any) -> pl.LazyFrame:
+    raise RuntimeError("the plugin fell over")
+
+
+def _pandas(frame: pl.LazyFrame, params: Any, ctx: Any) -> Any:
+    return _out(frame).collect().to_pandas()
+
+
+def _needs_params(params: Any, schema_: Any) -> dict[str, pl.DataType]:
+    if "column" not in params:
+        raise ValueError("params need 'column'")
+    return {"out": pl.Float64()}
+
+
+def _broken_declaration(params: Any, schema_: Any) -> dict[str, pl.DataType]:
+    raise ZeroDivisionError("division by zero in output_columns")
+
+
+BAD_TRANSFORMS = [
+    _t("bad_raise", _raise),
+    _t("bad_schema", lambda f, p, c: _out(f).with_columns(pl.col("out").cast(pl.String))),
+    _t("bad_extra_column", lambda f, p, c: _out(f).with_columns(surprise=pl.lit(1))),
+    _t("bad_row_count", lambda f, p, c: _out(f).head(3)),
+    _t("bad_drops_keys", lambda f, p, c: _out(f).with_columns(
+        driver_id=pl.when(pl.col("driver_id") == 3).then(2).otherwise(pl.col("driver_id")))),
+    _t("bad_invents_keys", lambda f, p, c: _out(f).with_columns(driver_id=pl.col("driver_id") + 100)),
+    _t("bad_earlier", lambda f, p, c: _out(f).with_columns(
+        available_at=pl.col("available_at") - pl.duration(days=1))),
+    _t("bad_pandas", _pandas),
+    _t("bad_arrow", lambda f, p, c: _out(f).collect().to_arrow()),
+    _t("bad_none", lambda f, p, c: None),
+    _t("bad_lazy_failure", lambda f, p, c: f.select(
+        *IDS, out=pl.lit("not a number").cast(pl.Float64))),
+    _t("bad_peeks_ahead", lambda f, p, c: f.sort("driver_id", "event_timestamp").select(
+        *IDS, out=pl.col("laps_led").shift(-1).over("driver_id").cast(pl.Float64))),
+    _t("bad_params", lambda f, p, c: _out(f), _needs_params),
+    _t("bad_declaration", lambda f, p, c: _out(f), _broken_declaration),
+]
+
+
+class BadPlugins:
+    @hookimpl
+    def register_transforms(self, register: Callable[[Transform], None]) -> None:
+        for t in BAD_TRANSFORMS:
+            register(t)
+
+
+def apply_view(name: str, params: dict[str, Any] | None = None) -> Callable[[FeatureStore], Any]:
+    def run(store: FeatureStore) -> Any:
+        return store.apply([View(f"v_{name}", "results", transform=name, params=params or {}),
+                            Feature(f"f_{name}", view=f"v_{name}", column="out")])
+    return run
+
+
+def materialize_view(name: str) -> Callable[[FeatureStore], Any]:
+    def run(store: FeatureStore) -> Any:
+        return materialize(store, [f"v_{name}"])
+    return run
+
+
+def retrieve_unknown(store: FeatureStore) -> Any:
+    query = pl.DataFrame({"driver_id": [1], "event_timestamp": [dt.datetime(2025, 3, 9,
+                                                                            tzinfo=dt.UTC)]})
+    if hasattr(store, "get_historical_features"):
+        return store.get_historical_features(query, ["finish", "no_such_feature"], tier="race")
+    return store.resolve_features(["finish", "no_such_feature"])
+
+
+def _plugin_case(id_: str, transform: str, input_: str, answer: str, needle: str,
+                 error: type[BaseException] = PluginError, code: int = 6,
+                 params: dict[str, Any] | None = None) -> Case:
+    return Case(id_, input_, answer, code, "API materialize()", needle=needle,
+                api_setup=apply_view(transform, params), api=materialize_view(transform),
+                error=error)
+
+
+CASES: list[Case] = [
+    # ---- files
+    Case("corrupt-parquet", "source file is not Parquet (random bytes)",
+         "refused: file named, 'cannot read as Parquet'", 4, "ingest",
+         raw_bytes(lambda b: b"PAR1" + bytes(range(256)) * 4), r"r\.parquet: cannot read as Parquet"),
+    Case("truncated-parquet", "source file cut in half (footer lost)",
+         "refused: file named, 'cannot read as Parquet'", 4, "ingest",
+         raw_bytes(lambda b: b[: len(b) // 2]), r"r\.parquet: cannot read as Parquet"),
+    Case("empty-file", "source file of 0 bytes", "refused: file named, 'file is empty'", 4,
+         "ingest", raw_bytes(lambda b: b""), r"r\.parquet: file is empty"),
+    Case("missing-file", "source file deleted after apply", "refused: path named, 'no Parquet file'",
+         4, "ingest", remove("r.parquet"), r"r\.parquet: no Parquet file found"),
+    # ---- columns and dtypes
+    Case("missing-key-column", "key column dropped from the file",
+         "refused: file and column named, columns found listed", 4, "ingest",
+         rewrite(lambda d: d.drop("driver_id")), r"r\.parquet: column 'driver_id' is missing"),
+    Case("missing-time-column", "event-time column dropped from the file",
+         "refused: file and column named", 4, "ingest",
+         rewrite(lambda d: d.drop("race_date")), r"r\.parquet: column 'race_date' is missing"),
+    Case("missing-column-at-apply", "a new source declares an event-time column the file lacks",
+         "refused at apply: file, source and column named", 4, "apply",
+         new_source(naive_frame().rename({"race_date": "when"})),
+         r"new\.parquet: source 'extra' declares event_time 'race_date'.*no such column"),
+    Case("wrong-dtype", "a value column's dtype changed after registration (Int64 to String)",
+         "refused: column, new and registered dtype named", 4, "ingest",
+         rewrite(lambda d: d.with_columns(pl.col("finish").cast(pl.String))),
+         r"column 'finish' has dtype String, the source was registered with Int64"),
+    Case("time-not-a-time", "event-time column holds strings",
+         "refused at apply (not first at ingest): column and dtype named", 4, "apply",
+         new_source(naive_frame().with_columns(pl.col("race_date").cast(pl.String))),
+         r"new\.parquet: event-time column 'race_date': expected a Datetime or Date column, "
+         r"found String"),
+    Case("float-keys", "key column of Float64", "refused at apply: keys must compare exactly", 4,
+         "apply", new_source(naive_frame().with_columns(pl.col("driver_id").cast(pl.Float64))),
+         r"key column 'driver_id' has dtype Float64"),
+    Case("reserved-column", "the file has a column named available_at",
+         "refused: featurestore's own column names are reserved", 4, "apply",
+         new_source(naive_frame().with_columns(available_at=pl.col("race_date"))),
+         r"column 'available_at' is reserved"),
+    # ---- rows
+    Case("null-keys", "a null in the key column", "refused: column, count and first row named", 4,
+         "ingest", rewrite(lambda d: d.with_columns(
+             driver_id=pl.when(pl.int_range(pl.len()) == 4).then(None).otherwise("driver_id"))),
+         r"key column 'driver_id' has 1 null value\(s\) \(first at row 4\)"),
+    Case("null-timestamps", "a null event time", "refused: column, count and first row named", 4,
+         "ingest", rewrite(lambda d: d.with_columns(
+             race_date=pl.when(pl.int_range(pl.len()) == 2).then(None).otherwise("race_date"))),
+         r"event-time column 'race_date' has 1 null value\(s\) \(first at row 2\)"),
+    Case("nat-timestamps", "a NaT event time (numpy/pandas NaT; Parquet stores it as null)",
+         "refused like a null: column and row named", 4, "ingest", nat_times,
+         r"event-time column 'race_date' has 1 null value\(s\)"),
+    Case("duplicate-rows", "two rows with the same key and event time",
+         "refused: an example row shown, on_duplicate = \"keep_last\" suggested", 4, "ingest",
+         rewrite(lambda d: pl.concat([d, d.tail(1)])),
+         r"2 rows share their key and event time \(e\.g\. driver_id=3"),
+    Case("duplicate-rows-keep-last", "duplicates with on_duplicate = \"keep_last\"",
+         "accepted: the last of the duplicates is kept", 0, "ingest", dup_keep_last,
+         check=check_duplicates_kept),
+    Case("unsorted-input", "rows in random order", "accepted: results identical to sorted input "
+         "(rows are sorted by keys and time on ingest; order never matters)", 0, "materialize",
+         shuffled, check=check_unsorted),
+    # ---- time zones
+    Case("naive-timestamps", "naive times, source declares timezone = \"Asia/Tokyo\"",
+         "accepted: read as Tokyo local time, stored in UTC", 0, "apply",
+         new_source(naive_frame(), tz="Asia/Tokyo"), check=check_naive),
+    Case("zoned-timestamps", "times zoned America/Chicago, source declares Asia/Tokyo",
+         "accepted: converted to UTC from their own zone (the declared zone only reads naive "
+         "times)", 0, "apply", new_source(zoned_frame(), tz="Asia/Tokyo"), check=check_zoned),
+    Case("nonexistent-local-time", "a naive time inside a DST gap (02:30 on 9 March 2025, New York)",
+         "refused: source named, conversion error shown", 4, "ingest",
+         rewrite(lambda d: d.with_columns(race_date=pl.when(pl.int_range(pl.len()) == 0)
+                                          .then(dt.datetime(2025, 3, 9, 2, 30))
+                                          .otherwise("race_date"))),
+         r"cannot convert times of source 'results'.*non-existent"),
+    Case("ambiguous-local-time", "a naive time repeated by a DST change (01:30 on 2 Nov 2025, "
+         "New York)", "refused: source named, conversion error shown", 4, "ingest",
+         rewrite(lambda d: d.with_columns(race_date=pl.when(pl.int_range(pl.len()) == 0)
+                                          .then(dt.datetime(2025, 11, 2, 1, 30))
+                                          .otherwise("race_date"))),
+         r"cannot convert times of source 'results'.*ambiguous"),
+    Case("unknown-timezone", "timezone = \"Mars/Olympus_Mons\"",
+         "refused: source and zone named, IANA name asked for", 2, "apply",
+         new_source(naive_frame(), tz="Mars/Olympus_Mons"), r"unknown time zone 'Mars/Olympus_Mons'"),
+    # ---- definitions
+    Case("toml-syntax-error", "definitions file with a TOML syntax error",
+         "refused: file, line and column named", 2, "apply",
+         bad_defs('[[features]\nname = "x"\n'), r"bad\.toml: TOML syntax error.*line 1"),
+    Case("definitions-missing", "definitions file that does not exist", "refused: file named", 2,
+         "apply", lambda root: ["apply", "nowhere.toml"], r"nowhere\.toml: definitions file not found"),
+    Case("unknown-key", "a misspelt key (colour = ...)", "refused: key named, allowed keys listed",
+         2, "apply", bad_defs(FEATURE.format(name="x") + "colour = 1\n"), r"unknown key\(s\) colour"),
+    Case("wrong-value-type", "join_keys = 5 (not a list of strings)",
+         "refused: object and key named", 2, "apply",
+         bad_defs('[[entities]]\nname = "car"\njoin_keys = 5\n'),
+         r"\[\[entities\]\] 'car': 'join_keys' must be a list of strings"),
+    Case("unknown-tier", "tier = \"warmup\"", "refused: object and tier named", 2, "apply",
+         bad_defs(FEATURE.format(name="x") + 'tier = "warmup"\n'), r"unknown tier 'warmup'"),
+    Case("unknown-reference", "a feature reads a source that is not registered",
+         "refused: feature and source named", 2, "apply",
+         bad_defs('[[features]]\nname = "x"\nsource = "nowhere"\n'),
+         r"feature 'x' refers to unknown source 'nowhere'"),
+    Case("unknown-feature-in-set", "a feature set lists an unknown feature",
+         "refused: set and feature named", 2, "apply",
+         bad_defs('[[feature_sets]]\nname = "s"\nfeatures = ["finish", "ghost"]\n'),
+         r"feature set 's' refers to unknown feature 'ghost'"),
+    Case("cycle", "a would-be cycle: feature a reads view b, feature b reads view a",
+         "refused: references only point down (feature set, feature, view, source, entity), so a "
+         "cycle is always an unknown reference", 2, "apply",
+         bad_defs('[[features]]\nname = "a"\nview = "b"\n\n[[features]]\nname = "b"\nview = "a"\n'),
+         r"feature 'a' refers to unknown view 'b'"),
+    Case("self-reference", "a view whose source is itself", "refused: view and source named", 2,
+         "apply", bad_defs('[[views]]\nname = "loop"\nsource = "loop"\ntransform = "rolling"\n'),
+         r"view 'loop' refers to unknown source 'loop'"),
+    Case("declared-twice", "the same feature declared twice", "refused: name named", 2, "apply",
+         bad_defs(FEATURE.format(name="x") * 2), r"feature 'x' is declared twice"),
+    Case("name-clash", "a feature named like the registered source", "refused: both named", 2,
+         "apply", bad_defs(FEATURE.format(name="results")),
+         r"feature 'results' clashes with the registered source 'results'"),
+    Case("sql-in-name", "feature name x'; DROP TABLE features; --",
+         "refused: names are letters, digits and _", 2, "apply",
+         bad_defs(FEATURE.format(name="x'; DROP TABLE features; --")),
+         r"feature name \"x'; DROP TABLE features; --\" is not allowed"),
+    Case("sql-in-column", "a column named x\"; DROP TABLE features; --' read by a feature",
+         "accepted: column names are data, bound as parameters, never spliced into SQL", 0,
+         "apply", new_source(naive_frame().rename({"value": SQL_COLUMN}), column=SQL_COLUMN),
+         check=check_sql_column),
+    Case("dotdot-in-name", "feature name ../../etc/passwd", "refused: names cannot be paths", 2,
+         "apply", bad_defs(FEATURE.format(name="../../etc/passwd")),
+         r"feature name '\.\./\.\./etc/passwd' is not allowed"),
+    Case("absolute-path-in-name", "source name /tmp/evil", "refused: names cannot be paths", 2,
+         "apply", bad_defs('[[sources]]\nname = "/tmp/evil"\npath = "r.parquet"\nentity = "driver"\n'
+                           'event_time = "race_date"\n'), r"source name '/tmp/evil' is not allowed"),
+    Case("unknown-transform", "a view names a transform no plugin registered",
+         "refused: transform named, available ones listed", 6, "apply",
+         bad_defs('[[views]]\nname = "v"\nsource = "results"\ntransform = "no_such_transform"\n'),
+         r"unknown transform 'no_such_transform'"),
+    # ---- plugins (Python API)
+    _plugin_case("plugin-raises", "bad_raise", "a transform raises",
+                 "PluginError: transform, plugin, view and the exception named",
+                 r"transform 'bad_raise' \(plugin 'bad_plugins', view 'v_bad_raise'\) failed: "
+                 r"RuntimeError: the plugin fell over"),
+    _plugin_case("plugin-wrong-dtype", "bad_schema", "a transform returns a declared column with "
+                 "another dtype", "PluginError: column, actual and declared dtype named",
+                 r"transform 'bad_schema'.*column out is String, declared Float64"),
+    _plugin_case("plugin-undeclared-column", "bad_extra_column", "a transform returns a column "
+                 "it did not declare", "PluginError: the column named",
+                 r"transform 'bad_extra_column'.*undeclared column\(s\) surprise"),
+    _plugin_case("plugin-row-count", "bad_row_count", "a transform changes the row count",
+                 "PluginError: both counts named", r"transform 'bad_row_count'.* returned 3 row\(s\) "
+                 r"for 6 input row\(s\)"),
+    _plugin_case("plugin-drops-keys", "bad_drops_keys", "a transform drops an entity key "
+                 "(driver 3 becomes 2)", "PluginError: the row that changed named",
+                 r"transform 'bad_drops_keys'.*(dropped|invented) or changed keys"),
+    _plugin_case("plugin-invents-keys", "bad_invents_keys", "a transform invents entity keys "
+                 "(every driver_id + 100)", "PluginError: a changed row named",
+                 r"transform 'bad_invents_keys'.*(invented|dropped) or changed keys"),
+    _plugin_case("plugin-moves-time-earlier", "bad_earlier", "a transform moves available_at "
+                 "earlier", "PluginError: the row named", r"transform 'bad_earlier'.*available_at"),
+    _plugin_case("plugin-returns-pandas", "bad_pandas", "a transform returns a pandas DataFrame",
+                 "PluginError: the type named, a polars LazyFrame asked for",
+                 r"transform 'bad_pandas'.*returned pandas\..*DataFrame, expected a polars"),
+    _plugin_case("plugin-returns-arrow", "bad_arrow", "a transform returns a pyarrow Table",
+                 "PluginError: the type named", r"transform 'bad_arrow'.*returned pyarrow\..*Table"),
+    _plugin_case("plugin-returns-none", "bad_none", "a transform returns None",
+                 "PluginError: the type named", r"transform 'bad_none'.*returned builtins\.NoneType"),
+    _plugin_case("plugin-lazy-failure", "bad_lazy_failure", "a transform's LazyFrame fails when "
+                 "collected", "PluginError: transform and polars error named",
+                 r"transform 'bad_lazy_failure'.*(failed|cannot be resolved)"),
+    _plugin_case("plugin-peeks-ahead", "bad_peeks_ahead", "a transform reads the next row "
+                 "(a leak)", "LeakageError from causality verification: transform and row named",
+                 r"bad_peeks_ahead", error=LeakageError, code=3),
+    Case("plugin-rejects-params", "a transform's output_columns rejects the params (ValueError)",
+         "DefinitionError at apply: view, transform and reason named", 2, "API apply()",
+         needle=r"view 'v_bad_params': transform 'bad_params' rejected its params: params need "
+                r"'column'", api=apply_view("bad_params"), error=FeatureStoreError),
+    Case("plugin-broken-declaration", "a transform's output_columns crashes (ZeroDivisionError)",
+         "PluginError at apply: view, transform, plugin and exception named", 6, "API apply()",
+         needle=r"transform 'bad_declaration' \(plugin 'bad_plugins'\) failed in output_columns: "
+                r"ZeroDivisionError", api=apply_view("bad_declaration"), error=PluginError),
+    # ---- retrieval
+    Case("retrieve-unknown-feature", "a retrieval asks for a feature that does not exist",
+         "NotFoundError: the feature named, registered ones listed", 7, "API "
+         "get_historical_features()", needle=r"feature 'no_such_feature' is not registered",
+         api=retrieve_unknown, error=NotFoundError),
+]
+CLI_CASES = [c for c in CASES if c.api is None]
+API_CASES = [c for c in CASES if c.api is not None]
+
+
+def render_table() -> str:
+    rows = ["| case | input | answer | exit | via |", "|---|---|---|---|---|"]
+    for c in CASES:
+        cells = [f"`{c.id}`", c.input, c.answer, str(c.code), c.via]
+        rows.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- running them
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEATURESTORE_DEBUG": ""}
+    env.pop("FEATURESTORE_REGISTRY_URL", None)
+    return subprocess.run([sys.executable, "-m", "featurestore", "--store", str(root), *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
+def make_project(root: Path, registry_url: str | None = None) -> FeatureStore:
+    root.mkdir(parents=True)
+    results_frame().write_parquet(root / "r.parquet")
+    (root / "features.toml").write_text(DEFS)
+    store = FeatureStore(root, registry_url=registry_url)
+    store.apply(root / "features.toml")
+    materialize(store)  # ingests, then writes the view: the registry holds artifacts
+    return store
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line and not line.startswith("Warning:")]
+
+
+def test_the_doc_table_is_the_case_list() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert START in text and END in text, f"{DOC} lost its {START} / {END} markers"
+    table = text.split(START, 1)[1].split(END, 1)[0].strip()
+    ids = re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.M)
+    assert ids == [c.id for c in CASES], "docs/bad-input.md and CASES differ in their cases"
+    assert table == render_table(), "docs/bad-input.md is stale: run python tests/test_bad_input.py"
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_cli_case(tmp_path: Path, case: Case) -> None:
+    root = tmp_path / "project"
+    make_project(root).close()
+    assert case.prepare is not None
+    args = case.prepare(root)
+    before = state(root)
+    proc = run_cli(root, *args)
+    if case.code == 0:
+        assert proc.returncode == 0, proc.stderr
+        assert case.check is not None
+        case.check(root)
+        return
+    assert proc.returncode == case.code, f"exit {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert re.search(case.needle, lines[0]), lines[0]
+    assert state(root) == before, "a refused command changed the registry or the data"
+
+
+@pytest.fixture
+def bad_plugins() -> Any:
+    from featurestore.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plugin = BadPlugins()
+    pm.register(plugin, name=PLUGIN)
+    try:
+        yield plugin
+    finally:
+        pm.unregister(plugin)
+
+
+@pytest.mark.usefixtures("bad_plugins")
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_api_case(tmp_path: Path, registry_url: str, case: Case) -> None:
+    if case.id == "plugin-returns-pandas":
+        pytest.importorskip("pandas", reason="pandas is not installed (not a dependency)")
+    store = make_project(tmp_path / "project", registry_url)
+    if case.api_setup is not None:
+        case.api_setup(store)
+    before = (registry_dump(store), data_listing(store.root))
+    assert case.api is not None and case.error is not None
+    with pytest.raises(case.error) as info:
+        case.api(store)
+    # The first line is what the CLI prints (the rest only with FEATURESTORE_DEBUG=1).
+    message = str(info.value).strip().splitlines()[0]
+    assert re.search(case.needle, message), message
+    assert getattr(info.value, "exit_code", None) == case.code
+    assert (registry_dump(store), data_listing(store.root)) == before
+    store.close()
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+META_NAMES = ["k", "key", "t", "when", "x", "Value", "a b", "x'y", 'q"uote', "semi;colon",
+              "--dash", "drop table x", "../up", "/abs", "ключ", "émoji🙂", "percent%s", "$1", "?",
+              "back\\slash", "new\nline", "event_timestamp", "available_at", ""]
+TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Nowhere/Land", ""]
+TIERS = ["historical", "practice", "qualifying", "race", "warmup", ""]
+DTYPES = ["Int64", "Int32", "Float64", "String", "Boolean", "Datetime", "Date", "Decimal", None]
+GARBAGE = ["[[features]", "name = ", "= 1", "[[sources]]\nname = 1", "tier = [\"a\"]",
+           "[[entities]]\nname = \"e2\"\njoin_keys = [1, 2]", "[tiers]\nname = \"x\"",
+           "[[views]]\nname = \"v\"\nsource = \"s\"\nparams = 5",
+           "[[features]]\nname = \"f9\"\nsource = \"s\"\ntags = [1]",
+           "[[feature_sets]]\nname = \"fs\"\nfeatures = \"f\"",
+           "[[sources]]\nname = \"s2\"\npath = \"../../etc/passwd\"\nentity = \"e\"\n"
+           "event_time = \"t\"",
+           "[[sources]]\nname = \"s3\"\npath = \"/dev/null\"\nentity = \"e\"\nevent_time = \"t\"",
+           "[[tiers]]\nname = \"only\"\nlag = \"-5m\"", "[[tiers]]\nname = \"a\"\nlag = true"]
+
+
+def toml_str(value: Any) -> str:
+    """A TOML basic string (or any other value as JSON, which TOML reads the same way)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_str(v) for v in value) + "]"
+    if not isinstance(value, str):
+        return json.dumps(value)
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def mostly(good: list[Any], bad: list[Any], odds: int = 4) -> st.SearchStrategy[Any]:
+    """Valid values ``odds`` times as often as invalid ones: the fuzz must get past apply."""
+    return st.sampled_from(good * odds + bad)
+
+
+@st.composite
+def fuzz_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    names = st.sampled_from(META_NAMES) | st.text(alphabet=string.printable, max_size=6)
+    n_values = draw(mostly([1, 2, 3], [0]))
+    columns = draw(st.lists(names, min_size=2 + n_values, max_size=2 + n_values, unique=True))
+    key, time_col, value_cols = columns[0], columns[1], columns[2:]
+    value_types = draw(st.lists(st.sampled_from(["int", "float", "str", "bool"]),
+                                min_size=n_values, max_size=n_values))
+    return {
+        "key": key, "time": time_col, "n": draw(st.integers(0, 7)),
+        "key_type": draw(mostly(["int", "str", "bool"], ["float"])),
+        "time_type": draw(mostly(["naive", "zoned", "date"], ["str", "int"])),
+        "null_rate": draw(st.sampled_from([0.0, 0.0, 0.0, 0.2])),
+        "values": list(zip(value_cols, value_types, strict=True)),
+        "seed": draw(st.integers(0, 10_000)),
+        "tz": draw(mostly(TIMEZONES[:-2], TIMEZONES[-2:])),
+        "tier": draw(mostly(TIERS[:-2], TIERS[-2:])),
+        "dtype": draw(mostly([None], DTYPES[:-1], odds=8)),
+        "entity": draw(mostly(["e"], ["x'; --", ""], odds=12)),
+        "feature": draw(mostly(["f", "finish_2", "_x"], [*META_NAMES[:12], ""], odds=10)),
+        "on_duplicate": draw(mostly(["error", "keep_last"], ["x"])),
+        "declare_key": draw(mostly(["same"], ["other", "list"], odds=6)),
+        "garbage": draw(mostly([[]], [[g] for g in GARBAGE], odds=60)),
+    }
+
+
+def build_frame(spec: dict[str, Any]) -> pl.DataFrame:
+    rng = random.Random(spec["seed"])
+    n = spec["n"]
+
+    def maybe_null(values: list[Any]) -> list[Any]:
+        return [None if rng.random() < spec["null_rate"] else v for v in values]
+
+    keys = [rng.randint(1, 3) for _ in range(n)]
+    key_values: list[Any] = {
+        "int": keys, "str": [f"d{k}" for k in keys], "float": [k + 0.5 for k in keys],
+        "bool": [k % 2 == 0 for k in keys]}[spec["key_type"]]
+    days = [rng.randint(0, 3) for _ in range(n)]
+    naive = [dt.datetime(2025, 1, 10 + d, 12) for d in days]
+    times: list[Any] = {
+        "naive": naive, "zoned": naive, "date": [t.date() for t in naive],
+        "str": [t.isoformat() for t in naive], "int": days}[spec["time_type"]]
+    dtypes = {"int": pl.Int64, "str": pl.String, "float": pl.Float64, "bool": pl.Boolean,
+              "naive": pl.Datetime("us"), "zoned": pl.Datetime("us"), "date": pl.Date}
+    columns: dict[str, pl.Series] = {}
+    columns[spec["key"]] = pl.Series(maybe_null(key_values), dtype=dtypes[spec["key_type"]])
+    series = pl.Series(maybe_null(times), dtype=dtypes.get(spec["time_type"],
+                                                           {"str": pl.String, "int": pl.Int64}.get(
+                                                               spec["time_type"])))
+    if spec["time_type"] == "zoned":
+        series = series.dt.replace_time_zone("Europe/Paris")
+    columns[spec["time"]] = series
+    for name, kind in spec["values"]:
+        values: list[Any] = {"int": [rng.randint(-5, 5) for _ in range(n)],
+                             "float": [rng.uniform(-1, 1) for _ in range(n)],
+                             "str": [rng.choice(["a", "b'", "c;"]) for _ in range(n)],
+                             "bool": [rng.random() < 0.5 for _ in range(n)]}[kind]
+        columns[name] = pl.Series(maybe_null(values), dtype=dtypes[kind])
+    return pl.DataFrame(columns)
+
+
+def build_toml(spec: dict[str, Any], value_col: str | None) -> str:
+    key = {"same": [spec["key"]], "other": ["missing_key"], "list": [spec["key"], spec["key"]]}[
+        spec["declare_key"]]
+    parts = [f"[[entities]]\nname = {toml_str(spec['entity'])}\njoin_keys = {toml_str(key)}\n",
+             f"[[sources]]\nname = \"s\"\npath = \"data.parquet\"\nentity = {toml_str(spec['entity'])}"
+             f"\nevent_time = {toml_str(spec['time'])}\ntimezone = {toml_str(spec['tz'])}\n"
+             f"tier = {toml_str(spec['tier'])}\non_duplicate = {toml_str(spec['on_duplicate'])}\n"]
+    feature = f"[[features]]\nname = {toml_str(spec['feature'])}\nsource = \"s\"\n"
+    if value_col is not None:
+        feature += f"column = {toml_str(value_col)}\n"
+    if spec["dtype"]:
+        feature += f"dtype = {toml_str(spec['dtype'])}\n"
+    parts.append(feature)
+    parts += spec["garbage"]
+    return "\n".join(parts)
+
+
+def expected_rows(frame: pl.DataFrame, spec: dict[str, Any], value_col: str) -> list[tuple[Any, ...]]:
+    """The oracle, in plain Python: (key, UTC event time, value) per row, duplicates resolved."""
+    from zoneinfo import ZoneInfo
+
+    out: dict[tuple[Any, dt.datetime], Any] = {}
+    for row in frame.iter_rows(named=True):
+        t = row[spec["time"]]
+        if isinstance(t, dt.datetime) and t.tzinfo is None:
+            t = t.replace(tzinfo=ZoneInfo(spec["tz"]))
+        elif isinstance(t, dt.date) and not isinstance(t, dt.datetime):
+            t = dt.datetime(t.year, t.month, t.day, tzinfo=ZoneInfo(spec["tz"]))
+        out[(row[spec["key"]], t.astimezone(dt.UTC))] = row[value_col]  # the last one wins
+    return sorted((k, t, v) for (k, t), v in out.items())
+
+
+@settings(max_examples=int(os.environ.get("FEATURESTORE_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(spec=fuzz_inputs())
+def test_fuzz_clear_error_or_correct_result(spec: dict[str, Any]) -> None:
+    frame = build_frame(spec)
+    value_col = next((c for c in frame.columns if c not in (spec["key"], spec["time"])), None)
+    with tempfile.TemporaryDirectory(prefix="fs-fuzz-") as tmp:
+        root = Path(tmp)
+        frame.write_parquet(root / "data.parquet")
+        (root / "features.toml").write_text(build_toml(spec, value_col), encoding="utf-8")
+        store = FeatureStore(root / "store")
+        try:
+            for step in ("apply", "ingest", "materialize"):
+                before = (registry_dump(store), data_listing(store.root))
+                try:
+                    if step == "apply":
+                        store.apply(root / "features.toml")
+                    elif step == "ingest":
+                        store.ingest()
+                    else:
+                        materialize(store)
+                except FeatureStoreError as exc:
+                    event(f"refused at {step}: {type(exc).__name__}")
+                    message = str(exc)
+                    assert message and "\n" not in message.strip(), message
+                    assert (registry_dump(store), data_listing(store.root)) == before, \
+                        f"{step} failed with {message!r} but changed the registry or the data"
+                    return
+            event("accepted")
+            # Everything was accepted: the snapshot must be the input, correctly converted.
+            assert value_col is not None and spec["on_duplicate"] in ("error", "keep_last")
+            row = store.registry.latest_artifact("source", "s")
+            assert row is not None
+            snap = store.load_artifact(row["id"])
+            assert isinstance(snap, pl.DataFrame)
+            got = sorted(snap.select(spec["key"], "event_timestamp", value_col).iter_rows())
+            assert got == expected_rows(frame, spec, value_col)
+            view_row = store.registry.latest_artifact("view", "s")
+            assert view_row is not None
+            view = store.load_artifact(view_row["id"])
+            assert isinstance(view, pl.DataFrame)
+            assert sorted(view.select(spec["key"], "event_timestamp", value_col).iter_rows()) == got
+        finally:
+            store.close()
+
+
+if __name__ == "__main__":
+    # Rewrite the table in docs/bad-input.md from CASES.
+    text = DOC.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    DOC.write_text(f"{head}{START}\n{render_table()}\n{END}{rest.split(END, 1)[1]}",
+                   encoding="utf-8")
+    print(f"wrote {len(CASES)} cases to {DOC}")
