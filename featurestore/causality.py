@@ -203,8 +203,12 @@ def _schema_differences(expected: Mapping[str, pl.DataType],
 
 def check_contract(transform: Transform, params: Params,
                    input_frame: pl.DataFrame | pl.LazyFrame, output_frame: Any,
-                   ctx: TransformContext, *, plugin: str = "", view: str = "") -> pl.DataFrame:
+                   ctx: TransformContext, *, plugin: str = "", view: str = "",
+                   input_schema: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
     """Check what ``transform`` returned for ``input_frame``; return the output collected.
+
+    With ``input_schema`` (the full input's schema), ``input_frame`` need only hold the key and
+    time columns: the materializer passes that so the input is never held in memory whole.
 
     Raises ``PluginError`` naming the transform when the output
     - is not a polars ``LazyFrame``/``DataFrame`` (a pandas frame, None, ...);
@@ -224,7 +228,7 @@ def check_contract(transform: Transform, params: Params,
         raise PluginError(f"{what} returned {_type_name(output_frame)}, expected a polars "
                           "LazyFrame (or DataFrame)")
     inp = _eager(input_frame)
-    expected = declared_output_schema(transform, params, inp.schema, ctx, what=what)
+    expected = declared_output_schema(transform, params, input_schema or inp.schema, ctx, what=what)
     if isinstance(output_frame, pl.LazyFrame):
         try:
             lazy_schema = dict(output_frame.collect_schema())

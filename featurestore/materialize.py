@@ -50,7 +50,28 @@ def retrieval_order(keys: Sequence[str]) -> list[str]:
 
 def sort_for_retrieval(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     # Stable, so rows tied on every sort column keep ingestion order (later row = later ingest).
+    # Transforms usually return rows in (keys, event time) order, which is already retrieval
+    # order when availability follows event time: one comparison pass saves a sort and a copy.
+    if in_order(frame, retrieval_order(keys)):
+        return frame
     return frame.sort(retrieval_order(keys), maintain_order=True)
+
+
+def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
+    """Whether rows are already sorted ascending by ``columns`` (nulls first), lexicographically."""
+    if frame.height < 2:
+        return True
+    before = pl.lit(False)
+    tied = pl.lit(True)
+    for c in columns:
+        prev, cur = pl.col(c).shift(1), pl.col(c)
+        both = prev.is_not_null() & cur.is_not_null()
+        less = (prev.is_null() & cur.is_not_null()) | (both & (prev < cur))
+        equal = (prev.is_null() & cur.is_null()) | (both & (prev == cur))
+        before = before | (tied & less)
+        tied = tied & equal
+    ok = (before | tied).slice(1)
+    return bool(frame.select(ok.all()).item())
 
 
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
@@ -72,7 +93,8 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         if progress:
             progress(f"materialize {name}", i, len(names))
         view = registered[name]
-        src_row, snapshot = store.source_snapshot(view["source"])
+        src_row, snapshot_path = store.source_snapshot(view["source"])
+        snapshot_schema = dict(pl.read_parquet_schema(snapshot_path))
         keys = store.registry.get("entity", store.registry.get("source", view["source"])["entity"])["join_keys"]
         plugin_name = plugin_version = None
         transform = None
@@ -94,21 +116,22 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
         verification = "columns read as is"
         if transform is None:
-            missing = [c for c in view["params"]["columns"] if c not in snapshot.columns]
+            missing = [c for c in view["params"]["columns"] if c not in snapshot_schema]
             if missing:
                 raise DataError(f"view {name!r}: source {view['source']!r} no longer has "
                                 f"column(s) {', '.join(missing)}; re-apply the definitions")
-            out = snapshot.select(*base, *view["params"]["columns"])
+            out = pl.read_parquet(snapshot_path, columns=[*base, *view["params"]["columns"]])
             t1 = t2 = time.perf_counter()
         else:
             ctx = TransformContext(keys=tuple(keys))
             params = view["params"]
             previous = None if force else _incremental_base(store, latest, view, src_row,
                                                               plugin_version, verify)
-            grown = None
+            grown = snapshot = None
             if previous is not None:
+                snapshot = pl.read_parquet(snapshot_path)
                 grown = growth(previous[0], snapshot, keys)
-            if grown is not None:
+            if grown is not None and snapshot is not None:
                 subset = recompute_input(snapshot, keys, grown, transform.lookback(params))
                 computed = _run_checked(transform, params, subset, ctx, name, plugin_name)
                 fresh = new_output_rows(computed, keys, grown)
@@ -116,14 +139,19 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                         f"{subset.height} recomputed; "
                 verify_input, verify_output = subset, computed
             else:
-                computed = _run_checked(transform, params, snapshot, ctx, name, plugin_name)
+                # Scanned, not read: the transform's projection decides which columns load.
+                computed = _run_checked(transform, params, pl.scan_parquet(snapshot_path), ctx,
+                                        name, plugin_name, input_schema=snapshot_schema,
+                                        ids=pl.read_parquet(snapshot_path, columns=base))
                 fresh, scope = computed, ""
-                verify_input, verify_output = snapshot, computed
+                verify_input, verify_output = None, computed
             t1 = time.perf_counter()
             _validate_hooks(name, view["transform"], params, verify_output)
             if verify:
                 from featurestore.causality import verify_causality
 
+                if verify_input is None:
+                    verify_input = pl.read_parquet(snapshot_path)
                 report = verify_causality(transform, params, verify_input, ctx, samples=samples,
                                           view=name, plugin=plugin_name or "", output=verify_output)
                 verification = f"{scope}causality verified at {report.cut_points} cut points"
@@ -147,9 +175,15 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
     return results
 
 
-def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame, ctx: TransformContext,
-                 view: str, plugin: str | None) -> pl.DataFrame:
-    """Run a transform and check its contract; a plugin's crash is reported with its name."""
+def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,
+                 ctx: TransformContext, view: str, plugin: str | None, *,
+                 input_schema: dict[str, pl.DataType] | None = None,
+                 ids: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Run a transform and check its contract; a plugin's crash is reported with its name.
+
+    ``ids`` (the input's key and time columns) with ``input_schema`` lets the check run
+    without the whole input in memory when ``frame`` is a lazy scan.
+    """
     from featurestore.causality import check_contract
 
     try:
@@ -160,7 +194,8 @@ def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame, ctx: Tr
         raise PluginError(f"transform {transform.name!r} (plugin {plugin!r}, view {view!r}) "
                           f"failed: {type(exc).__name__}: {exc}") from exc
     # check_contract collects the output once and returns it: the transform runs only once.
-    return check_contract(transform, params, frame, result, ctx, plugin=plugin or "", view=view)
+    return check_contract(transform, params, frame if ids is None else ids, result, ctx,
+                          plugin=plugin or "", view=view, input_schema=input_schema)
 
 
 def _validate_hooks(view: str, transform: str, params: Any, frame: pl.DataFrame) -> None:

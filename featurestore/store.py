@@ -283,12 +283,12 @@ class FeatureStore:
         path = verify_artifact(self.root, row, checksum=verify_checksum)
         return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
 
-    def source_snapshot(self, name: str) -> tuple[dict[str, Any], pl.DataFrame]:
-        """The newest ingested snapshot of a source (ingesting first when inputs changed)."""
+    def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
+        """The newest ingested snapshot of a source (ingesting first when inputs changed):
+        its artifact row and the checked path of its Parquet file."""
         [result] = self.ingest([name])
         row = result["artifact"]
-        path = verify_artifact(self.root, row, checksum=False)
-        return row, pl.read_parquet(path)
+        return row, verify_artifact(self.root, row, checksum=False)
 
     # ------------------------------------------------------------------ integrity
     def doctor(self, *, fix: bool = False, checksums: bool = True) -> dict[str, Any]:
