@@ -498,6 +498,7 @@ def _join_view(
         packed = _pack(k, fkeys, avp, gcol)
         assert packed is not None  # sorted just above
     packed_a, grp, lo, span = packed
+    k = k.select(avp, *([ridx] if ridx in k.columns else []))  # free the key columns
 
     # Query side: run number of each key (hash join against the distinct keys), packed cutoff.
     internals = [p.internal for p in plan.pairs]
@@ -630,12 +631,18 @@ def _fetch(
                 f"view {view.name!r}: frame returned different rows on a second read; a "
                 "presorted frame must be deterministic (e.g. a Parquet scan)"
             )
-    # Rechunk (the scan gives one chunk per row group: slow gathers), gather with non-null
-    # indices, then null the unmatched rows: faster than a gather with null indices.
-    got = sub.rechunk().gather(pos.fill_null(0))
-    if pos.null_count():
-        matched = pl.lit(pos.is_not_null())
-        got = got.select([pl.when(matched).then(pl.col(c)).alias(c) for c in distinct_cols])
+    # Column by column (peak memory: the fetched rows plus one column): rechunk (the scan gives
+    # one chunk per row group: slow gathers), gather with non-null indices, then null the
+    # unmatched rows, which is faster than a gather with null indices.
+    idx = pos.fill_null(0)
+    matched = pos.is_not_null() if pos.null_count() else None
+    got: dict[str, pl.Series] = {}
+    for c in distinct_cols:
+        col = sub.get_column(c).rechunk().gather(idx)
+        sub = sub.drop(c)
+        if matched is not None:
+            col = pl.select(pl.when(matched).then(col)).to_series()
+        got[c] = col
     result = [got[c].alias(out) for out, c, _ in plan.outputs]
     if with_availability:
         av_q = pl.repeat(None, n_query, dtype=pl.Int64, eager=True).scatter(
