@@ -158,15 +158,21 @@ def reader(root: str, url: str) -> dict[str, Any]:
     _ready_then_wait(store_root, f"r{uuid.uuid4().hex[:6]}")
     out: dict[str, Any] = {"snapshots": 0, "groups_seen": 0, "violations": [], "errors": []}
     registry = None
+    deadline = time.monotonic() + 60
     while registry is None:
         try:
             registry = Registry(url)
         except Exception as exc:
-            if (store_root / STOP_FILE).exists():
+            # With very short lock waits the storm can outlast every open attempt; once the
+            # writers stop, opening succeeds, so keep trying (bounded) rather than give up.
+            if time.monotonic() > deadline:
                 out["errors"].append(f"open: {exc}")
                 return out
             time.sleep(0.05)
-    while not (store_root / STOP_FILE).exists():
+    # At least one snapshot, even when the storm ended while the reader was opening.
+    first = True
+    while first or not (store_root / STOP_FILE).exists():
+        first = False
         try:
             with registry.read() as conn:
                 features = Registry.latest_rows(conn, "feature")

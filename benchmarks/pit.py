@@ -13,10 +13,9 @@ cutoffs fall outside the data's time range and 10% of cutoffs equal an existing
 Each contestant runs as its own process; the parent measures wall time and peak RSS with
 ``os.wait4``. All use the strict rule ``available_at < cutoff``:
 
-(a) featurestore: ``point_in_time_join`` on the artifact, i.e. the raw file after
-    ``sort_for_retrieval`` written once with ``sink_parquet`` ("materialize", timed and reported
-    separately as a one-time cost). The runner is the single function ``run_featurestore``;
-    swap it for the FeatureStore API when that exists.
+(a) featurestore: ``FeatureStore.get_historical_features`` through the public API, over the
+    store's own artifacts. Their one-time cost (apply, ingest with validation and UTC
+    conversion, materialize to retrieval-sorted Parquet) is timed and reported separately.
 (b) polars: ``join_asof(by=entity, allow_exact_matches=False)`` on the raw file (which it has to
     sort by ``available_at``), default engine.
 (c) duckdb: ``ASOF LEFT JOIN ... ON q.entity_id = f.entity_id AND q.event_timestamp >
@@ -179,39 +178,40 @@ def generate(paths: Paths) -> None:
 # contestants (each runs in its own process via --child)
 
 
+def store_root(paths: Paths, case: str) -> Path:
+    return paths.root / f"store_{paths.scale}_{case}"
+
+
 def materialize(paths: Paths, case: str) -> None:
-    """One-time cost: write each raw file as a retrieval-sorted artifact (what the store does)."""
-    import polars as pl
+    """One-time cost, through the store: apply definitions, ingest the raw files (validation,
+    UTC, snapshot) and materialize each source's columns as a retrieval-sorted artifact."""
+    import shutil
 
-    from featurestore.retrieval import sort_for_retrieval
+    from featurestore import Entity, Feature, FeatureStore, Source
+    from featurestore.materialize import materialize as run
 
-    for raw, art in zip(paths.raws(case), paths.artifacts(case), strict=True):
-        sort_for_retrieval(pl.scan_parquet(raw), [KEY]).sink_parquet(art)
+    root = store_root(paths, case)
+    shutil.rmtree(root, ignore_errors=True)
+    defs: list[object] = [Entity("entity", (KEY,))]
+    for j, (raw, names) in enumerate(zip(paths.raws(case), output_names(case), strict=True)):
+        defs.append(Source(f"raw{j}", str(raw), "entity", CUTOFF, available_time="available_at",
+                           tier="historical"))
+        defs += [Feature(n, source=f"raw{j}", column=c) for n, c in zip(names, FEATURES, strict=True)]
+    with FeatureStore(root) as store:
+        store.apply(defs)
+        run(store)
 
 
 def run_featurestore(paths: Paths, case: str):
-    """(a) featurestore retrieval over its materialized artifacts.
-
-    The one function to replace when retrieval goes through the full FeatureStore API.
-    """
+    """(a) featurestore retrieval through the public API, over the store's own artifacts."""
     import polars as pl
 
-    from featurestore.retrieval import ViewFrame, point_in_time_join
+    from featurestore import FeatureStore
 
     query = pl.read_parquet(paths.query)
-    views = [
-        ViewFrame(
-            name=f"view{j}",
-            frame=pl.scan_parquet(art),
-            keys=(KEY,),
-            features=dict(zip(names, FEATURES, strict=True)),
-            presorted=True,
-        )
-        for j, (art, names) in enumerate(
-            zip(paths.artifacts(case), output_names(case), strict=True)
-        )
-    ]
-    return point_in_time_join(query, views, cutoff=CUTOFF)
+    names = [n for view in output_names(case) for n in view]
+    with FeatureStore(store_root(paths, case)) as store:
+        return store.get_historical_features(query, names, tier="historical", cutoff=CUTOFF)
 
 
 def run_polars(paths: Paths, case: str):
@@ -410,7 +410,7 @@ def main() -> None:
     for case in cases:
         mat = measure("materialize", paths, case, None)
         print(
-            f"\n[{case}] materialize (one-time sort_for_retrieval + sink_parquet): "
+            f"\n[{case}] one-time store setup (apply + ingest + materialize): "
             f"wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
             flush=True,
         )
