@@ -57,7 +57,6 @@ params = {falloff}
 def child(mode: str, workdir: Path) -> None:
     """The body of one measured process."""
     import polars as pl
-
     from materialize_polars import falloff_params, hand_falloff, hand_rolling, rolling_params
 
     laps = workdir / "laps.parquet"
@@ -117,9 +116,8 @@ def main() -> None:
         child(args.child, args.workdir)
         return
     import polars as pl
-    from polars.testing import assert_frame_equal
-
     from materialize_polars import make_laps
+    from polars.testing import assert_frame_equal
 
     work = args.workdir / f"{args.laps}-{args.drivers}"
     work.mkdir(parents=True, exist_ok=True)

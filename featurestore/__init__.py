@@ -1,5 +1,6 @@
 """featurestore: a plugin-based, leakage-safe feature store."""
 
+from featurestore.definitions import Definitions, Entity, Feature, FeatureSet, Fill, Source, View
 from featurestore.errors import (
     ArtifactError,
     DataError,
@@ -9,8 +10,6 @@ from featurestore.errors import (
     NotFoundError,
     PluginError,
 )
-
-from featurestore.definitions import Definitions, Entity, Feature, FeatureSet, Fill, Source, View
 from featurestore.hookspecs import hookimpl
 from featurestore.store import FeatureStore
 from featurestore.tiers import Tier
@@ -19,24 +18,24 @@ from featurestore.transforms import Transform, TransformContext
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactError",
+    "DataError",
+    "DefinitionError",
     "Definitions",
     "Entity",
     "Feature",
     "FeatureSet",
     "FeatureStore",
+    "FeatureStoreError",
     "Fill",
+    "LeakageError",
+    "NotFoundError",
+    "PluginError",
     "Source",
     "Tier",
     "Transform",
     "TransformContext",
     "View",
-    "ArtifactError",
-    "DataError",
-    "DefinitionError",
-    "FeatureStoreError",
-    "LeakageError",
-    "NotFoundError",
-    "PluginError",
     "__version__",
     "hookimpl",
 ]

@@ -558,7 +558,7 @@ def _plan_rounds(inp: pl.DataFrame, keys: list[str], acol: str, cuts: list[datet
         if used and spent + sum(costs) > budget:
             if entities_per_cut is None:
                 continue
-            fits = [(row, c) for row, c in zip(rows, costs) if spent + c <= budget][:1]
+            fits = [(row, c) for row, c in zip(rows, costs, strict=True) if spent + c <= budget][:1]
             if not fits:
                 continue
             rows, costs = [fits[0][0]], [fits[0][1]]
@@ -622,7 +622,7 @@ def _raise_leak(transform: Transform, params: Params, ctx: TransformContext, inp
                 cause = ("it changes when other entities' rows are removed: the transform mixes "
                          "entities (or is not deterministic), which the per-entity contract "
                          "forbids and which lets other entities' later rows leak in")
-        except Exception as exc:  # noqa: BLE001 - the diagnosis is best effort; the leak stands
+        except Exception as exc:
             cause += f" (rerunning its entity alone failed: {type(exc).__name__})"
         message = (f"causality check failed for {what}: feature {feature!r} at ({where}) is "
                    f"{_fmt(full_value)} on the full input but {_fmt(truncated_value)} when the "

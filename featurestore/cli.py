@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into one line
+    except Exception as exc:
         if os.environ.get("FEATURESTORE_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""

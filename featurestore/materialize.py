@@ -71,7 +71,8 @@ def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
         before = before | (tied & less)
         tied = tied & equal
     ok = (before | tied).slice(1)
-    return bool(frame.select(ok.all()).item())
+    # Streaming keeps the shifted copies chunk-sized instead of column-sized.
+    return bool(frame.lazy().select(ok.all()).collect(engine="streaming").item())
 
 
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,

@@ -189,7 +189,7 @@ def _register(source: PluginSource, load: Callable[[], object], where: str) -> N
     """Import one plugin and register it with pm; a failure becomes a problem, never an error."""
     try:
         plugin = load()
-    except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+    except Exception as exc:
         _state.load_problems.append(
             _problem(source, f"failed to import {where}: {_describe_exception(exc)}; skipped"))
         return
@@ -256,7 +256,7 @@ def load_plugins() -> pluggy.PluginManager:
                       f"built-in module {module_name!r}")
         try:
             entry_points = _entry_points()
-        except Exception as exc:  # noqa: BLE001 - a corrupt installed distribution
+        except Exception as exc:
             entry_points = []
             _state.load_problems.append(PluginProblem(
                 "(entry points)", None, None,
@@ -342,7 +342,7 @@ def _call_per_plugin(hook_name: str, kwargs: Mapping[str, Any]
             continue
         try:
             result = caller(**kwargs)
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is reported, not raised
+        except Exception as exc:
             yield _source_for(name), None, exc
         else:
             yield _source_for(name), result, None
@@ -372,7 +372,7 @@ def _registry_key() -> tuple[Any, ...]:
 
 def _same_plugins(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:
     return a is not None and len(a) == len(b) and all(
-        na == nb and pa is pb for (na, pa), (nb, pb) in zip(a, b))
+        na == nb and pa is pb for (na, pa), (nb, pb) in zip(a, b, strict=True))
 
 
 def _build_registry() -> None:
@@ -418,7 +418,7 @@ def _collect_registrations() -> Iterable[tuple[PluginSource, list[Any] | BaseExc
         pending: list[Any] = []
         try:
             caller(register=pending.append)
-        except Exception as exc:  # noqa: BLE001 - reported, the plugin's transforms skipped
+        except Exception as exc:
             yield _source_for(name), exc
         else:
             yield _source_for(name), pending
@@ -530,7 +530,7 @@ def call_register_commands(cli: Any) -> list[PluginProblem]:
         source = _source_for(name)
         try:
             caller(cli=cli)
-        except Exception as exc:  # noqa: BLE001 - reported, its commands removed
+        except Exception as exc:
             cli.commands.clear()
             cli.commands.update(before)
             problems.append(_problem(source, f"raised {_describe_exception(exc)} in "

@@ -254,9 +254,9 @@ def assert_transform_conforms(
     picked = entities if len(entities) <= 8 else rng.sample(entities, 8)
     for entity in picked:
         mask = pl.all_horizontal(
-            [pl.col(k).eq_missing(pl.lit(v, dtype=frame.schema[k])) for k, v in zip(ctx.keys, entity)])
+            [pl.col(k).eq_missing(pl.lit(v, dtype=frame.schema[k])) for k, v in zip(ctx.keys, entity, strict=True)])
         alone = _contract(transform, params, ordered.filter(mask), ctx, "isolation")
-        _same("isolation", f"entity {dict(zip(ctx.keys, entity))} computed alone differs from "
+        _same("isolation", f"entity {dict(zip(ctx.keys, entity, strict=True))} computed alone differs from "
               "the full run (the transform reads other entities' rows)",
               out.filter(mask), alone, ids, features, rtol, atol)
 

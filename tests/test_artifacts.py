@@ -52,7 +52,7 @@ def test_artifacts_are_never_overwritten(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     bad = pl.DataFrame({"a": [object()]}, schema={"a": pl.Object})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - polars' own error type for Object columns
         write_parquet_atomic(tmp_path, "data/a.parquet", bad)
     assert not list((tmp_path / "data").iterdir())
 
@@ -84,7 +84,7 @@ def test_registry_failure_removes_the_new_file_and_keeps_the_old(tmp_path: Path,
 
 def test_load_detects_changed_bytes_and_schema(tmp_path: Path) -> None:
     store = _store_with_artifacts(tmp_path)
-    view = [a for a in store.list("artifact") if a["kind"] == "view"][0]
+    view = next(a for a in store.list("artifact") if a["kind"] == "view")
     path = store.root / view["path"]
     df = pl.read_parquet(path)
     assert store.load_artifact(view["id"]).equals(df)

@@ -101,7 +101,7 @@ def test_leak_through_a_changed_available_at_is_caught():
                             pl.lit(1.0).alias("f"))
 
     transform = Transform("latest", fn, lambda p, s: {"f": pl.Float64})
-    with pytest.raises(LeakageError, match="exists only in the (full|truncated) run"):
+    with pytest.raises(LeakageError, match=r"exists only in the (full|truncated) run"):
         verify_causality(transform, {}, laps(), CTX)
 
 
@@ -283,7 +283,7 @@ def test_event_time_order_leaks_when_availability_is_not_monotone():
         "lap_time_s": [80.0, 81.0],
     }, schema_overrides={"event_timestamp": pl.Datetime("us", "UTC"),
                          "available_at": pl.Datetime("us", "UTC")})
-    with pytest.raises(LeakageError, match="feature 'f'.* is 80.0 on the full input but nan"):
+    with pytest.raises(LeakageError, match=r"feature 'f'.* is 80.0 on the full input but nan"):
         verify_causality(CAUSAL, {}, frame, CTX)
     verify_causality(BY_AVAILABILITY, {}, frame, CTX)
 
@@ -347,7 +347,7 @@ def test_pandas_like_return_is_rejected():
                                           r"pandas\.core\.frame\.DataFrame, expected a polars "
                                           "LazyFrame"):
         contract(passthrough(), result=fake_pandas())
-    with pytest.raises(PluginError, match="returned types.SimpleNamespace"):
+    with pytest.raises(PluginError, match=r"returned types\.SimpleNamespace"):
         contract(passthrough(), result=types.SimpleNamespace())
 
 
@@ -439,7 +439,7 @@ def test_failing_lazy_output_is_a_plugin_error():
         return frame.select(*ctx.keys, ctx.time_column, ctx.available_column,
                             pl.col("compound").cast(pl.Float64, strict=True).alias("f"))
 
-    with pytest.raises(PluginError, match="'bad_cast' .*failed"):
+    with pytest.raises(PluginError, match=r"'bad_cast' .*failed"):
         contract(Transform("bad_cast", fn, lambda p, s: {"f": pl.Float64}))
 
 

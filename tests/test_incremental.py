@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from featurestore import Entity, Feature, FeatureStore, Source, View
 from featurestore.incremental import growth, new_output_rows, recompute_input
@@ -107,7 +107,7 @@ def test_incremental_rolling_property(n_old: int, n_new: int, drivers: int, wind
     params = {"column": "position", "windows": [window], "aggs": ["mean", "sum", "std"],
               "include_current": include_current}
     ctx = TransformContext(keys=("driver_id",))
-    run = lambda df: transform(df.lazy(), params, ctx).collect()  # noqa: E731
+    run = lambda df: transform(df.lazy(), params, ctx).collect()
     grown = growth(old, new, ["driver_id"])
     assert grown is not None and grown.new_rows == new.height - old.height
     subset = recompute_input(new, ["driver_id"], grown, transform.lookback(params))

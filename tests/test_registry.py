@@ -16,9 +16,9 @@ from featurestore import (
     NotFoundError,
     Source,
     Tier,
+    schema,
 )
 from featurestore import plan as plan_module
-from featurestore import schema
 from featurestore.migrations import LATEST, current_version, migrate
 from featurestore.registry import Registry
 from tests.storekit import basic_defs, open_store, write_results

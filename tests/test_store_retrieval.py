@@ -12,7 +12,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from featurestore import Entity, Feature, FeatureSet, FeatureStore, LeakageError, NotFoundError, Source
+from featurestore import (
+    Entity,
+    Feature,
+    FeatureSet,
+    FeatureStore,
+    LeakageError,
+    NotFoundError,
+    Source,
+)
 from featurestore.materialize import materialize
 from tests.storekit import open_store
 

@@ -44,7 +44,7 @@ def _alpha(params: Mapping[str, Any]) -> float:
     key = given[0]
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key!r} must be a number, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"{key!r} must be a number, got {value!r}")
     value = float(value)
     if key == "alpha":
         if not 0.0 < value <= 1.0:
@@ -68,13 +68,13 @@ def _settings(params: Mapping[str, Any]) -> tuple[str, float, bool, int, str]:
         raise ValueError("'column' (the input column name) is required")
     include = params.get("include_current", False)
     if not isinstance(include, bool):
-        raise ValueError(f"'include_current' must be true or false, got {include!r}")  # noqa: TRY004
+        raise ValueError(f"'include_current' must be true or false, got {include!r}")
     min_samples = params.get("min_samples", 1)
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise ValueError(f"'min_samples' must be an integer >= 1, got {min_samples!r}")
     output = params.get("output") or f"{column}_ewm_mean"
     if not isinstance(output, str):
-        raise ValueError(f"'output' must be a column name, got {output!r}")  # noqa: TRY004
+        raise ValueError(f"'output' must be a column name, got {output!r}")
     return column, _alpha(params), include, min_samples, output
 
 

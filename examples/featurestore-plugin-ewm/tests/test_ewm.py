@@ -58,7 +58,7 @@ def test_values_match_reference(include_current, min_samples):
         got = (out.filter(pl.col("driver_id") == driver)
                .sort(["event_timestamp", "available_at"])["lap_time_s_ewm_mean"].to_list())
         assert len(got) == len(expected)
-        for g, e in zip(got, expected):
+        for g, e in zip(got, expected, strict=True):
             assert (g is None and e is None) or math.isclose(g, e, rel_tol=1e-12), (driver, g, e)
 
 
