@@ -65,3 +65,15 @@ def test_second_run_is_a_noop(first_run: tuple[Path, dict]) -> None:  # type: ig
     assert {m["status"] for m in again["materialize"]} == {"up-to-date"}
     assert {i["status"] for i in again["ingest"]} == {"up-to-date"}
     assert pl.read_parquet(again["prerace"]["path"]).equals(pl.read_parquet(summary["prerace"]["path"]))
+
+
+def test_the_suggested_retrieve_command_works(first_run: tuple[Path, dict], tmp_path: Path) -> None:  # type: ignore[type-arg]
+    out, summary = first_run
+    target = tmp_path / "train.parquet"
+    proc = subprocess.run([sys.executable, "-m", "featurestore", "-s", str(out), "retrieve",
+                           "--entities", str(out / "frames" / "prerace_entities.parquet"),
+                           "--features", "prerace_model", "--tier", "qualifying", "--audit",
+                           "--output", str(target), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["audit"]["violations"] == 0
+    assert pl.read_parquet(target).equals(pl.read_parquet(summary["prerace"]["path"]))

@@ -64,16 +64,28 @@ def quickstart(output: str, seed: int, races: int, drivers: int, plot: bool, as_
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     click.echo(f"\nDone in {total:.1f}s ({timings}).")
     root = Path(result.root)
+    fs = _executable()
     click.echo(f"""
 Try next:
-  featurestore -s {root} list features --tier race
-  featurestore -s {root} show deg_slope --history
-  featurestore -s {root} artifacts --verify
-  featurestore -s {root} retrieve --entities {root}/frames/prerace_training.parquet \\
+  {fs} -s {root} list features --tier race
+  {fs} -s {root} show deg_slope --history
+  {fs} -s {root} artifacts --verify
+  {fs} -s {root} retrieve --entities {root}/frames/prerace_entities.parquet \\
       --features prerace_model --tier qualifying --audit --output /tmp/train.parquet
-  featurestore -s {root} online --key driver_id=1 --features prev_finish,avg_finish_last_5
-  featurestore -s {root} doctor
-  featurestore plugins --all""")
+  {fs} -s {root} online --key driver_id=1 --features prev_finish,avg_finish_last_5
+  {fs} -s {root} doctor
+  {fs} plugins --all""")
+
+
+def _executable() -> str:
+    """``featurestore`` when it is on PATH, else the script next to this interpreter."""
+    import shutil
+    import sys
+
+    if shutil.which("featurestore"):
+        return "featurestore"
+    candidate = Path(sys.executable).parent / "featurestore"
+    return str(candidate) if candidate.exists() else f"{sys.executable} -m featurestore"
 
 
 def _have_matplotlib() -> bool:

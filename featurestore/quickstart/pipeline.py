@@ -402,6 +402,7 @@ def run_quickstart(out_dir: str | Path, *, seed: int = 7, n_races: int = 36, n_d
     result.inrace_path = frames_dir / "inrace_lap100_training.parquet"
     prerace_out = prerace.drop([c for c in prerace.columns if c.endswith("__available_at")])
     inrace_out = inrace.drop([c for c in inrace.columns if c.endswith("__available_at")])
+    prerace_q.write_parquet(frames_dir / "prerace_entities.parquet")  # to retrieve again by hand
     prerace_out.write_parquet(result.prerace_path)
     inrace_out.write_parquet(result.inrace_path)
     result.prerace_shape, result.inrace_shape = prerace_out.shape, inrace_out.shape
