@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from featurestore import (
     Entity,
@@ -154,3 +156,34 @@ def test_cli_retrieve_writes_the_frame(store: FeatureStore, tmp_path: Path) -> N
                            "--features", "grid", "--tier", "practice", "--output", str(out)],
                           env=env, capture_output=True, text=True)
     assert leak.returncode == 3 and "LeakageError" not in leak.stderr and "grid" in leak.stderr
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.one_of(st.none(), st.integers(0, 4)), min_size=1, max_size=8),
+       day=st.integers(0, 12), hour=st.sampled_from([0, 18, 20, 21]))
+def test_online_few_keys_equals_the_join_engine(store: FeatureStore, keys: list[int | None],
+                                                day: int, hour: int) -> None:
+    moment = dt.datetime(2025, 2, 27, hour, tzinfo=UTC) + dt.timedelta(days=day)
+    online = store.get_online_features({"driver_id": keys}, ["finish", "grid"], as_of=moment)
+    query = pl.DataFrame({"driver_id": keys, "event_timestamp": [moment] * len(keys)},
+                         schema={"driver_id": pl.Int64, "event_timestamp": pl.Datetime("us", "UTC")})
+    engine = store.get_historical_features(query, ["finish", "grid"], tier="race")
+    assert online.equals(engine.drop("event_timestamp"))
+
+
+def test_online_ties_go_to_the_later_event(tmp_path: Path) -> None:
+    path = tmp_path / "ties.parquet"
+    published = dt.datetime(2025, 3, 2, 9)
+    pl.DataFrame({"driver_id": [1, 1, 1, 2], "t": [dt.datetime(2025, 3, 1, h) for h in (15, 12, 9, 9)],
+                  "published": [published, published, published, published + dt.timedelta(days=9)],
+                  "x": [3.0, 2.0, 1.0, 7.0]}).write_parquet(path)
+    s = open_store(tmp_path)
+    s.apply([Entity("driver", ("driver_id",)),
+             Source("s", str(path), "driver", "t", available_time="published"),
+             Feature("x", source="s")])
+    materialize(s)
+    moment = dt.datetime(2025, 3, 5, tzinfo=UTC)
+    online = s.get_online_features({"driver_id": [1, 2]}, ["x"], as_of=moment)
+    assert online["x"].to_list() == [3.0, None]
+    query = pl.DataFrame({"driver_id": [1, 2], "event_timestamp": [moment, moment]})
+    assert s.get_historical_features(query, ["x"], tier="race")["x"].to_list() == [3.0, None]
