@@ -171,6 +171,8 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             input_artifact_id=src_row["id"])
         status = "incremental" if verification.startswith("incremental") else "materialized"
         results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
+        # Drop this view's frames now: otherwise they stay alive while the next view computes.
+        out = fresh = computed = verify_input = verify_output = snapshot = subset = None
     if progress:
         progress("materialize", len(names), len(names))
     return results
