@@ -27,20 +27,29 @@ if TYPE_CHECKING:
 FeatureRefs = str | Sequence[str]
 
 
-def _artifact_for(store: FeatureStore, feature: dict[str, Any]) -> dict[str, Any]:
-    """The newest artifact of the view version that computes this feature version."""
+def _artifact_for(store: FeatureStore, feature: dict[str, Any],
+                  cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+                  ) -> dict[str, Any]:
+    """The newest artifact of the view version that computes this feature version.
+
+    ``cache`` holds each view's versions and artifacts for the duration of one request.
+    """
     view_name = feature["view"]
-    try:
-        versions = store.registry.history("view", view_name)
-    except NotFoundError:
-        raise NotFoundError(f"feature {feature['name']!r}: its view {view_name!r} is not registered") from None
+    if view_name not in cache:
+        try:
+            versions = store.registry.history("view", view_name)
+        except NotFoundError:
+            raise NotFoundError(f"feature {feature['name']!r}: its view {view_name!r} is not "
+                                "registered") from None
+        cache[view_name] = (versions, store.registry.artifacts(kind="view", name=view_name))
+    versions, artifacts = cache[view_name]
     matching = {v["version"] for v in versions
                 if v["source"] == feature["source"] and v["transform"] == feature["transform"]
                 and (v["transform"] is None or v["params"] == feature["params"])}
     column = feature["column_name"]
     # The view version alone is not enough: a source whose column changed dtype gives a new
     # feature version under the same column view, so the artifact's dtype must match too.
-    candidates = [a for a in store.registry.artifacts(kind="view", name=view_name)
+    candidates = [a for a in artifacts
                   if a["object_version"] in matching and column in a["schema"]
                   and dtype_name(dtype_from_str(a["schema"][column])) == feature["dtype"]]
     if not candidates:
@@ -53,14 +62,15 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any]) -> dict[str, Any
 def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order."""
-    groups: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+    groups: dict[int, tuple[dict[str, Any], dict[str, str], str]] = {}
+    cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for feat in features:
-        art = _artifact_for(store, feat)
-        groups.setdefault(art["id"], (art, {}))[1][feat["name"]] = feat["column_name"]
+        art = _artifact_for(store, feat, cache)
+        groups.setdefault(art["id"], (art, {}, feat["entity"]))[1][feat["name"]] = feat["column_name"]
     frames = []
-    for art, mapping in groups.values():
+    for art, mapping, entity_name in groups.values():
         path = verify_artifact(store.root, art, checksum=verify_checksums)
-        entity = store.registry.get("entity", store.registry.get("feature", next(iter(mapping)))["entity"])
+        entity = store.registry.get("entity", entity_name)
         frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
