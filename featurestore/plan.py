@@ -8,7 +8,6 @@ after it was computed, and a failure anywhere writes nothing.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,6 @@ from sqlalchemy import Connection, update
 from featurestore import schema
 from featurestore.definitions import (
     Definitions,
-    Entity,
-    Feature,
-    FeatureSet,
-    Source,
-    View,
     canonical_json,
     check_name,
     dtype_name,
@@ -267,13 +261,12 @@ class _Planner:
 
             transform = get_transform(v.transform)
             try:
-                declared = transform.transform.declared_schema(v.params, in_schema) \
-                    if hasattr(transform, "transform") else transform.declared_schema(v.params, in_schema)
+                declared = transform.transform.declared_schema(v.params, in_schema)
             except (ValueError, KeyError, TypeError) as exc:
                 raise self.err(f"{what}: transform {v.transform!r} rejected its params: {exc}") from None
             except Exception as exc:  # the plugin's bug: name it, never a bare traceback
                 raise PluginError(f"{what}: transform {v.transform!r} (plugin "
-                                  f"{getattr(transform, 'plugin', '?')!r}) failed in output_columns: "
+                                  f"{transform.plugin!r}) failed in output_columns: "
                                   f"{type(exc).__name__}: {exc}") from None
             bad = [c for c, t in declared.items() if not isinstance(c, str) or not (
                 isinstance(t, pl.DataType) or (isinstance(t, type) and issubclass(t, pl.DataType)))]
@@ -436,7 +429,3 @@ def execute_plan(conn: Connection, registry: Registry, plan: Plan) -> None:
         else:
             conn.execute(table.insert().values(name=item.name, version=item.version,
                                                created_at=now, **item.row))
-
-
-def describe_defs(objs: Iterable[Entity | Source | View | Feature | FeatureSet]) -> str:
-    return json.dumps([type(o).__name__ + ":" + o.name for o in objs])

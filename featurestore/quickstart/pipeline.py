@@ -38,10 +38,6 @@ IN_RACE_FEATURES = [
 ]
 
 
-def _rolling_outputs(column: str, specs: dict[str, tuple[str, int]]) -> dict[str, Any]:
-    return {name: {"agg": agg, "window": window} for name, (agg, window) in specs.items()}
-
-
 DEFINITIONS = """\
 # The quickstart's feature definitions: entities, sources at each tier, and features.
 # Apply with `featurestore -s {root} apply`; re-applying changes nothing.
