@@ -16,17 +16,23 @@ from sqlalchemy import Connection, MetaData, Table, UniqueConstraint, inspect, s
 from featurestore import schema
 from featurestore.errors import FeatureStoreError
 
-# The tables of version 1, frozen: later versions added feature_sets and artifact columns.
-_V1_ARTIFACT_LATER = {"size_bytes", "plugin_version", "verification", "input_artifact_id"}
+# The tables of version 1, frozen: later versions added tables and columns.
+_LATER_TABLES = {"feature_sets", "store_info"}
+_LATER_COLUMNS = {
+    "artifacts": {"size_bytes", "plugin_version", "verification", "input_artifact_id",
+                  "verification_report"},
+    "tiers": {"forbidden_columns"},
+    **{t.name: {"deleted_at"} for t in schema.VERSIONED.values()},
+}
 
 
 def _v1_tables() -> MetaData:
     frozen = MetaData()
     for table in schema.metadata.sorted_tables:
-        if table.name == "feature_sets":
+        if table.name in _LATER_TABLES:
             continue
-        cols = [c._copy() for c in table.columns
-                if not (table.name == "artifacts" and c.name in _V1_ARTIFACT_LATER)]
+        later = _LATER_COLUMNS.get(table.name, set())
+        cols = [c._copy() for c in table.columns if c.name not in later]
         extra = []
         if table.name in {t.name for t in schema.VERSIONED.values()}:
             extra.append(UniqueConstraint("name", "version", name=f"uq_{table.name}_name_version"))
@@ -40,7 +46,8 @@ def _to_v1(conn: Connection) -> None:
 
 def _to_v2(conn: Connection) -> None:
     frozen = MetaData()
-    Table("feature_sets", frozen, *[c._copy() for c in schema.feature_sets.columns],
+    Table("feature_sets", frozen, *[c._copy() for c in schema.feature_sets.columns
+                                    if c.name != "deleted_at"],
           UniqueConstraint("name", "version", name="uq_feature_sets_name_version"))
     frozen.create_all(conn)
     conn.execute(text("ALTER TABLE artifacts ADD COLUMN size_bytes INTEGER NOT NULL DEFAULT 0"))
@@ -54,7 +61,20 @@ def _to_v3(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE artifacts ADD COLUMN input_artifact_id INTEGER"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3]
+def _to_v4(conn: Connection) -> None:
+    # Tier contracts list forbidden columns; artifacts record what verification checked;
+    # objects can be deleted (history kept); the store records its identity and settings.
+    conn.execute(text("ALTER TABLE tiers ADD COLUMN forbidden_columns TEXT NOT NULL DEFAULT '[]'"))
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN verification_report TEXT NOT NULL "
+                      "DEFAULT '{}'"))
+    for table in schema.VERSIONED.values():
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN deleted_at TIMESTAMP"))
+    frozen = MetaData()
+    Table("store_info", frozen, *[c._copy() for c in schema.store_info.columns])
+    frozen.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
 LATEST = len(MIGRATIONS)
 
 

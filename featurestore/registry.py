@@ -162,6 +162,22 @@ class Registry:
 
     retries = 0
 
+    # ------------------------------------------------------------------ store facts and settings
+    def info(self, key: str, conn: Connection | None = None) -> str | None:
+        """A value of the ``store_info`` table (the store id, a setting), or None when unset."""
+        query = select(schema.store_info.c.value).where(schema.store_info.c.key == key)
+        if conn is not None:
+            return conn.execute(query).scalar()
+        with self.read() as c:
+            return c.execute(query).scalar()
+
+    @staticmethod
+    def set_info(conn: Connection, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) a ``store_info`` value inside the caller's transaction."""
+        conn.execute(schema.store_info.delete().where(schema.store_info.c.key == key))
+        if value is not None:
+            conn.execute(schema.store_info.insert().values(key=key, value=value))
+
     # ------------------------------------------------------------------ reads
     def tiers(self, conn: Connection | None = None) -> TierOrder:
         def q(c: Connection) -> TierOrder:

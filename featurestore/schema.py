@@ -34,6 +34,16 @@ tiers = Table(
     Column("name", String(128), primary_key=True),
     Column("position", Integer, nullable=False, unique=True),
     Column("lag_seconds", Float, nullable=False, default=0.0),
+    # JSON list of column names no source at this tier (or an earlier one) may carry.
+    Column("forbidden_columns", Text, nullable=False, default="[]"),
+)
+
+# Facts about the store itself, as key/value rows: ``store_id`` (also recorded in the store
+# root, so a store opened against the wrong registry is detected) and store-level settings.
+store_info = Table(
+    "store_info", metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 
@@ -45,6 +55,8 @@ def _versioned(name: str, *columns: Column) -> Table:
         Column("version", Integer, nullable=False),
         *columns,
         Column("created_at", DateTime, nullable=False),
+        # Set on every version of an object by `featurestore delete`; history is kept.
+        Column("deleted_at", DateTime),
         UniqueConstraint("name", "version", name=f"uq_{name}_name_version"),
     )
 
@@ -124,6 +136,8 @@ artifacts = Table(
     Column("verification", Text, nullable=False, default=""),
     Column("created_at", DateTime, nullable=False),
     Column("input_artifact_id", Integer),
+    # JSON: exactly what causality verification checked (mode, cuts, entities, rows compared).
+    Column("verification_report", Text, nullable=False, default="{}"),
 )
 
 VERSIONED = {

@@ -8,8 +8,10 @@ output columns it declared up front through ``output_columns``.
 
 The contract a transform keeps (checked by the core and by ``featurestore.testing``):
 - row preserving: one output row per input row, keys and event times unchanged;
-- causal: the value of an output row depends only on input rows of the same entity whose
-  ``available_at`` is at or before the row's own ``available_at``;
+- causal: the value of an output row depends only on input rows whose ``available_at`` is at or
+  before the row's own ``available_at``, and only on rows of its own entity (scope ``entity``) or
+  of the entities that share its values of the declared group columns (scope ``group``: every car
+  on the same lap of the same race, for field-relative features);
 - declared schema: output columns and dtypes are those ``output_columns`` returned;
 - deterministic: the same input and params give the same output.
 """
@@ -24,6 +26,7 @@ import polars as pl
 
 EVENT_TIMESTAMP = "event_timestamp"
 AVAILABLE_AT = "available_at"
+SCOPES = ("entity", "group")
 
 Params = Mapping[str, Any]
 
@@ -53,6 +56,12 @@ class Transform:
     column. ``lookback(params)`` says how many earlier rows per entity a row's value may depend on
     (``None``: the whole history), which lets incremental materialization recompute only new rows
     plus that look-back.
+
+    ``scope`` says which rows an output row may read: ``"entity"`` (the default) only rows of its
+    own entity; ``"group"`` also rows of other entities that share its values of the columns
+    ``group_columns(params)`` returns (for example ``["race_id"]``), always subject to the
+    availability rule above. Causality verification truncates a group transform's input across
+    every entity at once.
     """
 
     name: str
@@ -60,6 +69,8 @@ class Transform:
     output_columns: OutputColumnsFn
     description: str = ""
     lookback: Callable[[Params], int | None] = field(default=lambda params: None)
+    scope: str = "entity"
+    group_columns: Callable[[Params], Sequence[str]] = field(default=lambda params: ())
 
     def declared_schema(
         self, params: Params, input_schema: Mapping[str, pl.DataType]
