@@ -215,7 +215,10 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
     """The previous source snapshot and view output, when they can seed an incremental run."""
     from featurestore.artifacts import verify_artifact
     from featurestore.errors import ArtifactError
+    from featurestore.plugins import get_transform
 
+    if get_transform(view["transform"]).transform.scope != "entity":
+        return None  # other entities' new rows can change a group's old rows: recompute all
     if (latest is None or latest.get("input_artifact_id") is None
             or latest["object_version"] != view["version"]
             or latest["plugin_version"] != plugin_version

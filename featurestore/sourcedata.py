@@ -8,7 +8,7 @@ timestamps are read in the source's declared time zone and converted to UTC here
 from __future__ import annotations
 
 import glob
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -156,35 +156,140 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
 
 
 def causal_fill(df: pl.DataFrame, keys: Sequence[str], fills: Sequence[dict[str, Any]]) -> pl.DataFrame:
-    """Fill missing values using only earlier rows of the same entity.
+    """Fill missing values using only earlier rows of the same entity, available in time.
 
-    ``forward`` carries the entity's last non-null value forward; ``expanding_mean`` uses the
-    mean of the entity's earlier non-null values. A ``value``, when given, fills what is still
-    null afterwards (an entity's leading rows). Never a statistic over the whole column: that
-    would let later rows leak into earlier ones. Expects ``df`` sorted by keys then time.
+    A null in row r may take a value only from a row q of the same entity that comes before r
+    in event order *and* was available no later than r (``available_at(q) <= available_at(r)``):
+    a correction published late never donates to a row known before it. ``forward`` takes the
+    value of the last such q (in event order) with a value; ``expanding_mean`` the mean of all
+    such q's values. A ``value``, when given, fills what is still null afterwards (an entity's
+    leading rows). Never a statistic over the whole column: that would let later rows leak into
+    earlier ones. Expects ``df`` sorted by keys then event time; without an ``available_at``
+    column, rows are taken as available in event order.
+
+    When availability never decreases in event order within an entity (a fixed lag, whole
+    sessions published at once) every earlier row qualifies and one vectorized pass does it;
+    only entities where it does decrease take the row-by-row path.
     """
     if not fills:
         return df
+    for fill in fills:
+        col, method = fill["column"], fill.get("method", "forward")
+        if col not in df.columns:
+            raise DataError(f"fill: column {col!r} is not in the source")
+        if method == "expanding_mean" and not df.schema[col].is_float():
+            raise DataError(f"fill: expanding_mean needs a float column, {col!r} is "
+                            f"{df.schema[col]}; use method = \"forward\" instead")
+    keys = list(keys)
+    if AVAILABLE_AT not in df.columns or df.height < 2:
+        return _fill_in_order(df, keys, fills)
+    back = (pl.col(AVAILABLE_AT) < pl.col(AVAILABLE_AT).shift(1)).fill_null(False)
+    if keys:
+        back = back.over(keys)
+    if not df.select(back.any()).item():
+        return _fill_in_order(df, keys, fills)
+    row = "__fs_fill_row"
+    broken = back.any().over(keys) if keys else back.any()
+    marked = df.with_row_index(row).with_columns(broken.alias("__fs_broken"))
+    easy = _fill_in_order(marked.filter(~pl.col("__fs_broken")), keys, fills)
+    hard = _fill_by_availability(marked.filter(pl.col("__fs_broken")), keys, fills)
+    return pl.concat([easy, hard]).sort(row).drop(row, "__fs_broken")
+
+
+def _fill_in_order(df: pl.DataFrame, keys: list[str], fills: Sequence[dict[str, Any]]) -> pl.DataFrame:
+    """The fills when every earlier row of an entity may donate (availability in event order)."""
+    def over(expr: pl.Expr) -> pl.Expr:
+        return expr.over(keys) if keys else expr
+
     exprs = []
     for fill in fills:
         col, method, value = fill["column"], fill.get("method", "forward"), fill.get("value")
-        if col not in df.columns:
-            raise DataError(f"fill: column {col!r} is not in the source")
         expr = pl.col(col)
         if method == "forward":
-            expr = expr.forward_fill().over(list(keys))
+            expr = over(expr.forward_fill())
         elif method == "expanding_mean":
             seen = pl.col(col).is_not_null().cast(pl.Int64)
-            csum = pl.col(col).fill_null(0).cast(pl.Float64).cum_sum().over(list(keys))
-            ccount = seen.cum_sum().over(list(keys))
+            csum = over(pl.col(col).fill_null(0).cast(pl.Float64).cum_sum())
+            ccount = over(seen.cum_sum())
             prior_mean = ((csum - pl.col(col).fill_null(0).cast(pl.Float64))
                           / (ccount - seen).cast(pl.Float64))
             mean = pl.when(ccount - seen > 0).then(prior_mean).otherwise(None)
-            if not df.schema[col].is_float():
-                raise DataError(f"fill: expanding_mean needs a float column, {col!r} is "
-                                f"{df.schema[col]}; use method = \"forward\" instead")
             expr = pl.coalesce(pl.col(col), mean).cast(df.schema[col])
         if value is not None:
             expr = expr.fill_null(pl.lit(value))
         exprs.append(expr.alias(col))
     return df.with_columns(exprs)
+
+
+def _fill_by_availability(df: pl.DataFrame, keys: list[str],
+                          fills: Sequence[dict[str, Any]]) -> pl.DataFrame:
+    """The fills row by row, for entities whose availability goes back in event order.
+
+    Rows are visited by availability; a batch of equal availability is first added to Fenwick
+    trees indexed by event position, then each null of the batch asks them about the positions
+    before its own: O(n log n) per entity.
+    """
+    if df.height == 0:
+        return df
+    ids = df.select(keys).rows() if keys else [()] * df.height
+    avail = df[AVAILABLE_AT].to_list()
+    groups: dict[Any, list[int]] = {}
+    for i, e in enumerate(ids):
+        groups.setdefault(e, []).append(i)  # row order within an entity is event order
+    columns = []
+    for fill in fills:
+        col, method, value = fill["column"], fill.get("method", "forward"), fill.get("value")
+        values = df[col].to_list()
+        out = list(values)
+        for rows in groups.values() if method in ("forward", "expanding_mean") else ():
+            for i, filled in _fill_entity([values[i] for i in rows], [avail[i] for i in rows],
+                                          method):
+                out[rows[i]] = filled
+        series = pl.Series(col, out, dtype=pl.Float64 if method == "expanding_mean"
+                           else df.schema[col], strict=False).cast(df.schema[col])
+        if value is not None:
+            series = series.fill_null(value)
+        columns.append(series)
+    return df.with_columns(columns)
+
+
+def _fill_entity(values: list[Any], avail: list[Any], method: str) -> Iterable[tuple[int, Any]]:
+    """``(position, filled value)`` for the nulls of one entity that an allowed row can fill."""
+    n = len(values)
+    best = [-1] * (n + 1)      # Fenwick: prefix max of donor positions (forward)
+    total = [0.0] * (n + 1)    # Fenwick: prefix sums of donor values (expanding_mean)
+    count = [0] * (n + 1)
+    order = sorted(range(n), key=lambda i: (avail[i], i))
+    start = 0
+    while start < n:
+        end = start
+        while end < n and avail[order[end]] == avail[order[start]]:
+            end += 1
+        batch = order[start:end]
+        for p in batch:  # donors first: equal availability counts as available in time
+            if values[p] is None:
+                continue
+            j = p + 1
+            while j <= n:
+                if method == "forward":
+                    best[j] = max(best[j], p)
+                else:
+                    total[j] += values[p]
+                    count[j] += 1
+                j += j & -j
+        for p in batch:
+            if values[p] is not None:
+                continue
+            j, donor, s, c = p, -1, 0.0, 0  # positions 0..p-1 are tree indices 1..p
+            while j > 0:
+                if method == "forward":
+                    donor = max(donor, best[j])
+                else:
+                    s += total[j]
+                    c += count[j]
+                j -= j & -j
+            if method == "forward" and donor >= 0:
+                yield p, values[donor]
+            elif method == "expanding_mean" and c:
+                yield p, s / c
+        start = end

@@ -115,3 +115,21 @@ def test_incremental_rolling_property(n_old: int, n_new: int, drivers: int, wind
     combined = sort_for_retrieval(pl.concat([run(old), fresh]), ["driver_id"])
     # Equal up to float rounding: a rolling sum that starts at another row rounds differently.
     assert_frame_equal(combined, sort_for_retrieval(run(new), ["driver_id"]), rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_growth_needs_new_rows_available_after_the_old_ones() -> None:
+    def snapshot(rows: list[tuple[int, int, int]]) -> pl.DataFrame:  # (driver, event min, available min)
+        return pl.DataFrame({
+            "driver_id": [r[0] for r in rows],
+            "event_timestamp": [T0 + dt.timedelta(minutes=r[1]) for r in rows],
+            "available_at": [T0 + dt.timedelta(minutes=r[2]) for r in rows],
+            "x": [float(i) for i in range(len(rows))],
+        }).with_columns(pl.col("event_timestamp", "available_at").dt.replace_time_zone("UTC"))
+
+    old = [(1, 0, 10), (1, 1, 11), (2, 0, 3)]
+    grown = growth(snapshot(old), snapshot([*old, (1, 2, 12), (2, 5, 6), (3, 0, 0)]), ["driver_id"])
+    assert grown is not None and grown.new_rows == 3
+    # Later in event time but available no later than an old row of the driver: not growth.
+    for late in [(1, 2, 11), (1, 2, 5)]:
+        rows = sorted([*old, late])
+        assert growth(snapshot(old), snapshot(rows), ["driver_id"]) is None
