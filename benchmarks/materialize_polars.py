@@ -120,6 +120,7 @@ def rolling_params(
             {
                 "column": "position",
                 "windows": list(position_windows),
+                "include_current": False,
                 "aggs": ["mean", "min"],
                 "name": {
                     "mean": "avg_position_last_{window}l",
@@ -130,18 +131,21 @@ def rolling_params(
                 "column": "position",
                 "indicator": {"eq": 1},
                 "windows": list(position_windows),
+                "include_current": False,
                 "aggs": ["sum"],
                 "name": "laps_led_last_{window}l",
             },
             {
                 "column": "lap_time",
                 "windows": [lap_time_window],
+                "include_current": False,
                 "aggs": ["mean", "std", "min", "max"],
                 "name": "lap_time_{agg}_last_{window}l",
             },
             {
                 "column": "lap_time",
                 "windows": list(lap_time_mean_windows),
+                "include_current": False,
                 "aggs": ["mean"],
                 "name": "lap_time_{agg}_last_{window}l",
             },

@@ -62,6 +62,12 @@ class Transform:
     ``group_columns(params)`` returns (for example ``["race_id"]``), always subject to the
     availability rule above. Causality verification truncates a group transform's input across
     every entity at once.
+
+    ``input_columns(params)``, when given, names the source columns whose *values* the transform
+    turns into features (not the columns it only groups or orders by). Apply uses it for the
+    forbidden-column rule: a column a later-tier view reads holds later-tier information, so no
+    earlier-tier source may carry it. Without it, the strings under params keys named
+    ``column``/``columns`` or ending in ``_column``/``_columns`` are taken.
     """
 
     name: str
@@ -71,6 +77,7 @@ class Transform:
     lookback: Callable[[Params], int | None] = field(default=lambda params: None)
     scope: str = "entity"
     group_columns: Callable[[Params], Sequence[str]] = field(default=lambda params: ())
+    input_columns: Callable[[Params], Sequence[str]] | None = None
 
     def declared_schema(
         self, params: Params, input_schema: Mapping[str, pl.DataType]

@@ -360,12 +360,20 @@ def _falloff(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
     return lf.select(*base, *outputs)
 
 
+def input_columns(params: Params) -> list[str]:
+    """The columns whose values become features: lap time, pit and caution flags (the lap
+    number and ``group_by`` columns only order and partition rows)."""
+    p = parse_params(params)
+    return [c for c in (p.lap_time_column, p.pit_column, p.caution_column) if c is not None]
+
+
 FALLOFF = Transform(
     name=NAME,
     fn=_falloff,
     output_columns=output_columns,
     description="Tyre degradation per stint: tyre age, deltas to best/first laps, slope, slow laps",
     lookback=lookback,
+    input_columns=input_columns,
 )
 
 

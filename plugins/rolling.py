@@ -18,8 +18,14 @@ A spec:
 - ``windows`` (list): each an int ``N >= 1`` (the last N rows) or a duration string made of
   ``<int><unit>`` parts with units ``ns us ms s m h d w`` (e.g. ``"30m"``, ``"7d"``, ``"1h30m"``).
 - ``aggs`` (list): any of ``mean std min max sum count``.
-- ``include_current`` (bool, default ``false``): whether the row's own value is in its window.
-  The default is leakage-safe at any tier: a row's value uses strictly earlier rows only.
+- ``include_current`` (bool, default ``true``): whether the row's own value is in its window.
+  The default is what "the mean over the last 5 races" means: the window ends with the row, and
+  the row's value becomes available with the row (its ``available_at``), so the point-in-time
+  rule already keeps it from a prediction made before that. At a race's start (cutoff = green
+  flag) the newest available result row is the previous race's, whose window covers races
+  n-5..n-1. ``false`` excludes the row's own value (races n-6..n-2 at that cutoff: a second lag
+  on top of the point-in-time rule); use it only for a value that must not see its own row.
+  (Before 0.2.0 the default was ``false``.)
 - ``min_periods`` (int >= 1, default 1): fewer non-null values in the window than this gives
   null (``count`` is never null). For a row window it may not exceed N.
 - ``indicator`` (object, optional): ``{"column": <optional, defaults to column>, <op>: value}``
@@ -264,7 +270,7 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     if raw.get("where") is not None:
         where = _parse_condition(raw["where"], p("where"), column)
 
-    include_current = raw.get("include_current", False)
+    include_current = raw.get("include_current", True)
     if not isinstance(include_current, bool):
         raise _fail(f"param '{p('include_current')}' must be true or false")
     min_periods = raw.get("min_periods", 1)
@@ -595,12 +601,25 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
     return frame.sort(by, maintain_order=True).select(*base, *exprs)
 
 
+def input_columns(params: Params) -> list[str]:
+    """The columns whose values are aggregated: each spec's value, indicator and where column
+    (``tie_break`` columns only order rows)."""
+    plan = parse_params(params)
+    out: list[str] = []
+    for spec in plan.specs:
+        for col in (spec.column, spec.where.column if spec.where else None):
+            if col is not None and col not in out:
+                out.append(col)
+    return out
+
+
 ROLLING = Transform(
     name=NAME,
     fn=_rolling,
     output_columns=output_columns,
     description="Per-entity rolling mean/std/min/max/sum/count over the last N rows or a period",
     lookback=lookback,
+    input_columns=input_columns,
 )
 
 

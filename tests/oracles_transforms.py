@@ -167,7 +167,7 @@ def rolling_oracle(rows: list[dict], keys: list[str], params: dict) -> list[dict
     results: list[dict] = [{} for _ in rows]
     for group in _groups(rows, keys, order):
         for spec in specs:
-            include = spec.get("include_current", False)
+            include = spec.get("include_current", True)
             min_periods = spec.get("min_periods", 1)
             values = [_rolling_value(spec, rows[i]) for i in group]
             for name, agg, window in _rolling_outputs(spec):
