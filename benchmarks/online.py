@@ -51,12 +51,14 @@ def main() -> None:
     path = store.root / art["path"]
     entities = pl.scan_parquet(path).select(pl.col("entity_id").unique()).collect()["entity_id"]
     moment = dt.datetime(2023, 6, 1, tzinfo=dt.UTC)
+    tier = store.tiers.names[-1]  # every feature usable, as before online lookups needed a tier
     print(f"store {root}: {art['row_count']:,} rows, {entities.len():,} entities; as of {moment}")
     for n in (1, 100, 10_000):
         keys = entities.sample(min(n, entities.len()), seed=n).to_list()
 
         def featurestore(keys: list[int] = keys) -> pl.DataFrame:
-            return store.get_online_features({"entity_id": keys}, FEATURES, as_of=moment)
+            return store.get_online_features({"entity_id": keys}, FEATURES, as_of=moment,
+                                             tier=tier)
 
         def polars_by_hand(keys: list[int] = keys) -> pl.DataFrame:
             return (pl.scan_parquet(path).filter(pl.col("entity_id").is_in(keys),

@@ -175,7 +175,7 @@ LIST_COLUMNS = {
     "feature_set": ["name", "version", "features", "description"],
     "artifact": ["id", "kind", "name", "object_version", "row_count", "size_bytes", "verified",
                  "created_at", "path"],
-    "tier": ["position", "name", "lag_seconds"],
+    "tier": ["position", "name", "lag_seconds", "forbidden_before"],
 }
 
 
@@ -354,7 +354,8 @@ def _register_extra_commands() -> None:
 
     for command in PLUGIN_COMMANDS:
         cli.add_command(command)
-    for module in ("featurestore.cli_retrieve", "featurestore.quickstart.command"):
+    for module in ("featurestore.cli_retrieve", "featurestore.cli_config",
+                   "featurestore.quickstart.command"):
         try:
             mod = __import__(module, fromlist=["COMMANDS"])
         except ImportError:

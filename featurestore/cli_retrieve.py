@@ -43,28 +43,39 @@ def _read_entities(path: str) -> pl.DataFrame:
 @click.option("--inclusive", is_flag=True, help="Allow values available exactly at the cutoff.")
 @click.option("--ttl", default=None, help="Null values older than this (e.g. 30d, 12h).")
 @click.option("--with-availability", is_flag=True, help="Add each feature's available_at column.")
-@click.option("--audit", "run_audit", is_flag=True, help="Audit the frame and report the result.")
+@click.option("--audit", "run_audit", is_flag=True,
+              help="Audit the frame and report the result (and any unverified view served).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Serve views materialized with --no-verify (refused otherwise).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Where to write the training frame (.parquet).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_ctx
 def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: str, cutoff: str,
              cutoff_timezone: str | None, inclusive: bool, ttl: str | None,
-             with_availability: bool, run_audit: bool, output: str, as_json: bool) -> None:
+             with_availability: bool, run_audit: bool, allow_unverified: bool, output: str,
+             as_json: bool) -> None:
     """Build a point-in-time training frame and write it to OUTPUT."""
+    from featurestore.serving import output_names, served_artifacts, unverified_views
+
     if not output.endswith(".parquet"):
         raise click.UsageError("--output must be a .parquet file")
     entities = _read_entities(entities_path)
     features = _features(feature_args)
     frame = c.store.get_historical_features(
         entities, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
-        cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit)
-    names = [r["name"] for r in c.store.resolve_features(features)]
+        cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit,
+        allow_unverified=allow_unverified)
+    rows = c.store.resolve_features(features)
+    names = output_names(rows)
     summary: dict[str, object] = {"rows": frame.height, "features": names, "output": output,
                                   "null_counts": {n: frame[n].null_count() for n in names}}
     if run_audit:
-        report = c.store.audit(frame, names, cutoff=cutoff, inclusive=inclusive)
-        summary["audit"] = {"checked": report.n_checked, "violations": report.n_violations}
+        report = c.store.audit(frame, names, cutoff=cutoff, inclusive=inclusive,
+                               cutoff_timezone=cutoff_timezone)
+        unverified = unverified_views([art for art, _, _ in served_artifacts(c.store, rows)])
+        summary["audit"] = {"checked": report.n_checked, "violations": report.n_violations,
+                            "unverified_views": [a["name"] for a in unverified]}
         if not with_availability:
             frame = frame.drop([col for col in frame.columns if col.endswith("__available_at")])
     frame.write_parquet(output)
@@ -76,6 +87,9 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
         if run_audit:
             a = summary["audit"]
             click.echo(f"audit: {a['checked']} values checked, {a['violations']} available after their cutoff")  # type: ignore[index]
+            if a["unverified_views"]:  # type: ignore[index]
+                click.echo("audit: served without causality verification (--no-verify): "
+                           f"{', '.join(a['unverified_views'])}")  # type: ignore[index]
 
 
 @click.command()
@@ -83,10 +97,15 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
               help="Entity key as column=value; repeat for composite keys or more entities.")
 @click.option("--features", "feature_args", multiple=True, required=True, help="Features.")
 @click.option("--as-of", "as_of", default=None, help="ISO timestamp (default: now, UTC).")
+@click.option("--tier", default=None,
+              help="Tier of the prediction point (default: the store's default_tier setting, "
+                   "see `featurestore config`).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Serve views materialized with --no-verify (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def online(c: Ctx, key_args: tuple[str, ...], feature_args: tuple[str, ...], as_of: str | None,
-           as_json: bool) -> None:
+           tier: str | None, allow_unverified: bool, as_json: bool) -> None:
     """Latest feature values for one or a few keys (the serving path)."""
     from datetime import datetime
 
@@ -97,7 +116,8 @@ def online(c: Ctx, key_args: tuple[str, ...], feature_args: tuple[str, ...], as_
             raise click.UsageError(f"--key {arg!r}: expected column=value")
         keys.setdefault(col, []).append(int(value) if value.lstrip("-").isdigit() else value)
     moment = datetime.fromisoformat(as_of) if as_of else None
-    frame = c.store.get_online_features(keys, _features(feature_args), as_of=moment)
+    frame = c.store.get_online_features(keys, _features(feature_args), as_of=moment, tier=tier,
+                                        allow_unverified=allow_unverified)
     if as_json:
         emit_json(frame.to_dicts())
     else:

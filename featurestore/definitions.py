@@ -175,7 +175,7 @@ def canonical_json(value: Any) -> str:
 # --------------------------------------------------------------------------- TOML loading
 
 _KINDS = {
-    "tiers": {"name", "lag"},
+    "tiers": {"name", "lag", "forbidden_before"},
     "entities": {"name", "join_keys", "description"},
     "sources": {"name", "path", "entity", "event_time", "tier", "timezone", "available_time",
                 "fill", "on_duplicate", "description", "owner"},
@@ -267,8 +267,12 @@ def parse_definitions(data: Mapping[str, Any], origin: str = "<definitions>",
             name = t["name"]
             if kind == "tiers":
                 tiers = defs.tiers if defs.tiers is not None else []
+                forbidden = _str_list(t.get("forbidden_before", []), label, "forbidden_before")
+                if not all(forbidden):
+                    raise DefinitionError(f"{label}: 'forbidden_before' holds an empty column name")
                 tiers.append(Tier(check_name(name, "tier"), len(tiers),
-                                  parse_duration(t.get("lag", 0), what=f"{label} lag")))
+                                  parse_duration(t.get("lag", 0), what=f"{label} lag"),
+                                  forbidden))
                 defs.tiers = tiers
             elif kind == "entities":
                 defs.entities.append(Entity(

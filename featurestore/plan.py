@@ -7,8 +7,7 @@ after it was computed, and a failure anywhere writes nothing.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from featurestore.definitions import (
     dtype_name,
     parse_dtype,
 )
+from featurestore.dtypes import parse_dtype_string
 from featurestore.errors import DataError, DefinitionError, LeakageError, PluginError
 from featurestore.registry import Registry, utcnow
 from featurestore.sourcedata import RESERVED, check_column_roles, check_timezone, read_schema
@@ -174,14 +174,16 @@ class _Planner:
         wanted = TierOrder(self.defs.tiers)
         if wanted == current:
             return current
-        self.tier_changes = [
-            f"tiers: {' < '.join(f'{t.name}(+{format_duration(t.lag)})' for t in current)} -> "
-            f"{' < '.join(f'{t.name}(+{format_duration(t.lag)})' for t in wanted)}"]
+        self.tier_changes = [f"tiers: {_describe_tiers(current)} -> {_describe_tiers(wanted)}"]
         used = {r["tier"] for kind in ("source", "feature") for r in self.existing[kind].values()}
+        used |= {r["tier"] for r in self.existing["view"].values() if r.get("tier")}
+        default_tier = self.registry.info("setting.default_tier", self.conn)
+        if default_tier:
+            used.add(default_tier)
         missing = sorted(used - set(wanted.names))
         if missing:
-            raise self.err(f"tiers {', '.join(missing)} are used by registered objects and "
-                           "cannot be removed")
+            raise self.err(f"tiers {', '.join(missing)} are used by registered objects (or the "
+                           "default_tier setting) and cannot be removed")
         return wanted
 
     def plan_entities(self) -> None:
@@ -238,7 +240,8 @@ class _Planner:
         if row is None:
             raise self.err(f"{what} refers to unknown source {source!r}")
         keys = self.entity_keys(row["entity"], f"source {source!r}")
-        raw = {c: dtype_from_str(t) for c, t in row["schema"].items()}
+        raw = {c: dtype_from_str(t, what=f"registered source {source!r} column {c!r}")
+               for c, t in row["schema"].items()}
         out: dict[str, pl.DataType] = {k: raw[k] for k in keys}
         out[EVENT_TIMESTAMP] = pl.Datetime("us", "UTC")
         out[AVAILABLE_AT] = pl.Datetime("us", "UTC")
@@ -288,8 +291,8 @@ class _Planner:
         if name in planned:
             return planned[name]
         # A registered view not redeclared: its outputs are its registered features' columns.
-        return {r["column_name"]: dtype_from_str(r["dtype"]) for r in self.final["feature"].values()
-                if r["view"] == name}
+        return {r["column_name"]: dtype_from_str(r["dtype"], what=f"registered feature {r['name']!r}")
+                for r in self.final["feature"].values() if r["view"] == name}
 
     def plan_features(self, tiers: TierOrder, outputs: dict[str, dict[str, pl.DataType]]) -> None:
         implicit: dict[str, set[str]] = {}
@@ -356,18 +359,131 @@ class _Planner:
             self.version_item("feature_set", fs.name, {"features": pinned,
                                                        "description": fs.description})
 
+    def check_tier_order(self, tiers: TierOrder) -> None:
+        """A view is never earlier than its source, a feature never earlier than its source or
+        its view: an earlier tier would serve values before they are known."""
+        sources = self.final["source"]
+
+        def refuse(what: str, tier: str, other: str, other_tier: str) -> LeakageError:
+            return LeakageError(
+                f"{what} is declared at tier {tier}, earlier than its {other} (tier "
+                f"{other_tier}): its values are not known at a {tier} prediction point; declare "
+                f"it at tier {other_tier} or later")
+
+        for name, view in sorted(self.final["view"].items()):
+            src = sources.get(view["source"])
+            if view.get("tier") and src and tiers.rank(view["tier"]) < tiers.rank(src["tier"]):
+                raise refuse(f"view {name!r}", view["tier"], f"source {view['source']!r}",
+                             src["tier"])
+        for name, feat in sorted(self.final["feature"].items()):
+            src = sources.get(feat["source"])
+            if src and tiers.rank(feat["tier"]) < tiers.rank(src["tier"]):
+                raise refuse(f"feature {name!r}", feat["tier"], f"source {feat['source']!r}",
+                             src["tier"])
+            view = self.final["view"].get(feat["view"])
+            if (view and view.get("tier") and view["transform"] is not None
+                    and tiers.rank(feat["tier"]) < tiers.rank(view["tier"])):
+                raise refuse(f"feature {name!r}", feat["tier"], f"view {feat['view']!r}",
+                             view["tier"])
+
+    def column_readers(self) -> dict[str, list[tuple[str, str, str]]]:
+        """Source column -> ``(reader, its tier, the source it reads the column from)``.
+
+        A column feature reads its column at the feature's tier; a transform view reads, at its
+        tier (its source's when it declares none), the columns ``view_input_columns`` finds.
+        """
+        readers: dict[str, list[tuple[str, str, str]]] = {}
+        for name, feat in self.final["feature"].items():
+            if feat.get("transform") is None:
+                readers.setdefault(feat["column_name"], []).append(
+                    (f"feature {name!r}", feat["tier"], feat["source"]))
+        for name, view in self.final["view"].items():
+            src = self.final["source"].get(view["source"])
+            if view["transform"] is None or src is None:
+                continue
+            tier = view.get("tier") or src["tier"]
+            in_schema, keys = self.input_schema(view["source"], f"view {name!r}")
+            for col in view_input_columns(view, in_schema, keys):
+                readers.setdefault(col, []).append((f"view {name!r}", tier, view["source"]))
+        return readers
+
     def check_forbidden_columns(self, tiers: TierOrder) -> None:
-        """A source at tier T must not carry a column named like a feature of a later tier."""
-        for sname, src in self.final["source"].items():
-            later = set(tiers.later_than(src["tier"]))
-            bad = sorted(f"{col} (feature {col!r} is tier {self.final['feature'][col]['tier']})"
-                         for col in src["schema"]
-                         if col in self.final["feature"]
-                         and self.final["feature"][col]["tier"] in later)
-            if bad:
+        """A source at tier T must not carry a column that holds information of a later tier.
+
+        Two ways to know that a column holds later information:
+        - a later tier's contract lists it in ``forbidden_before``: always refused;
+        - a feature or view of a later tier reads a column of that name from another source,
+          while nothing reads it from this one. A column that some feature or view reads from
+          this very source is declared by that reader as this source's information (so a
+          practice lap table and a race lap table may both have ``lap_time``, each read by its
+          own tier's features); one nobody reads here is later information lying in wait.
+        """
+        readers = self.column_readers()
+        own = {(rsrc, col) for col, rs in readers.items() for _, _, rsrc in rs}
+        for sname, src in sorted(self.final["source"].items()):
+            problems = []
+            rank = tiers.rank(src["tier"])
+            # The source's own keys and times identify its rows; they hold no later values.
+            structural = {*self.entity_keys(src["entity"], f"source {sname!r}"),
+                          src["event_time"], src.get("available_time")}
+            for col in src["schema"]:
+                why = [] if (sname, col) in own or col in structural else [
+                    f"{reader} (tier {rtier}) reads it from source {rsrc!r}"
+                    for reader, rtier, rsrc in sorted(readers.get(col, []))
+                    if tiers.rank(rtier) > rank]
+                why += [f"tier {t.name}'s contract lists it in forbidden_before"
+                        for t in tiers if t.position > rank and col in t.forbidden_before]
+                if why:
+                    problems.append(f"column {col!r}: {'; '.join(why)}")
+            if problems:
                 raise LeakageError(
-                    f"source {sname!r} (tier {src['tier']}) carries column(s) of later-tier features: "
-                    f"{', '.join(bad)}; drop them from the file or register the source at a later tier")
+                    f"source {sname!r} (tier {src['tier']}) carries column(s) holding information "
+                    f"of a later tier: {' | '.join(problems)}; drop or rename them in the file, "
+                    "or register the source at that later tier")
+
+
+def view_input_columns(view: Mapping[str, Any], in_schema: Mapping[str, pl.DataType],
+                       keys: Sequence[str] = ()) -> set[str]:
+    """The source columns whose values a transform view turns into features.
+
+    The transform says so when it defines ``input_columns(params)``; otherwise (or when that
+    fails) every string under a params key named ``column`` or ``columns`` or ending in
+    ``_column`` / ``_columns``, at any depth, counts. Only columns of the source count, never
+    its keys or times: grouping and ordering columns are not values of a later tier.
+    """
+    columns: set[str] | None = None
+    try:
+        from featurestore.plugins import get_transform
+
+        input_columns = get_transform(view["transform"]).transform.input_columns
+        if input_columns is not None:
+            columns = set(input_columns(view["params"]))
+    except Exception:  # unloadable transform or a failing hook: judge by the params
+        columns = None
+    if columns is None:
+        columns = set(_column_params(view["params"]))
+    return {c for c in columns
+            if c in in_schema and c not in (*keys, AVAILABLE_AT, EVENT_TIMESTAMP)}
+
+
+def _column_params(value: Any, key: str = "") -> Iterable[str]:
+    named = key in ("column", "columns") or key.endswith(("_column", "_columns"))
+    if isinstance(value, str):
+        if named:
+            yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _column_params(v, str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _column_params(v, key)
+
+
+def _describe_tiers(order: TierOrder) -> str:
+    def one(t: Any) -> str:
+        forbidden = f"[forbidden before: {', '.join(t.forbidden_before)}]" if t.forbidden_before else ""
+        return f"{t.name}(+{format_duration(t.lag)}){forbidden}"
+    return " < ".join(one(t) for t in order)
 
 
 def _describe_change(fieldname: str, old: Any, new: Any) -> str:
@@ -388,14 +504,9 @@ def _encode(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=512)
-def dtype_from_str(text: str) -> pl.DataType:
-    namespace = {name: getattr(pl, name) for name in dir(pl) if not name.startswith("_")}
-    try:
-        value = eval(text, {"__builtins__": {}}, namespace)
-    except Exception:
-        return pl.Object()
-    return value() if isinstance(value, type) else value
+def dtype_from_str(text: str, *, what: str = "registry") -> pl.DataType:
+    """A dtype recorded in the registry; parsed by a fixed grammar, never evaluated."""
+    return parse_dtype_string(text, what=what)
 
 
 def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Path) -> Plan:
@@ -409,6 +520,7 @@ def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Pa
     outputs = planner.plan_views(tiers)
     planner.plan_features(tiers, outputs)
     planner.plan_feature_sets()
+    planner.check_tier_order(tiers)
     planner.check_forbidden_columns(tiers)
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     items = sorted(planner.items, key=lambda i: (order[i.kind], i.name))

@@ -109,7 +109,8 @@ class Registry:
     def _write_tiers(conn: Connection, tiers: tuple[Tier, ...] | list[Tier]) -> None:
         conn.execute(schema.tiers.delete())
         conn.execute(schema.tiers.insert(), [
-            {"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds()}
+            {"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds(),
+             "forbidden_columns": json.dumps(list(t.forbidden_before))}
             for t in tiers])
 
     def close(self) -> None:
@@ -182,7 +183,8 @@ class Registry:
     def tiers(self, conn: Connection | None = None) -> TierOrder:
         def q(c: Connection) -> TierOrder:
             rows = c.execute(select(schema.tiers).order_by(schema.tiers.c.position)).mappings()
-            return TierOrder(Tier(r["name"], r["position"], timedelta(seconds=r["lag_seconds"]))
+            return TierOrder(Tier(r["name"], r["position"], timedelta(seconds=r["lag_seconds"]),
+                                  _forbidden_columns(r["name"], r["forbidden_columns"]))
                              for r in rows)
         if conn is not None:
             return q(conn)
@@ -266,6 +268,18 @@ _JSON_FIELDS = {
     "feature": ("params", "tags"),
     "feature_set": ("features",),
 }
+
+
+def _forbidden_columns(tier: str, text: str | None) -> tuple[str, ...]:
+    """A tier row's ``forbidden_columns``: a JSON list of column names, checked."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise FeatureStoreError(f"registry: tier {tier!r} has forbidden_columns {text!r}, "
+                                "expected a JSON list of column names")
+    return tuple(value)
 
 
 def decode_row(kind: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,8 @@ tiers = Table(
     Column("name", String(128), primary_key=True),
     Column("position", Integer, nullable=False, unique=True),
     Column("lag_seconds", Float, nullable=False, default=0.0),
-    # JSON list of column names no source at this tier (or an earlier one) may carry.
+    # JSON list of column names holding this tier's information: no source of an earlier tier
+    # may carry them (TOML: [[tiers]] forbidden_before = [...]).
     Column("forbidden_columns", Text, nullable=False, default="[]"),
 )
 

@@ -7,6 +7,7 @@ finds each feature's materialized artifact and hands sorted artifacts to the joi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import polars as pl
 
 from featurestore.artifacts import verify_artifact
 from featurestore.definitions import dtype_name
-from featurestore.errors import DataError, NotFoundError
+from featurestore.errors import DataError, DefinitionError, LeakageError, NotFoundError
 from featurestore.plan import dtype_from_str
 from featurestore.retrieval import ViewFrame, audit, point_in_time_join, point_in_time_join_lazy
 from featurestore.tiers import parse_duration
@@ -51,7 +52,9 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any],
     # feature version under the same column view, so the artifact's dtype must match too.
     candidates = [a for a in artifacts
                   if a["object_version"] in matching and column in a["schema"]
-                  and dtype_name(dtype_from_str(a["schema"][column])) == feature["dtype"]]
+                  and dtype_name(dtype_from_str(
+                      a["schema"][column], what=f"artifact {a['id']} column {column!r}"))
+                  == feature["dtype"]]
     if not candidates:
         raise NotFoundError(
             f"feature {feature['name']!r} (view {view_name!r}) has no materialized artifact; "
@@ -59,16 +62,57 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any],
     return candidates[-1]
 
 
-def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
-                verify_checksums: bool = False) -> list[ViewFrame]:
-    """One ``ViewFrame`` per artifact the requested features live in, in request order."""
+def output_names(features: Sequence[dict[str, Any]]) -> list[str]:
+    """The output column of each resolved feature row, in order.
+
+    A feature's name, or ``name@version`` for every version of a feature the request holds
+    more than one version of (``finish@1``, ``finish@2``): each output column is one
+    (feature, version), never two values under one name.
+    """
+    counts = Counter(f["name"] for f in features)
+    return [f"{f['name']}@{f['version']}" if counts[f["name"]] > 1 else f["name"] for f in features]
+
+
+def served_artifacts(store: FeatureStore, features: list[dict[str, Any]]
+                     ) -> list[tuple[dict[str, Any], dict[str, str], str]]:
+    """``(artifact, {output column: artifact column}, entity)`` per artifact a request reads."""
     groups: dict[int, tuple[dict[str, Any], dict[str, str], str]] = {}
     cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
-    for feat in features:
+    for feat, out in zip(features, output_names(features), strict=True):
         art = _artifact_for(store, feat, cache)
-        groups.setdefault(art["id"], (art, {}, feat["entity"]))[1][feat["name"]] = feat["column_name"]
+        groups.setdefault(art["id"], (art, {}, feat["entity"]))[1][out] = feat["column_name"]
+    return list(groups.values())
+
+
+def unverified_views(artifacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The artifacts among ``artifacts`` recorded without causality verification."""
+    return [a for a in artifacts if not a["verified"]]
+
+
+def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) -> None:
+    """Refuse artifacts recorded ``verified=False`` (``--no-verify``) unless explicitly allowed."""
+    bad = unverified_views(artifacts)
+    if bad and not allow_unverified:
+        detail = "; ".join(f"view {a['name']!r} (artifact {a['id']}: {a['verification']})"
+                           for a in bad)
+        names = " ".join(dict.fromkeys(a["name"] for a in bad))
+        raise LeakageError(
+            f"refusing to serve views materialized without causality verification "
+            f"(--no-verify): {detail}; re-run `featurestore materialize {names}` without "
+            "--no-verify, or pass allow_unverified=True (--allow-unverified) to accept them")
+
+
+def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
+                verify_checksums: bool = False, allow_unverified: bool = False) -> list[ViewFrame]:
+    """One ``ViewFrame`` per artifact the requested features live in, in request order.
+
+    Raises ``LeakageError`` for an artifact materialized without causality verification unless
+    ``allow_unverified``.
+    """
+    groups = served_artifacts(store, features)
+    check_verified([art for art, _, _ in groups], allow_unverified)
     frames = []
-    for art, mapping, entity_name in groups.values():
+    for art, mapping, entity_name in groups:
         path = verify_artifact(store.root, art, checksum=verify_checksums)
         entity = store.registry.get("entity", entity_name)
         frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
@@ -92,35 +136,53 @@ def _check_query(query: pl.DataFrame | pl.LazyFrame, frames: list[ViewFrame], cu
                             f"{vf.name!r} are missing; found {', '.join(schema.names())}")
 
 
+def feature_tiers(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    """What the tier guard checks: the tier of every requested (feature, version)."""
+    return {(r["name"], r["version"]): r["tier"] for r in rows}
+
+
 def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.LazyFrame,
                             features: FeatureRefs, *, tier: str, inclusive: bool = False,
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
-                            lazy: bool = False, verify_checksums: bool = False
-                            ) -> pl.DataFrame | pl.LazyFrame:
+                            lazy: bool = False, verify_checksums: bool = False,
+                            allow_unverified: bool = False) -> pl.DataFrame | pl.LazyFrame:
     rows = store.resolve_features(features)
-    store.tiers.check_usable(tier, {r["name"]: r["tier"] for r in rows})
-    frames = view_frames(store, rows, verify_checksums=verify_checksums)
+    store.tiers.check_usable(tier, feature_tiers(rows))
+    frames = view_frames(store, rows, verify_checksums=verify_checksums,
+                         allow_unverified=allow_unverified)
     _check_query(entity_df, frames, cutoff)
     join = point_in_time_join_lazy if lazy else point_in_time_join
     return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
                 cutoff_timezone=cutoff_timezone, with_availability=with_availability)
 
 
+def serving_tier(store: FeatureStore, tier: str | None) -> str:
+    """The prediction tier of an online request: ``tier``, else the store's default tier."""
+    chosen = tier or store.default_tier
+    if chosen is None:
+        raise DefinitionError(
+            "online features need the tier of the prediction point: pass tier=... (--tier on "
+            "the command line), or set a store default with `featurestore config default_tier "
+            "TIER` (FeatureStore.set_setting('default_tier', TIER)); tiers in order: "
+            f"{', '.join(store.tiers.names)}")
+    return chosen
+
+
 def get_online_features(store: FeatureStore,
                         keys: pl.DataFrame | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
                         features: FeatureRefs, *, as_of: datetime | None = None,
-                        tier: str | None = None, inclusive: bool = False) -> pl.DataFrame:
+                        tier: str | None = None, inclusive: bool = False,
+                        allow_unverified: bool = False) -> pl.DataFrame:
     rows = store.resolve_features(features)
-    tiers = store.tiers
-    store.tiers.check_usable(tier or tiers.names[-1], {r["name"]: r["tier"] for r in rows})
+    store.tiers.check_usable(serving_tier(store, tier), feature_tiers(rows))
     query = keys if isinstance(keys, pl.DataFrame) else pl.DataFrame(keys)
     moment = as_of or datetime.now(UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     query = query.with_columns(pl.lit(moment).dt.convert_time_zone("UTC")
                                .dt.cast_time_unit("us").alias("__as_of"))
-    frames = view_frames(store, rows)
+    frames = view_frames(store, rows, allow_unverified=allow_unverified)
     _check_query(query, frames, "__as_of")
     if query.height <= ONLINE_FAST_KEYS:
         return _online_few_keys(query.drop("__as_of"), frames, moment, inclusive)

@@ -132,14 +132,32 @@ class FeatureStore:
     def tiers(self) -> TierOrder:
         return self.registry.tiers()
 
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, str | None]:
+        """Every store-level setting (``featurestore config``) with its value, None when unset."""
+        from featurestore.settings import read_settings
+
+        return read_settings(self.registry)
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Set a store-level setting (None removes it); the value is checked first."""
+        from featurestore.settings import write_setting
+
+        write_setting(self.registry, key, value)
+
+    @property
+    def default_tier(self) -> str | None:
+        """The prediction tier online lookups use when none is given (setting ``default_tier``)."""
+        return self.settings()["default_tier"]
+
     def list(self, kind: str, *, tier: str | None = None, entity: str | None = None,
              tag: str | None = None) -> list[dict[str, Any]]:
         """Newest versions of every ``kind`` object (entity, source, view, feature, feature_set)."""
         if kind == "artifact":
             rows = self.registry.artifacts()
         elif kind == "tier":
-            return [{"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds()}
-                    for t in self.tiers]
+            return [{"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds(),
+                     "forbidden_before": list(t.forbidden_before)} for t in self.tiers]
         else:
             if kind not in schema.VERSIONED:
                 raise DefinitionError(f"cannot list {kind!r}; choose entity, source, view, feature, "
@@ -381,7 +399,11 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ retrieval helpers
     def resolve_features(self, features: str | Sequence[str]) -> list[dict[str, Any]]:
-        """Feature rows for names, ``name@version``, ``view:name`` or a feature set's name."""
+        """Feature rows for names, ``name@version``, ``view:name`` or a feature set's name.
+
+        Several versions of one feature may be requested; ``serving.output_names`` gives each
+        its own output column (``name@version``).
+        """
         if isinstance(features, str):
             try:
                 fs = self.registry.get("feature_set", features)
@@ -394,9 +416,6 @@ class FeatureStore:
         for ref in features:
             view, _, rest = ref.rpartition(":")
             name, _, version = rest.partition("@")
-            if name in seen:
-                raise DefinitionError(f"feature {name!r} is requested twice")
-            seen.add(name)
             try:
                 row = self.registry.get("feature", name, int(version) if version else None)
             except ValueError:
@@ -407,6 +426,11 @@ class FeatureStore:
                 raise NotFoundError(f"feature {name!r} is not registered{hint}") from None
             if view and row["view"] != view:
                 raise NotFoundError(f"feature {name!r} belongs to view {row['view']!r}, not {view!r}")
+            # Two versions of one feature may be requested together (columns name@version);
+            # the same version twice is a mistake.
+            if (name, row["version"]) in seen:
+                raise DefinitionError(f"feature {name!r} version {row['version']} is requested twice")
+            seen.add((name, row["version"]))
             rows.append(row)
         return rows
 
@@ -416,7 +440,8 @@ class FeatureStore:
                                 inclusive: bool = False, ttl: timedelta | str | None = None,
                                 cutoff: str = "event_timestamp", cutoff_timezone: str | None = None,
                                 with_availability: bool = False,
-                                verify_checksums: bool = False) -> pl.DataFrame:
+                                verify_checksums: bool = False,
+                                allow_unverified: bool = False) -> pl.DataFrame:
         """A point-in-time correct training frame: one row per ``entity_df`` row, in order.
 
         ``features`` are names, ``name@version``, ``view:name``, or one feature set's name.
@@ -425,39 +450,48 @@ class FeatureStore:
         same keys with ``available_at < cutoff`` (``<=`` if ``inclusive``); ties go to the later
         event time, then the later ingestion; with ``ttl`` older values are null. Naive cutoffs
         are read in ``cutoff_timezone`` (UTC by default). ``with_availability`` adds each
-        feature's ``available_at`` so ``audit`` can prove the frame clean.
+        feature's ``available_at`` so ``audit`` can prove the frame clean. Output columns are
+        the feature names, or ``name@version`` when two versions of one feature are requested.
+        A view materialized without causality verification (``--no-verify``) raises
+        ``LeakageError`` unless ``allow_unverified``.
         """
         from featurestore.serving import get_historical_features
 
         return get_historical_features(  # type: ignore[return-value]
             self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
             cutoff_timezone=cutoff_timezone, with_availability=with_availability,
-            verify_checksums=verify_checksums)
+            verify_checksums=verify_checksums, allow_unverified=allow_unverified)
 
     def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                      features: str | Sequence[str], *, tier: str,
                                      inclusive: bool = False, ttl: timedelta | str | None = None,
                                      cutoff: str = "event_timestamp",
                                      cutoff_timezone: str | None = None,
-                                     with_availability: bool = False) -> pl.LazyFrame:
+                                     with_availability: bool = False,
+                                     allow_unverified: bool = False) -> pl.LazyFrame:
         """``get_historical_features`` as a ``LazyFrame`` for streaming pipelines (same rules)."""
         from featurestore.serving import get_historical_features
 
         return get_historical_features(  # type: ignore[return-value]
             self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
-            cutoff_timezone=cutoff_timezone, with_availability=with_availability, lazy=True)
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability, lazy=True,
+            allow_unverified=allow_unverified)
 
     def get_online_features(self, keys: pl.DataFrame | Mapping[str, Sequence[Any]]
                             | Sequence[Mapping[str, Any]], features: str | Sequence[str], *,
-                            as_of: datetime | None = None, tier: str | None = None) -> pl.DataFrame:
+                            as_of: datetime | None = None, tier: str | None = None,
+                            allow_unverified: bool = False) -> pl.DataFrame:
         """Latest values for a few keys: the point-in-time rule with one cutoff (now by default).
 
-        ``tier`` defaults to the last tier (every feature usable); pass the serving moment's
-        tier to have the tier contract enforced.
+        ``tier`` is the prediction point's tier; without it the store's ``default_tier``
+        setting (``set_setting``) is used, and with neither a ``DefinitionError`` says so. The
+        tier guard refuses later-tier features with ``LeakageError``, as does a view
+        materialized without causality verification unless ``allow_unverified``.
         """
         from featurestore.serving import get_online_features
 
-        return get_online_features(self, keys, features, as_of=as_of, tier=tier)
+        return get_online_features(self, keys, features, as_of=as_of, tier=tier,
+                                   allow_unverified=allow_unverified)
 
     def audit(self, frame: pl.DataFrame, features: Sequence[str], *,
               cutoff: str = "event_timestamp", inclusive: bool = False,

@@ -7,7 +7,7 @@ available at ``event_time + lag(T)``. Retrieval at tier T may use features of ti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -47,11 +47,19 @@ def format_duration(value: timedelta) -> str:
 
 @dataclass(frozen=True)
 class Tier:
-    """One availability phase."""
+    """One availability phase.
+
+    ``forbidden_before`` names columns that hold information of this tier: no source of an
+    earlier tier may carry a column of that name (checked at apply). Kept sorted and unique.
+    """
 
     name: str
     position: int
     lag: timedelta = timedelta(0)
+    forbidden_before: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forbidden_before", tuple(sorted(set(self.forbidden_before))))
 
 
 DEFAULT_TIERS: tuple[Tier, ...] = (
@@ -99,12 +107,25 @@ class TierOrder:
         rank = self.rank(name)
         return [t.name for t in self.tiers if t.position > rank]
 
-    def check_usable(self, prediction_tier: str, feature_tiers: dict[str, str]) -> None:
-        """Raise ``LeakageError`` naming every feature whose tier is later than the prediction's."""
+    def check_usable(self, prediction_tier: str,
+                     feature_tiers: Mapping[tuple[str, int], str] | Mapping[str, str]) -> None:
+        """Raise ``LeakageError`` naming every feature whose tier is later than the prediction's.
+
+        ``feature_tiers`` maps each requested feature, keyed by ``(name, version)`` (two
+        versions of one feature may have different tiers, and each is checked), to its tier.
+        """
         rank = self.rank(prediction_tier, what="retrieval tier")
-        late = sorted(f for f, t in feature_tiers.items() if self.rank(t) > rank)
+        names = [k[0] if isinstance(k, tuple) else k for k in feature_tiers]
+
+        def label(key: tuple[str, int] | str) -> str:
+            # name@version only where the request holds several versions of the name
+            if isinstance(key, tuple):
+                return f"{key[0]}@{key[1]}" if names.count(key[0]) > 1 else key[0]
+            return key
+
+        late = sorted((label(f), t) for f, t in feature_tiers.items() if self.rank(t) > rank)
         if late:
-            detail = ", ".join(f"{f} (tier {feature_tiers[f]})" for f in late)
+            detail = ", ".join(f"{f} (tier {t})" for f, t in late)
             raise LeakageError(
                 f"features of a tier later than {prediction_tier!r} were requested: {detail}; "
                 f"they are not known at a {prediction_tier} prediction point"

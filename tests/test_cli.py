@@ -24,7 +24,7 @@ path = "r.parquet"
 entity = "driver"
 event_time = "race_date"
 timezone = "America/New_York"
-tier = "race"
+tier = "historical"
 
 [[features]]
 name = "finish"

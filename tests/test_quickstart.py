@@ -77,3 +77,15 @@ def test_the_suggested_retrieve_command_works(first_run: tuple[Path, dict], tmp_
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["audit"]["violations"] == 0
     assert pl.read_parquet(target).equals(pl.read_parquet(summary["prerace"]["path"]))
+
+
+def test_the_suggested_online_command_needs_and_takes_a_tier(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, _ = first_run
+    args = [sys.executable, "-m", "featurestore", "-s", str(out), "online", "--key", "driver_id=1",
+            "--features", "prev_finish,avg_finish_last_5", "--json"]
+    proc = subprocess.run([*args, "--tier", "qualifying"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(proc.stdout)
+    assert set(row) == {"driver_id", "prev_finish", "avg_finish_last_5"}
+    missing = subprocess.run(args, capture_output=True, text=True)
+    assert missing.returncode == 2 and "--tier" in missing.stderr

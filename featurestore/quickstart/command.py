@@ -72,7 +72,8 @@ Try next:
   {fs} -s {root} artifacts --verify
   {fs} -s {root} retrieve --entities {root}/frames/prerace_entities.parquet \\
       --features prerace_model --tier qualifying --audit --output /tmp/train.parquet
-  {fs} -s {root} online --key driver_id=1 --features prev_finish,avg_finish_last_5
+  {fs} -s {root} online --key driver_id=1 --features prev_finish,avg_finish_last_5 \\
+      --tier qualifying
   {fs} -s {root} doctor
   {fs} plugins --all""")
 

@@ -305,7 +305,9 @@ def _prepare_sources(season: Path, files: dict[str, Path]) -> None:
     quali.with_columns(
         gap_to_pole=(pl.col("best_lap_time") - pl.col("best_lap_time").min().over("race_id")).round(3)
     ).write_parquet(season / "qualifying_session.parquet")
-    (pl.read_parquet(files["practice_laps"]).filter(~pl.col("pit"))
+    # Green laps only, so the pit flag (all false) is dropped: a practice source carrying a
+    # column the race-tier views read would be refused as holding race information.
+    (pl.read_parquet(files["practice_laps"]).filter(~pl.col("pit")).drop("pit")
      .write_parquet(season / "practice_green_laps.parquet"))
     laps = pl.read_parquet(files["race_laps"])
     schedule = pl.read_parquet(files["schedule"])

@@ -1,0 +1,46 @@
+"""``featurestore config``: show and change store-level settings (kept in the registry)."""
+
+from __future__ import annotations
+
+import click
+
+from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+
+
+@click.command()
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@click.option("--unset", is_flag=True, help="Remove KEY's value.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def config(c: Ctx, key: str | None, value: str | None, unset: bool, as_json: bool) -> None:
+    """Show settings, or set KEY to VALUE (--unset removes it).
+
+    \b
+    featurestore config                         every setting and its value
+    featurestore config default_tier            one setting
+    featurestore config default_tier race       set it (checked first)
+    featurestore config default_tier --unset    remove it
+
+    Settings: default_tier, the prediction tier `online` uses when --tier is not given
+    (unset by default: then `online` needs --tier).
+    """
+    from featurestore.settings import SETTINGS, setting_name
+
+    if unset and (key is None or value is not None):
+        raise click.UsageError("--unset takes a KEY and no VALUE")
+    if key is not None:
+        key = setting_name(key)
+        if value is not None or unset:
+            c.store.set_setting(key, None if unset else value)
+    current = c.store.settings()
+    shown = {key: current[key]} if key is not None else current
+    if as_json:
+        emit_json(shown)
+        return
+    print_table([{"setting": k, "value": v if v is not None else "(unset)",
+                  "meaning": SETTINGS[k][0]} for k, v in shown.items()],
+                ["setting", "value", "meaning"])
+
+
+COMMANDS = [config]

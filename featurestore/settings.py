@@ -1,0 +1,61 @@
+"""Store-level settings: named values kept in the registry's ``store_info`` table.
+
+Each setting is stored under the key ``setting.<name>``, so every client of a shared registry
+sees the same value. Only the settings listed in ``SETTINGS`` exist; a value is checked before
+it is written.
+
+- ``default_tier``: the prediction tier online lookups use when the caller gives none. Unset by
+  default, and then an online lookup without a tier is refused: serving has no safe default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection
+
+from featurestore.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from featurestore.registry import Registry
+
+PREFIX = "setting."
+
+
+def _check_tier(registry: Registry, conn: Connection, value: str) -> str:
+    registry.tiers(conn).get(value, what="setting default_tier")
+    return value
+
+
+# name -> (description, check(registry, conn, value) -> normalized value)
+SETTINGS: dict[str, tuple[str, Callable[[Registry, Connection, str], str]]] = {
+    "default_tier": ("prediction tier of online lookups that name none", _check_tier),
+}
+
+
+def setting_name(key: str) -> str:
+    """The canonical name of a setting (``default-tier`` is ``default_tier``)."""
+    name = key.strip().replace("-", "_")
+    if name not in SETTINGS:
+        raise DefinitionError(f"unknown setting {key!r}; settings: {', '.join(sorted(SETTINGS))}")
+    return name
+
+
+def read_settings(registry: Registry) -> dict[str, str | None]:
+    """Every known setting with its stored value (None when unset)."""
+    with registry.read() as conn:
+        return {name: registry.info(PREFIX + name, conn) for name in SETTINGS}
+
+
+def write_setting(registry: Registry, key: str, value: str | None) -> None:
+    """Check and store one setting in a single write transaction; None removes it."""
+    from featurestore.registry import Registry
+
+    name = setting_name(key)
+
+    def txn(conn: Connection) -> None:
+        checked = None if value is None else SETTINGS[name][1](registry, conn, value)
+        Registry.set_info(conn, PREFIX + name, checked)
+
+    registry.write(txn)
