@@ -355,7 +355,10 @@ class _Planner:
                 row = self.final["feature"].get(name)
                 if row is None:
                     raise self.err(f"feature set {fs.name!r} refers to unknown feature {name!r}")
-                pinned.append({"name": name, "version": int(version) if version else row["version"]})
+                pin = {"name": name, "version": int(version) if version else row["version"]}
+                if pin in pinned:  # two versions of one feature may be pinned, one twice not
+                    raise self.err(f"feature set {fs.name!r} pins {name}@{pin['version']} twice")
+                pinned.append(pin)
             self.version_item("feature_set", fs.name, {"features": pinned,
                                                        "description": fs.description})
 

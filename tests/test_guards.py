@@ -140,6 +140,12 @@ def test_two_versions_get_their_own_columns(tmp_path: Path, registry_url: str) -
         store.get_historical_features(query(), ["finish", "finish@2"], tier="race")
 
 
+def test_a_feature_set_pins_a_version_once(tmp_path: Path, registry_url: str) -> None:
+    store = two_versions(tmp_path, registry_url)
+    with pytest.raises(DefinitionError, match="feature set 'twice' pins finish@2 twice"):
+        store.apply([FeatureSet("twice", ("finish", "finish@2"))])
+
+
 def test_cli_retrieve_names_two_versions(tmp_path: Path) -> None:
     store = two_versions(tmp_path, f"sqlite:///{tmp_path / 'registry.db'}")
     entities = tmp_path / "entities.parquet"
