@@ -8,6 +8,7 @@ import click
 import polars as pl
 
 from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli_values import output_file, parse_key_args, parse_timestamp, typed_keys
 from featurestore.errors import DataError
 
 
@@ -20,6 +21,9 @@ def _features(values: tuple[str, ...]) -> list[str] | str:
 
 def _read_entities(path: str) -> pl.DataFrame:
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataError(f"{path}: entity file is empty (0 bytes); expected Parquet (or CSV) with "
+                        "the key and cutoff columns")
     try:
         if p.suffix == ".csv":
             return pl.read_csv(p, try_parse_dates=True)
@@ -27,7 +31,9 @@ def _read_entities(path: str) -> pl.DataFrame:
     except FileNotFoundError:
         raise DataError(f"{path}: entity file not found") from None
     except Exception as exc:
-        raise DataError(f"{path}: cannot read entity file ({type(exc).__name__})") from None
+        first = str(exc).strip().splitlines()
+        raise DataError(f"{path}: cannot read entity file as {'CSV' if p.suffix == '.csv' else 'Parquet'}"
+                        f" ({type(exc).__name__}{': ' + first[0] if first else ''})") from None
 
 
 @click.command()
@@ -44,13 +50,16 @@ def _read_entities(path: str) -> pl.DataFrame:
 @click.option("--ttl", default=None, help="Null values older than this (e.g. 30d, 12h).")
 @click.option("--with-availability", is_flag=True, help="Add each feature's available_at column.")
 @click.option("--audit", "run_audit", is_flag=True, help="Audit the frame and report the result.")
+@click.option("--strict", is_flag=True,
+              help="Refuse entity rows with a null key or cutoff (default: warn; they get nulls).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the training frame (.parquet).")
+              help="Where to write the training frame (.parquet); missing directories are created.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_ctx
 def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: str, cutoff: str,
              cutoff_timezone: str | None, inclusive: bool, ttl: str | None,
-             with_availability: bool, run_audit: bool, output: str, as_json: bool) -> None:
+             with_availability: bool, run_audit: bool, strict: bool, output: str,
+             as_json: bool) -> None:
     """Build a point-in-time training frame and write it to OUTPUT."""
     if not output.endswith(".parquet"):
         raise click.UsageError("--output must be a .parquet file")
@@ -58,7 +67,8 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
     features = _features(feature_args)
     frame = c.store.get_historical_features(
         entities, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
-        cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit)
+        cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit,
+        strict=strict)
     names = [r["name"] for r in c.store.resolve_features(features)]
     summary: dict[str, object] = {"rows": frame.height, "features": names, "output": output,
                                   "null_counts": {n: frame[n].null_count() for n in names}}
@@ -67,7 +77,8 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
         summary["audit"] = {"checked": report.n_checked, "violations": report.n_violations}
         if not with_availability:
             frame = frame.drop([col for col in frame.columns if col.endswith("__available_at")])
-    frame.write_parquet(output)
+    with output_file(output) as tmp:
+        frame.write_parquet(tmp)
     if as_json:
         emit_json(summary)
     else:
@@ -82,22 +93,18 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
 @click.option("--key", "key_args", multiple=True, required=True,
               help="Entity key as column=value; repeat for composite keys or more entities.")
 @click.option("--features", "feature_args", multiple=True, required=True, help="Features.")
-@click.option("--as-of", "as_of", default=None, help="ISO timestamp (default: now, UTC).")
+@click.option("--as-of", "as_of", default=None,
+              help="ISO 8601 time, e.g. 2025-03-09T14:00:00+00:00 (naive: UTC; default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def online(c: Ctx, key_args: tuple[str, ...], feature_args: tuple[str, ...], as_of: str | None,
            as_json: bool) -> None:
     """Latest feature values for one or a few keys (the serving path)."""
-    from datetime import datetime
-
-    keys: dict[str, list[object]] = {}
-    for arg in key_args:
-        col, sep, value = arg.partition("=")
-        if not sep:
-            raise click.UsageError(f"--key {arg!r}: expected column=value")
-        keys.setdefault(col, []).append(int(value) if value.lstrip("-").isdigit() else value)
-    moment = datetime.fromisoformat(as_of) if as_of else None
-    frame = c.store.get_online_features(keys, _features(feature_args), as_of=moment)
+    moment = parse_timestamp(as_of, option="--as-of") if as_of else None
+    parse_key_args(key_args)  # a malformed --key is reported before the store is opened
+    features = _features(feature_args)
+    keys = typed_keys(c.store, key_args, features)
+    frame = c.store.get_online_features(keys, features, as_of=moment)
     if as_json:
         emit_json(frame.to_dicts())
     else:

@@ -8,6 +8,18 @@ and retrieval cases go through the Python API.
 
 ``CASES`` is the single list: the table in docs/bad-input.md is rendered from it and a test
 checks the file matches (``python tests/test_bad_input.py`` rewrites it).
+
+Adding a case is one entry in ``CASES`` and one run of ``python tests/test_bad_input.py``:
+
+    Case("bad-registry-url", "--registry notaurl", "refused: the URL named", 2, "list",
+         cli("--registry", "notaurl", "list"), r"registry 'notaurl'")
+
+``cli(*args)`` runs the real command line (after ``--store ROOT``) in a project whose store is
+applied and materialized (``make_project``); ``prepare=`` takes any function that changes the
+project and returns the arguments. An accepted case gives ``code=0`` and a ``check(root, proc)``;
+``warning=`` is a regex the single ``Warning:`` line must match. ``run=`` takes a function of
+``(root, registry_url)`` for cases that need more than one command (two processes, a signal):
+it runs on SQLite and PostgreSQL and asserts what it must.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from featurestore import (
+    DataError,
     Feature,
     FeatureStore,
     FeatureStoreError,
@@ -139,6 +152,13 @@ class Case:
     api: Callable[[FeatureStore], Any] | None = None  # the step that must fail
     api_setup: Callable[[FeatureStore], Any] | None = None  # what runs (and succeeds) before it
     error: type[BaseException] | None = None
+    warning: str = ""  # regex the one "Warning:" line on stderr must match (none when empty)
+    run: Callable[[Path, str], None] | None = None  # a multi-step case: (root, registry URL)
+
+
+def cli(*args: str) -> Callable[[Path], list[str]]:
+    """A case that runs ``featurestore --store ROOT ARGS`` on the prepared project as it is."""
+    return lambda _root: list(args)
 
 
 def rewrite(mutate: Callable[[pl.DataFrame], pl.DataFrame]) -> Callable[[Path], list[str]]:
@@ -215,7 +235,7 @@ def shuffled(root: Path) -> list[str]:
     return ["materialize"]
 
 
-def check_unsorted(root: Path) -> None:
+def check_unsorted(root: Path, _proc: Any = None) -> None:
     # Shuffled rows give exactly the artifact the sorted rows gave: same rows, same order.
     view = _view(root, "results")
     store = FeatureStore(root)
@@ -230,7 +250,7 @@ def naive_frame() -> pl.DataFrame:
                          "value": [1.5, 2.5]})
 
 
-def check_naive(root: Path) -> None:
+def check_naive(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "ingest")
     snap = _snapshot(root, "extra")
     # 15:00 in Tokyo (UTC+9) is 06:00 UTC: naive times are read in the declared zone.
@@ -241,7 +261,7 @@ def zoned_frame() -> pl.DataFrame:
     return naive_frame().with_columns(pl.col("race_date").dt.replace_time_zone("America/Chicago"))
 
 
-def check_zoned(root: Path) -> None:
+def check_zoned(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "ingest")
     snap = _snapshot(root, "extra")
     # 15:00 in Chicago (CDT, UTC-5) is 20:00 UTC, whatever zone the source declares.
@@ -251,7 +271,7 @@ def check_zoned(root: Path) -> None:
 SQL_COLUMN = "x\"; DROP TABLE features; --'"
 
 
-def check_sql_column(root: Path) -> None:
+def check_sql_column(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "materialize")
     view = _view(root, "extra")
     assert view[SQL_COLUMN].to_list() == [1.5, 2.5]
@@ -261,7 +281,7 @@ def check_sql_column(root: Path) -> None:
     store.close()
 
 
-def check_duplicates_kept(root: Path) -> None:
+def check_duplicates_kept(root: Path, _proc: Any = None) -> None:
     snap = _snapshot(root, "results")
     assert snap.height == 6 and snap.filter(pl.col("driver_id") == 3)["finish"].to_list() == [99]
 
@@ -380,6 +400,252 @@ def _plugin_case(id_: str, transform: str, input_: str, answer: str, needle: str
                 error=error)
 
 
+
+# Command-line retrieval and serving: a query of drivers 1, 2 and 3 a week after the last race.
+QUERY_CUTOFF = dt.datetime(2025, 3, 9, tzinfo=dt.UTC)
+
+
+def query_frame(**overrides: list[Any]) -> pl.DataFrame:
+    data: dict[str, list[Any]] = {"driver_id": [1, 2, 3], "event_timestamp": [QUERY_CUTOFF] * 3}
+    data.update(overrides)
+    return pl.DataFrame(data, schema={"driver_id": pl.Int64,
+                                      "event_timestamp": pl.Datetime("us", "UTC")})
+
+
+def oracle_finish(driver: Any, cutoff: Any) -> Any:
+    """finish of the driver's last race that started before the cutoff (plain Python)."""
+    from zoneinfo import ZoneInfo
+
+    if driver is None or cutoff is None:
+        return None
+    rows = [r for r in results_frame().iter_rows(named=True) if r["driver_id"] == driver
+            and r["race_date"].replace(tzinfo=ZoneInfo("America/New_York")) < cutoff]
+    return max(rows, key=lambda r: r["race_date"])["finish"] if rows else None
+
+
+def retrieve(*args: str, entities: pl.DataFrame | bytes | None = None,
+             features: str = "finish", output: str = "out.parquet") -> Callable[[Path], list[str]]:
+    """``featurestore retrieve`` of ``features`` for an entity file (``query_frame()`` by default)."""
+    def prepare(root: Path) -> list[str]:
+        data = query_frame() if entities is None else entities
+        if isinstance(data, bytes):
+            (root / "q.parquet").write_bytes(data)
+        else:
+            data.write_parquet(root / "q.parquet")
+        return ["retrieve", "--entities", "q.parquet", "--features", features, "--tier", "race",
+                "-o", output, *args]
+    return prepare
+
+
+def check_retrieved(path: str) -> Callable[[Path, Any], None]:
+    def check(root: Path, _proc: Any = None) -> None:
+        out = pl.read_parquet(root / path)
+        query = pl.read_parquet(root / "q.parquet")
+        assert out.select(query.columns).equals(query)  # one row per query row, in order
+        assert out["finish"].to_list() == [oracle_finish(d, t) for d, t in query.iter_rows()]
+        assert not list((root / path).parent.glob("*.tmp")), "a temporary file was left"
+    return check
+
+
+def check_online_typed(root: Path, proc: Any) -> None:
+    # driver 3 raced once (finish 12): the key was read as the Int64 it is in the artifact.
+    assert json.loads(proc.stdout) == [{"driver_id": 3, "finish": 12}]
+
+
+def source_dir(second: Callable[[pl.DataFrame], pl.DataFrame], *, at: str) -> Callable[[Path], list[str]]:
+    """A source kept as a directory of two Parquet files, the second rewritten by ``second``.
+
+    ``at="apply"``: the mixed directory is declared; ``at="ingest"``: it is declared while
+    consistent, then the second file is replaced (new data arriving in another shape).
+    """
+    def prepare(root: Path) -> list[str]:
+        parts = root / "parts"
+        parts.mkdir()
+        frame = results_frame()
+        frame.head(3).write_parquet(parts / "a.parquet")
+        (frame.tail(3) if at == "ingest" else second(frame.tail(3))).write_parquet(parts / "b.parquet")
+        (root / "dir.toml").write_text(DIR_SOURCE, encoding="utf-8")
+        if at == "apply":
+            return ["apply", "dir.toml"]
+        subprocess_ok(root, "apply", "dir.toml")
+        subprocess_ok(root, "ingest")
+        second(frame.tail(3)).write_parquet(parts / "b.parquet")
+        return ["ingest"]
+    return prepare
+
+
+DIR_SOURCE = """
+[[sources]]
+name = "parted"
+path = "parts"
+entity = "driver"
+event_time = "race_date"
+timezone = "America/New_York"
+
+[[features]]
+name = "parted_finish"
+source = "parted"
+column = "finish"
+"""
+
+
+def second_version(then: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+    """Give ``finish`` a second version (it reads another column), then prepare ``then``."""
+    def prepare(root: Path) -> list[str]:
+        (root / "v2.toml").write_text(DEFS.replace('name = "finish"\nsource = "results"\n',
+                                                   'name = "finish"\nsource = "results"\n'
+                                                   'column = "laps_led"\n'), encoding="utf-8")
+        subprocess_ok(root, "apply", "v2.toml")
+        return then(root)
+    return prepare
+
+
+NO_ZONE_SOURCE = """
+[[sources]]
+name = "extra"
+path = "new.parquet"
+entity = "driver"
+event_time = "race_date"
+
+[[features]]
+name = "extra_value"
+source = "extra"
+column = "value"
+"""
+
+
+def check_assumed_utc(root: Path, _proc: Any = None) -> None:
+    subprocess_ok(root, "ingest")
+    snap = _snapshot(root, "extra")
+    assert snap["event_timestamp"].to_list() == [dt.datetime(2025, 7, 6, 15, tzinfo=dt.UTC)] * 2
+    again = run_cli(root, "apply", "bad.toml")  # registered already: the warning came once
+    assert again.returncode == 0 and "Warning" not in again.stderr, again.stderr
+
+
+def online_string_key(store: FeatureStore) -> Any:
+    return store.get_online_features({"driver_id": ["3"]}, ["finish"])
+
+
+def strict_nulls(store: FeatureStore) -> Any:
+    return store.get_historical_features(query_frame(driver_id=[1, None, 3]), ["finish"],
+                                         tier="race", strict=True)
+
+
+# Two definitions files that declare the same view differently, each with a feature of its own.
+SHARED_VIEW = """
+[[views]]
+name = "roll"
+source = "results"
+transform = "rolling"
+params = {{ column = "finish", windows = [{window}], aggs = ["mean"] }}
+
+[[features]]
+name = "{own}"
+view = "roll"
+column = "finish_mean_last_{window}"
+
+[[features]]
+name = "shared"
+view = "roll"
+column = "finish_mean_last_{window}"
+"""
+
+
+def cli_env(registry_url: str) -> dict[str, str]:
+    return {**os.environ, "FEATURESTORE_DEBUG": "", "FEATURESTORE_REGISTRY_URL": registry_url}
+
+
+def store_state(root: Path, registry_url: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    store = FeatureStore(root, registry_url=registry_url)
+    try:
+        return registry_dump(store), data_listing(root)
+    finally:
+        store.close()
+
+
+def concurrent_applies(root: Path, registry_url: str) -> None:
+    """Two processes apply different definitions of one view at once: one wins, one is refused.
+
+    Before the fix both succeeded and the loser's feature was left on a view version that
+    materialize never builds again ("run materialize" could not help).
+    """
+    (root / "a.toml").write_text(SHARED_VIEW.format(window=2, own="fa"), encoding="utf-8")
+    (root / "b.toml").write_text(SHARED_VIEW.format(window=3, own="fb"), encoding="utf-8")
+    env = cli_env(registry_url)
+    base = [sys.executable, "-m", "featurestore", "--store", str(root)]
+    procs = [subprocess.Popen([*base, "apply", name], cwd=root, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name in ("a.toml", "b.toml")]
+    done = [(p, *p.communicate(timeout=120)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in done)
+    assert codes == [0, 2], [(p.returncode, err) for p, _, err in done]
+    [(_, _, err)] = [(p, out, err) for p, out, err in done if p.returncode == 2]
+    lines = error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(r"view 'roll' changes \(params: .*\) under feature 'f[ab]' v1, which is "
+                     r"registered but not in these definitions", lines[0]), lines[0]
+    # Every registered feature is served once materialized: nothing is left unrepairable.
+    subprocess.run([*base, "materialize"], cwd=root, env=env, check=True, capture_output=True)
+    store = FeatureStore(root, registry_url=registry_url)
+    try:
+        names = sorted(f["name"] for f in store.list("feature"))
+        assert len(names) == 4 and "shared" in names, names  # finish, laps_led, shared, fa|fb
+        frame = store.get_historical_features(query_frame(), names, tier="race")
+        assert frame["finish"].to_list() == [oracle_finish(d, QUERY_CUTOFF) for d in (1, 2, 3)]
+        winner = next(n for n in names if n in ("fa", "fb"))
+        assert frame[winner].to_list() == frame["shared"].to_list()
+    finally:
+        store.close()
+
+
+# Where an interrupted command is stopped: (module, attribute, owner expression, pause after the
+# real call?). The child touches a marker file there and sleeps; the parent sends SIGINT.
+PAUSES = [
+    ("featurestore.cli", "_register_extra_commands", "target", False),  # loading plugins
+    ("featurestore.materialize", "sort_for_retrieval", "target", False),  # computing the view
+    ("featurestore.store", "write_parquet_atomic", "target", True),  # file renamed, unregistered
+    ("featurestore.store", "_insert_artifact", "target.FeatureStore", True),  # row not committed
+]
+PAUSED_CLI = """
+import os, pathlib, sys, time
+import {module} as target
+owner = {owner}
+real = getattr(owner, {attr!r})
+def paused(*args, **kwargs):
+    result = real(*args, **kwargs) if {after} else None
+    pathlib.Path(os.environ["FS_TEST_PAUSED"]).touch()
+    time.sleep(120)
+    return result
+setattr(owner, {attr!r}, staticmethod(paused) if isinstance(owner, type) else paused)
+from featurestore.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def interrupted(root: Path, registry_url: str) -> None:
+    """Ctrl-C (a real SIGINT from outside) at each pause point of ``materialize``."""
+    import signal
+    import time
+
+    for module, attr, owner, after in PAUSES:
+        before = store_state(root, registry_url)
+        marker = root.parent / f"paused-{attr}"
+        code = PAUSED_CLI.format(module=module, attr=attr, owner=owner, after=after)
+        env = {**cli_env(registry_url), "FS_TEST_PAUSED": str(marker)}
+        proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(root), "materialize",
+                                 "--force"], cwd=root, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), f"{attr}: never paused: {proc.communicate()[1]}"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, f"{attr}: exit {proc.returncode}: {err}"
+        assert [line for line in err.splitlines() if line.strip()] == ["Aborted."], err
+        assert store_state(root, registry_url) == before, f"{attr}: the interrupt left a change"
+
+
 CASES: list[Case] = [
     # ---- files
     Case("corrupt-parquet", "source file is not Parquet (random bytes)",
@@ -434,7 +700,8 @@ CASES: list[Case] = [
     Case("duplicate-rows", "two rows with the same key and event time",
          "refused: an example row shown, on_duplicate = \"keep_last\" suggested", 4, "ingest",
          rewrite(lambda d: pl.concat([d, d.tail(1)])),
-         r"2 rows share their key and event time \(e\.g\. driver_id=3"),
+         r"2 rows share their key and event time \(e\.g\. driver_id=3, "
+         r"race_date=2025-02-16T19:00:00\+00:00\)"),
     Case("duplicate-rows-keep-last", "duplicates with on_duplicate = \"keep_last\"",
          "accepted: the last of the duplicates is kept", 0, "ingest", dup_keep_last,
          check=check_duplicates_kept),
@@ -564,9 +831,88 @@ CASES: list[Case] = [
          "NotFoundError: the feature named, registered ones listed", 7, "API "
          "get_historical_features()", needle=r"feature 'no_such_feature' is not registered",
          api=retrieve_unknown, error=NotFoundError),
+    # ---- retrieval and serving from the command line
+    Case("bad-as-of", "online --as-of yesterday", "refused: the option and the expected ISO format "
+         "named", 2, "online", cli("online", "--key", "driver_id=1", "--features", "finish",
+                                   "--as-of", "yesterday"),
+         r"--as-of 'yesterday': expected an ISO 8601 timestamp"),
+    Case("key-wrong-type", "online --key driver_id=abc (the key is an integer)",
+         "refused: key column, its dtype (from the view artifact) and the value named", 2,
+         "online", cli("online", "--key", "driver_id=abc", "--features", "finish"),
+         r"--key driver_id=abc: key column 'driver_id' is Int64 in view 'results'; 'abc' is not "
+         r"an integer"),
+    Case("key-typed", "online --key driver_id=3 --json", "accepted: command-line keys are cast to "
+         "the key column's dtype in the view artifact (text is never guessed at)", 0, "online",
+         cli("online", "--key", "driver_id=3", "--features", "finish", "--json"),
+         check=check_online_typed),
+    Case("key-not-a-key", "online --key driver=3 (no such key column)",
+         "refused: the view's key columns listed", 2, "online",
+         cli("online", "--key", "driver=3", "--features", "finish"),
+         r"'driver' is not a key column of the requested features' views; their key columns: "
+         r"driver_id"),
+    Case("key-string-for-int", "get_online_features with the string \"3\" for an Int64 key",
+         "DataError: view, key column and both dtypes named (never a silently empty answer)", 4,
+         "API get_online_features()", needle=r"view 'results': key column 'driver_id' has dtype "
+         r"Int64 but query column 'driver_id' has dtype String", api=online_string_key,
+         error=DataError),
+    Case("unknown-version", "finish@7 when finish has versions 1 and 2",
+         "refused: the versions that exist named", 7, "retrieve",
+         second_version(retrieve(features="finish@7")),
+         r"feature 'finish' has no version 7; registered versions: 1, 2 \(newest 2\)"),
+    Case("output-dir-missing", "retrieve -o into a directory that does not exist",
+         "accepted: the directory is created (as pytest --junitxml and pip download -d do); the "
+         "file is written to a temporary name and renamed", 0, "retrieve",
+         retrieve(output="out/deeper/train.parquet"), check=check_retrieved("out/deeper/train.parquet")),
+    Case("output-dir-blocked", "retrieve -o r.parquet/train.parquet (a file is in the way)",
+         "refused: the path and the reason named", 2, "retrieve",
+         retrieve(output="r.parquet/train.parquet"),
+         r"--output r\.parquet/train\.parquet: cannot create directory r\.parquet"),
+    Case("empty-entity-file", "retrieve --entities of 0 bytes", "refused: file named, 'entity "
+         "file is empty'", 4, "retrieve", retrieve(entities=b""),
+         r"q\.parquet: entity file is empty \(0 bytes\)"),
+    Case("null-entity-keys", "entity rows with a null key and a null cutoff",
+         "accepted with one warning counting them (they match nothing: null features)", 0,
+         "retrieve", retrieve(entities=query_frame(driver_id=[1, None, 3],
+                                                   event_timestamp=[QUERY_CUTOFF, QUERY_CUTOFF, None])),
+         check=check_retrieved("out.parquet"),
+         warning=r"entity frame: 2 of 3 row\(s\) have a null key or cutoff \(1 null 'driver_id', "
+                 r"1 null cutoff 'event_timestamp'\)"),
+    Case("null-entity-keys-strict", "the same with retrieve --strict",
+         "refused: the counts named", 4, "retrieve",
+         retrieve("--strict", entities=query_frame(driver_id=[1, None, 3])),
+         r"entity frame: 1 of 3 row\(s\) have a null key or cutoff \(1 null 'driver_id'\); "
+         r"refused \(strict\)"),
+    Case("null-entity-keys-strict-api", "get_historical_features(..., strict=True) with a null key",
+         "DataError: the counts named", 4, "API get_historical_features()",
+         needle=r"1 of 3 row\(s\) have a null key or cutoff", api=strict_nulls, error=DataError),
+    # ---- more data and time zones
+    Case("mixed-schemas-at-apply", "a source directory whose two files differ (finish Int64 and "
+         "String)", "refused at apply: both files and the differing column and dtypes named", 4,
+         "apply", source_dir(lambda d: d.with_columns(pl.col("finish").cast(pl.String)), at="apply"),
+         r"files .*a\.parquet and .*b\.parquet have different schemas \('finish': Int64 vs String\)"),
+    Case("mixed-schemas-at-ingest", "a file of another shape (a column missing) arrives in a "
+         "registered source directory", "refused at ingest: both files and the column named", 4,
+         "ingest", source_dir(lambda d: d.drop("laps_led"), at="ingest"),
+         r"a\.parquet and .*b\.parquet have different schemas \('laps_led': Int64 vs absent\)"),
+    Case("naive-times-no-zone", "naive times, the source declares no timezone",
+         "accepted as UTC (the contract's default), with one warning naming the source at the "
+         "apply that registers it (not again)", 0, "apply",
+         bad_defs(NO_ZONE_SOURCE, frame=naive_frame()), check=check_assumed_utc,
+         warning=r"source 'extra' \(new\.parquet\): column\(s\) 'race_date' hold naive times and "
+                 r"the source declares no timezone, so they are read as UTC"),
+    # ---- several processes, signals
+    Case("concurrent-applies", "two processes apply different definitions of one view (and of a "
+         "shared feature) at the same moment", "one applies, the other is refused naming the "
+         "feature it would strand (before: both applied, and one feature could never be served)",
+         2, "apply x2", run=concurrent_applies),
+    Case("interrupted-materialize", "Ctrl-C (SIGINT) during materialize: while plugins load, "
+         "while the view computes, after the file is written, before the registry commits",
+         "exit 130, one line \"Aborted.\", no traceback; registry and data as before", 130,
+         "materialize", run=interrupted),
 ]
-CLI_CASES = [c for c in CASES if c.api is None]
+CLI_CASES = [c for c in CASES if c.api is None and c.run is None]
 API_CASES = [c for c in CASES if c.api is not None]
+RUN_CASES = [c for c in CASES if c.run is not None]
 
 
 def render_table() -> str:
@@ -619,10 +965,15 @@ def test_cli_case(tmp_path: Path, case: Case) -> None:
     args = case.prepare(root)
     before = state(root)
     proc = run_cli(root, *args)
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("Warning:")]
+    if case.warning:
+        assert len(warnings) == 1 and re.search(case.warning, warnings[0]), proc.stderr
     if case.code == 0:
         assert proc.returncode == 0, proc.stderr
+        assert not case.warning or warnings, proc.stderr
+        assert case.warning or not warnings, f"unexpected warning: {proc.stderr}"
         assert case.check is not None
-        case.check(root)
+        case.check(root, proc)
         return
     assert proc.returncode == case.code, f"exit {proc.returncode}: {proc.stderr}"
     assert "Traceback" not in proc.stderr
@@ -630,6 +981,14 @@ def test_cli_case(tmp_path: Path, case: Case) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     assert re.search(case.needle, lines[0]), lines[0]
     assert state(root) == before, "a refused command changed the registry or the data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c.id for c in RUN_CASES])
+def test_run_case(tmp_path: Path, registry_url: str, case: Case) -> None:
+    make_project(tmp_path / "project", registry_url).close()
+    assert case.run is not None
+    case.run(tmp_path / "project", registry_url)
 
 
 @pytest.fixture
