@@ -314,7 +314,7 @@ class _Planner:
             if (f.view is None) == (f.source is None):
                 raise self.err(f"{what}: declare exactly one of 'view' (a transform's output) or "
                                "'source' (a column read as is)")
-            column = f.column or f.name
+            column = f.column if f.column is not None else f.name
             if f.view is not None:
                 view = self.final["view"].get(f.view)
                 if view is None or view["transform"] is None:
