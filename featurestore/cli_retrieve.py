@@ -8,7 +8,13 @@ import click
 import polars as pl
 
 from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
-from featurestore.cli_values import output_file, parse_key_args, parse_timestamp, typed_keys
+from featurestore.cli_values import (
+    check_output_path,
+    output_file,
+    parse_key_args,
+    parse_timestamp,
+    typed_keys,
+)
 from featurestore.errors import DataError
 
 
@@ -63,6 +69,7 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
     """Build a point-in-time training frame and write it to OUTPUT."""
     if not output.endswith(".parquet"):
         raise click.UsageError("--output must be a .parquet file")
+    check_output_path(output)
     entities = _read_entities(entities_path)
     features = _features(feature_args)
     frame = c.store.get_historical_features(

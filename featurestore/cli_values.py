@@ -132,6 +132,16 @@ def cast_key(text: str, dtype: pl.DataType, *, col: str, view: str) -> Any:
         raise refuse(f"a {dtype} value") from None
 
 
+def check_output_path(path: str, *, option: str = "--output") -> None:
+    """Refuse, before any work, an output path whose directory could never be created."""
+    ancestor = Path(path).absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: cannot create directory {Path(path).parent}: "
+                         f"{ancestor} is a file")
+
+
 @contextmanager
 def output_file(path: str, *, option: str = "--output") -> Iterator[Path]:
     """A temporary path next to ``path``, renamed over it when the block succeeds.

@@ -89,6 +89,7 @@ def assert_whole(out: str, names: list[str], width: int = 80) -> None:
         assert name in out, f"{name!r} is cut or wrapped in:\n{out}"
 
 
+@pytest.mark.slow
 def test_tables_never_cut_names_at_80_columns(project: Path) -> None:
     entity, source, features, fset = LONG["entity"], LONG["source"], LONG["features"], LONG["set"]
     assert_whole(run(project, "materialize").stdout, [source])
