@@ -44,22 +44,104 @@ def console(stderr: bool = False):  # type: ignore[no-untyped-def]
     return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
 
+# How cells fit a terminal (80 columns included): a cell holding a name, a number or a time is
+# never broken or cut. Free-text columns wrap at spaces (folding only what has none, such as a
+# path); list columns wrap between their items, so each item stays whole. A table whose unbreakable
+# cells cannot fit side by side is printed as records, one "column  value" block per row.
+PROSE_COLUMNS = frozenset({"description", "path", "verification", "status", "changes"})
+LIST_CELL_COLUMNS = frozenset({"features", "join_keys", "tags"})
+PROSE_MIN_WIDTH = 12
+
+
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    """Print ``rows`` as a table that fits the terminal without cutting a name (see above)."""
+    from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
-    console().print(table)
+    out = console()
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+
+    def natural(i: int) -> int:
+        return max([cell_len(columns[i])] + [_longest_line(r[i]) for r in cells])
+
+    def smallest(i: int) -> int:
+        col, widest = columns[i], natural(i)
+        if col in PROSE_COLUMNS:
+            return min(widest, PROSE_MIN_WIDTH)
+        if col in LIST_CELL_COLUMNS:
+            words = [cell_len(w) for r in cells for w in r[i].split()] + [cell_len(col)]
+            return max(words)
+        return widest
+
+    def build(widths: list[int]) -> Table:
+        table = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, collapse_padding=True)
+        for col, width in zip(columns, widths, strict=True):
+            breakable = col in PROSE_COLUMNS or col in LIST_CELL_COLUMNS
+            table.add_column(col, width=width, no_wrap=not breakable,
+                             overflow="fold" if breakable else "ignore")
+        for r in cells:
+            table.add_row(*r)
+        return table
+
+    if title:
+        out.print(title, style="bold", soft_wrap=True)
+    widths = [smallest(i) for i in range(len(columns))]
+    overhead = _table_width(out, build(widths)) - sum(widths)
+    room = out.width - overhead - sum(widths)
+    if room < 0:
+        _print_records(out, cells, columns)
+        return
+    # Give the spare width to the breakable columns, one character at a time, narrowest first.
+    wanted = [natural(i) for i in range(len(columns))]
+    while room > 0:
+        short = [i for i in range(len(columns)) if widths[i] < wanted[i]]
+        if not short:
+            break
+        widths[min(short, key=lambda i: widths[i])] += 1
+        room -= 1
+    out.print(build(widths))
+
+
+def _longest_line(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def _table_width(out: Any, table: Any) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(out, out.options.update(max_width=1_000_000), table).maximum
+
+
+def _print_records(out: Any, cells: list[list[str]], columns: Sequence[str]) -> None:
+    """One block per row: column names on the left, values (wrapped, never cut) on the right."""
+    from rich.table import Table
+
+    key_width = max(len(c) for c in columns)
+    for n, row in enumerate(cells):
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True, width=key_width, style="bold")
+        grid.add_column(overflow="fold")
+        for col, value in zip(columns, row, strict=True):
+            grid.add_row(col, value)
+        if n:
+            out.print()
+        out.print(grid)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, dict) and set(value) == {"name", "version"}:
+        return f"{value['name']}@{value['version']}"  # a pinned feature, as it is written
     if isinstance(value, list | tuple):
-        return ", ".join(_cell(v) if not isinstance(v, dict) else json.dumps(v) for v in value)
+        return ", ".join(_cell(v) if not isinstance(v, dict) or set(v) == {"name", "version"}
+                         else json.dumps(v) for v in value)
     if isinstance(value, dict):
         return json.dumps(value, default=_json_default)
     return str(value)
@@ -380,12 +462,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     import warnings
 
-    warnings.showwarning = _show_warning
-    _register_extra_commands()
     try:
+        warnings.showwarning = _show_warning
+        # Inside the try: loading plugins takes a moment, and Ctrl-C then is still an abort.
+        _register_extra_commands()
         cli.main(args=list(argv) if argv is not None else None, prog_name="featurestore",
                  standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Writes are atomic (temporary file, then rename, then the registry row in one
+        # transaction): an interrupted command leaves the store as it was.
         click.echo("Aborted.", err=True)
         return 130
     except click.ClickException as exc:

@@ -8,6 +8,13 @@ import click
 import polars as pl
 
 from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli_values import (
+    check_output_path,
+    output_file,
+    parse_key_args,
+    parse_timestamp,
+    typed_keys,
+)
 from featurestore.errors import DataError
 
 
@@ -20,6 +27,9 @@ def _features(values: tuple[str, ...]) -> list[str] | str:
 
 def _read_entities(path: str) -> pl.DataFrame:
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise DataError(f"{path}: entity file is empty (0 bytes); expected Parquet (or CSV) with "
+                        "the key and cutoff columns")
     try:
         if p.suffix == ".csv":
             return pl.read_csv(p, try_parse_dates=True)
@@ -27,7 +37,9 @@ def _read_entities(path: str) -> pl.DataFrame:
     except FileNotFoundError:
         raise DataError(f"{path}: entity file not found") from None
     except Exception as exc:
-        raise DataError(f"{path}: cannot read entity file ({type(exc).__name__})") from None
+        first = str(exc).strip().splitlines()
+        raise DataError(f"{path}: cannot read entity file as {'CSV' if p.suffix == '.csv' else 'Parquet'}"
+                        f" ({type(exc).__name__}{': ' + first[0] if first else ''})") from None
 
 
 @click.command()
@@ -47,25 +59,29 @@ def _read_entities(path: str) -> pl.DataFrame:
               help="Audit the frame and report the result (and any unverified view served).")
 @click.option("--allow-unverified", is_flag=True,
               help="Serve views materialized with --no-verify (refused otherwise).")
+@click.option("--strict", is_flag=True,
+              help="Refuse entity rows with a null key or cutoff (default: warn; they get nulls).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the training frame (.parquet).")
+              help="Where to write the training frame (.parquet); missing directories are created.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 @pass_ctx
 def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: str, cutoff: str,
              cutoff_timezone: str | None, inclusive: bool, ttl: str | None,
-             with_availability: bool, run_audit: bool, allow_unverified: bool, output: str,
+             with_availability: bool, run_audit: bool, allow_unverified: bool, strict: bool,
+             output: str,
              as_json: bool) -> None:
     """Build a point-in-time training frame and write it to OUTPUT."""
     from featurestore.serving import output_names, served_artifacts, unverified_views
 
     if not output.endswith(".parquet"):
         raise click.UsageError("--output must be a .parquet file")
+    check_output_path(output)
     entities = _read_entities(entities_path)
     features = _features(feature_args)
     frame = c.store.get_historical_features(
         entities, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
         cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit,
-        allow_unverified=allow_unverified)
+        allow_unverified=allow_unverified, strict=strict)
     rows = c.store.resolve_features(features)
     names = output_names(rows)
     summary: dict[str, object] = {"rows": frame.height, "features": names, "output": output,
@@ -78,7 +94,8 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
                             "unverified_views": [a["name"] for a in unverified]}
         if not with_availability:
             frame = frame.drop([col for col in frame.columns if col.endswith("__available_at")])
-    frame.write_parquet(output)
+    with output_file(output) as tmp:
+        frame.write_parquet(tmp)
     if as_json:
         emit_json(summary)
     else:
@@ -96,7 +113,8 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
 @click.option("--key", "key_args", multiple=True, required=True,
               help="Entity key as column=value; repeat for composite keys or more entities.")
 @click.option("--features", "feature_args", multiple=True, required=True, help="Features.")
-@click.option("--as-of", "as_of", default=None, help="ISO timestamp (default: now, UTC).")
+@click.option("--as-of", "as_of", default=None,
+              help="ISO 8601 time, e.g. 2025-03-09T14:00:00+00:00 (naive: UTC; default: now).")
 @click.option("--tier", default=None,
               help="Tier of the prediction point (default: the store's default_tier setting, "
                    "see `featurestore config`).")
@@ -107,16 +125,11 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
 def online(c: Ctx, key_args: tuple[str, ...], feature_args: tuple[str, ...], as_of: str | None,
            tier: str | None, allow_unverified: bool, as_json: bool) -> None:
     """Latest feature values for one or a few keys (the serving path)."""
-    from datetime import datetime
-
-    keys: dict[str, list[object]] = {}
-    for arg in key_args:
-        col, sep, value = arg.partition("=")
-        if not sep:
-            raise click.UsageError(f"--key {arg!r}: expected column=value")
-        keys.setdefault(col, []).append(int(value) if value.lstrip("-").isdigit() else value)
-    moment = datetime.fromisoformat(as_of) if as_of else None
-    frame = c.store.get_online_features(keys, _features(feature_args), as_of=moment, tier=tier,
+    moment = parse_timestamp(as_of, option="--as-of") if as_of else None
+    parse_key_args(key_args)  # a malformed --key is reported before the store is opened
+    features = _features(feature_args)
+    keys = typed_keys(c.store, key_args, features)
+    frame = c.store.get_online_features(keys, features, as_of=moment, tier=tier,
                                         allow_unverified=allow_unverified)
     if as_json:
         emit_json(frame.to_dicts())

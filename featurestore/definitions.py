@@ -90,7 +90,9 @@ class Source:
     entity: str
     event_time: str
     tier: str = "historical"
-    timezone: str = "UTC"
+    # How naive timestamps are read. None (not declared) reads them as UTC and, when the file
+    # holds naive times, apply warns once, since that is a guess about the data.
+    timezone: str | None = None
     available_time: str | None = None
     fills: tuple[Fill, ...] = ()
     on_duplicate: str = "error"
@@ -285,7 +287,7 @@ def parse_definitions(data: Mapping[str, Any], origin: str = "<definitions>",
                 defs.sources.append(Source(
                     name=name, path=path, entity=_req(t, "entity", label),
                     event_time=_req(t, "event_time", label), tier=t.get("tier", "historical"),
-                    timezone=t.get("timezone", "UTC"), available_time=t.get("available_time"),
+                    timezone=t.get("timezone"), available_time=t.get("available_time"),
                     fills=_parse_fills(t.get("fill"), label),
                     on_duplicate=t.get("on_duplicate", "error"),
                     description=t.get("description", ""), owner=t.get("owner", "")))

@@ -47,3 +47,13 @@ class NotFoundError(FeatureStoreError):
     """A named entity, source, feature, view, artifact or feature set is not registered."""
 
     exit_code = 7
+
+
+class UsageError(FeatureStoreError):
+    """A command-line option or argument has a value that cannot be used (format, type, path)."""
+
+    exit_code = 2
+
+
+class DataWarning(UserWarning):
+    """Input that is accepted but probably not what was meant (null keys, an assumed time zone)."""

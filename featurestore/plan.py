@@ -74,6 +74,7 @@ class Plan:
     items: list[PlanItem]
     tier_changes: list[str] = field(default_factory=list)
     new_tiers: TierOrder | None = None
+    warnings: list[str] = field(default_factory=list)  # issued by apply once it committed
 
     @property
     def changed(self) -> list[PlanItem]:
@@ -91,7 +92,7 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"noop": self.is_noop, "counts": self.counts(), "tier_changes": self.tier_changes,
-                "items": [i.as_dict() for i in self.items]}
+                "items": [i.as_dict() for i in self.items], "warnings": self.warnings}
 
 
 def _store_path(path: str, root: Path) -> str:
@@ -114,6 +115,7 @@ class _Planner:
         self.existing = {kind: Registry.latest_rows(conn, kind) for kind in KIND_ORDER}
         self.final: dict[str, dict[str, dict[str, Any]]] = {k: dict(v) for k, v in self.existing.items()}
         self.items: list[PlanItem] = []
+        self.warnings: list[str] = []
         self.origin = defs.origin
 
     # -- helpers
@@ -206,7 +208,7 @@ class _Planner:
             what = f"source {s.name!r}"
             keys = self.entity_keys(s.entity, what)
             tiers.get(s.tier, what=what)
-            check_timezone(s.timezone, what)
+            timezone = check_timezone(s.timezone if s.timezone is not None else "UTC", what)
             if s.on_duplicate not in ("error", "keep_last"):
                 raise self.err(f"{what}: on_duplicate must be 'error' or 'keep_last', "
                                f"got {s.on_duplicate!r}")
@@ -228,12 +230,26 @@ class _Planner:
                                available_time=s.available_time)
             self.version_item("source", s.name, {
                 "path": path, "entity": s.entity, "event_time": s.event_time, "tier": s.tier,
-                "timezone": s.timezone, "available_time": s.available_time,
+                "timezone": timezone, "available_time": s.available_time,
                 "fills": [{"column": f.column, "method": f.method, "value": f.value}
                           for f in s.fills],
                 "on_duplicate": s.on_duplicate,
                 "schema": {c: str(t) for c, t in src_schema.items()},
                 "description": s.description, "owner": s.owner})
+            if s.timezone is None and self.items[-1].action in ("add", "version"):
+                self.warn_assumed_utc(s.name, path, src_schema, [s.event_time, s.available_time])
+
+    def warn_assumed_utc(self, name: str, path: str, src_schema: Mapping[str, pl.DataType],
+                         columns: Iterable[str | None]) -> None:
+        """Naive times with no declared zone are read as UTC: say so when the source registers."""
+        naive = [c for c in columns if c is not None and (
+            src_schema[c] == pl.Date
+            or (isinstance(src_schema[c], pl.Datetime) and src_schema[c].time_zone is None))]
+        if naive:
+            self.warnings.append(
+                f"source {name!r} ({path}): column(s) {', '.join(map(repr, naive))} hold naive "
+                "times and the source declares no timezone, so they are read as UTC; declare "
+                "timezone = \"UTC\" to confirm, or the zone they were recorded in")
 
     def input_schema(self, source: str, what: str) -> tuple[dict[str, pl.DataType], list[str]]:
         row = self.final["source"].get(source)
@@ -301,7 +317,7 @@ class _Planner:
             if (f.view is None) == (f.source is None):
                 raise self.err(f"{what}: declare exactly one of 'view' (a transform's output) or "
                                "'source' (a column read as is)")
-            column = f.column or f.name
+            column = f.column if f.column is not None else f.name
             if f.view is not None:
                 view = self.final["view"].get(f.view)
                 if view is None or view["transform"] is None:
@@ -345,6 +361,66 @@ class _Planner:
             self.version_item("view", source_name, {
                 "source": source_name, "transform": None, "params": {"columns": cols},
                 "tier": None, "description": f"columns of source {source_name}", "owner": ""})
+
+    def check_dependents(self, outputs: dict[str, dict[str, pl.DataType]]) -> None:
+        """Refuse to change a view or source under a registered feature these definitions omit.
+
+        Such a feature keeps its version, pinned to the old view definition; materialize builds
+        only a view's current version, so the feature would never be served again and no command
+        could repair it. It happens when two definitions files share a view: applied one after
+        the other, or at the same moment by two processes (the registry's write lock makes those
+        two applies run one after the other, and the second one is refused here).
+        """
+        declared = {f.name for f in self.defs.features}
+        versioned = {(i.kind, i.name): i for i in self.items if i.action == "version"}
+        for name, feat in sorted(self.existing["feature"].items()):
+            view_item = versioned.get(("view", feat["view"]))
+            source_item = versioned.get(("source", feat["source"]))
+            if name in declared or (view_item is None and source_item is None):
+                continue
+            view = self.final["view"][feat["view"]]
+            changed = source_item or view_item  # a changed column is the source's doing
+            problem = None
+            if feat["transform"] is not None and (
+                    (view["source"], view["transform"], canonical_json(view["params"]))
+                    != (feat["source"], feat["transform"], canonical_json(feat["params"]))):
+                changed, problem = view_item, "it reads the old definition"
+            else:
+                available = self.outputs_for(feat, outputs)
+                column = feat["column_name"]
+                if available is None:
+                    continue  # a registered view whose transform is not loaded: nothing to compare
+                if column not in available:
+                    problem = f"its column {column!r} would be gone"
+                elif dtype_name(available[column]) != feat["dtype"]:
+                    problem = (f"its column {column!r} would change from {feat['dtype']} to "
+                               f"{dtype_name(available[column])}")
+            if problem:
+                assert changed is not None
+                raise self.err(
+                    f"{changed.kind} {changed.name!r} changes ({'; '.join(changed.changes)}) "
+                    f"under feature {name!r} v{feat['version']}, which is registered but not in "
+                    f"these definitions ({problem}): it would be left on a definition that is "
+                    f"never materialized again. Declare {name!r} here too so it gets a new "
+                    f"version, or keep the {changed.kind} as it is")
+
+    def outputs_for(self, feat: Mapping[str, Any],
+                    outputs: dict[str, dict[str, pl.DataType]]) -> dict[str, pl.DataType] | None:
+        """The columns (and dtypes) the final definitions give a registered feature's view."""
+        if feat["transform"] is None:
+            in_schema, keys = self.input_schema(feat["source"], f"feature {feat['name']!r}")
+            return {c: t for c, t in in_schema.items()
+                    if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)}
+        if feat["view"] in outputs:
+            return outputs[feat["view"]]
+        from featurestore.plugins import get_transform
+
+        try:
+            transform = get_transform(feat["transform"])
+            in_schema, _ = self.input_schema(feat["source"], f"feature {feat['name']!r}")
+            return dict(transform.transform.declared_schema(feat["params"], in_schema))
+        except (PluginError, ValueError, KeyError, TypeError):
+            return None
 
     def plan_feature_sets(self) -> None:
         for fs in self.defs.feature_sets:
@@ -522,12 +598,14 @@ def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Pa
     planner.plan_sources(tiers)
     outputs = planner.plan_views(tiers)
     planner.plan_features(tiers, outputs)
+    planner.check_dependents(outputs)
     planner.plan_feature_sets()
     planner.check_tier_order(tiers)
     planner.check_forbidden_columns(tiers)
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     items = sorted(planner.items, key=lambda i: (order[i.kind], i.name))
-    return Plan(items, planner.tier_changes, tiers if planner.tier_changes else None)
+    return Plan(items, planner.tier_changes, tiers if planner.tier_changes else None,
+                planner.warnings)
 
 
 def execute_plan(conn: Connection, registry: Registry, plan: Plan) -> None:

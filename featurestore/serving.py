@@ -7,6 +7,7 @@ finds each feature's materialized artifact and hands sorted artifacts to the joi
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,9 +17,21 @@ import polars as pl
 
 from featurestore.artifacts import verify_artifact
 from featurestore.definitions import dtype_name
-from featurestore.errors import DataError, DefinitionError, LeakageError, NotFoundError
+from featurestore.errors import (
+    DataError,
+    DataWarning,
+    DefinitionError,
+    LeakageError,
+    NotFoundError,
+)
 from featurestore.plan import dtype_from_str
-from featurestore.retrieval import ViewFrame, audit, point_in_time_join, point_in_time_join_lazy
+from featurestore.retrieval import (
+    ViewFrame,
+    _align_key,
+    audit,
+    point_in_time_join,
+    point_in_time_join_lazy,
+)
 from featurestore.tiers import parse_duration
 from featurestore.transforms import AVAILABLE_AT
 
@@ -56,6 +69,13 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any],
                       a["schema"][column], what=f"artifact {a['id']} column {column!r}"))
                   == feature["dtype"]]
     if not candidates:
+        current = versions[-1]
+        if current["version"] not in matching:
+            # Materialize builds only the view's current version: saying "run it" would not help.
+            raise NotFoundError(
+                f"feature {feature['name']!r} v{feature['version']} reads an earlier definition "
+                f"of view {view_name!r} (now v{current['version']}) that was never materialized; "
+                f"apply the feature's definition again so it follows the view")
         raise NotFoundError(
             f"feature {feature['name']!r} (view {view_name!r}) has no materialized artifact; "
             f"run `featurestore materialize {view_name}`")
@@ -141,17 +161,43 @@ def feature_tiers(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], str]:
     return {(r["name"], r["version"]): r["tier"] for r in rows}
 
 
+def _check_nulls(query: pl.DataFrame, frames: list[ViewFrame], cutoff: str, strict: bool) -> None:
+    """Rows with a null key or cutoff can match nothing: say how many (refuse them if strict)."""
+    keys = list(dict.fromkeys(k for vf in frames for k in vf.matched_query_keys))
+    counts = query.select(*[pl.col(k).null_count() for k in keys],
+                          pl.col(cutoff).null_count().alias("__cutoff"),
+                          pl.any_horizontal(*[pl.col(k).is_null() for k in keys],
+                                            pl.col(cutoff).is_null()).sum().alias("__rows")).row(0)
+    if not counts[-1]:
+        return
+    parts = [f"{n} null {k!r}" for k, n in zip(keys, counts, strict=False) if n]
+    if counts[-2]:
+        parts.append(f"{counts[-2]} null cutoff {cutoff!r}")
+    what = (f"entity frame: {counts[-1]} of {query.height} row(s) have a null key or cutoff "
+            f"({', '.join(parts)})")
+    if strict:
+        raise DataError(f"{what}; refused (strict)")
+    warnings.warn(f"{what}; they match nothing and get null features (strict refuses them)",
+                  DataWarning, stacklevel=4)
+
+
 def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.LazyFrame,
                             features: FeatureRefs, *, tier: str, inclusive: bool = False,
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
                             lazy: bool = False, verify_checksums: bool = False,
-                            allow_unverified: bool = False) -> pl.DataFrame | pl.LazyFrame:
+                            allow_unverified: bool = False,
+                            strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
     frames = view_frames(store, rows, verify_checksums=verify_checksums,
                          allow_unverified=allow_unverified)
     _check_query(entity_df, frames, cutoff)
+    if not lazy:
+        # The eager engine collects the query anyway; a lazy plan is not run twice for a count.
+        if isinstance(entity_df, pl.LazyFrame):
+            entity_df = entity_df.collect()
+        _check_nulls(entity_df, frames, cutoff, strict)
     join = point_in_time_join_lazy if lazy else point_in_time_join
     return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
                 cutoff_timezone=cutoff_timezone, with_availability=with_availability)
@@ -216,6 +262,9 @@ def _online_few_keys(query: pl.DataFrame, frames: list[ViewFrame], moment: datet
         schema = vf.frame.collect_schema()
         key_filter = pl.lit(True)
         for k in keys:
+            # The join engine's rule: int widths align, but a string never matches an integer
+            # silently (it is an error naming the view and the column).
+            _align_key(vf.name, k, query.schema[k], k, schema[k])
             wanted = query[k].drop_nulls().unique().cast(schema[k], strict=False).drop_nulls()
             # A plain list, not an imploded Series: only then does Polars prune row groups
             # by their statistics (10 ms instead of 110 ms for one key at 10M rows).

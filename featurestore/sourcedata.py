@@ -52,6 +52,8 @@ def scan(path: str) -> pl.LazyFrame:
     for f in files:
         if Path(f).stat().st_size == 0:
             raise DataError(f"{f}: file is empty (0 bytes), expected Parquet")
+    if len(files) > 1:
+        check_same_schema(path, files)
     try:
         lf = pl.scan_parquet(files)
         lf.collect_schema()
@@ -59,6 +61,34 @@ def scan(path: str) -> pl.LazyFrame:
         raise DataError(f"{files[0] if len(files) == 1 else path}: cannot read as Parquet "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return lf
+
+
+def check_same_schema(path: str, files: Sequence[str]) -> None:
+    """Every file of a multi-file source must have the first file's columns and dtypes.
+
+    Polars would refuse the mix only when the data is read, with an error naming neither file;
+    the footers are read here instead (column order may differ, as Polars allows).
+    """
+    first = _file_schema(files[0])
+    for f in files[1:]:
+        other = _file_schema(f)
+        if other == first:
+            continue
+        diffs = [f"{c!r}: {first.get(c, 'absent')} vs "
+                 f"{other.get(c, 'absent')}"
+                 for c in [*first, *[c for c in other if c not in first]]
+                 if first.get(c) != other.get(c)]
+        raise DataError(f"source path {path}: files {files[0]} and {f} have different schemas "
+                        f"({'; '.join(diffs)}); every file of a source needs the same columns "
+                        "and dtypes")
+
+
+def _file_schema(f: str) -> dict[str, pl.DataType]:
+    try:
+        return dict(pl.read_parquet_schema(f))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"{f}: cannot read as Parquet ({type(exc).__name__}: {first})") from None
 
 
 def read_schema(path: str) -> dict[str, pl.DataType]:
@@ -147,12 +177,18 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     dup = df.select(dup_cols).is_duplicated()
     if dup.any():
         example = df.filter(dup).row(0, named=True)
-        shown = ", ".join(f"{k}={example[k]!r}" for k in dup_cols)
+        shown = ", ".join([*(f"{k}={example[k]!r}" for k in keys),
+                           f"{event_time}={_iso(example[EVENT_TIMESTAMP])}"])
         if on_duplicate == "error":
             raise DataError(f"{path}: {int(dup.sum())} rows share their key and event time "
                             f"(e.g. {shown}); set on_duplicate = \"keep_last\" to keep the last")
         df = df.unique(subset=dup_cols, keep="last", maintain_order=True)
     return df
+
+
+def _iso(value: Any) -> str:
+    """A time as ISO 8601 text (UTC, as stored), not as a Python repr."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def causal_fill(df: pl.DataFrame, keys: Sequence[str], fills: Sequence[dict[str, Any]]) -> pl.DataFrame:

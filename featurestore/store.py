@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from featurestore import schema
 from featurestore.artifacts import (
@@ -60,6 +60,16 @@ DeclLike = Definitions | str | Path | Iterable[Entity | Source | View | Feature 
 
 def _noop_progress(_label: str, _done: int, _total: int) -> None:
     return None
+
+
+def _issue(plan: Plan) -> None:
+    """Warn about what a plan accepted but doubts (once: a retried transaction re-plans)."""
+    import warnings
+
+    from featurestore.errors import DataWarning
+
+    for message in plan.warnings:
+        warnings.warn(message, DataWarning, stacklevel=3)
 
 
 class FeatureStore:
@@ -118,14 +128,18 @@ class FeatureStore:
         """
         defs = self._definitions(definitions)
         if dry_run:
-            return self.plan(defs)
+            plan = self.plan(defs)
+            _issue(plan)
+            return plan
 
         def txn(conn: Connection) -> Plan:
             plan = build_plan(conn, self.registry, defs, self.root)
             execute_plan(conn, self.registry, plan)
             return plan
 
-        return self.registry.write(txn)
+        plan = self.registry.write(txn)
+        _issue(plan)
+        return plan
 
     # ------------------------------------------------------------------ reading the registry
     @property
@@ -258,15 +272,28 @@ class FeatureStore:
                          input_artifact_id: int | None = None) -> dict[str, Any]:
         relpath = self._artifact_relpath(kind, name, version)
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
-            written = write_parquet_atomic(self.root, relpath, df, compression=self.compression,
-                                           time_column=EVENT_TIMESTAMP)
             try:
+                written = write_parquet_atomic(self.root, relpath, df,
+                                               compression=self.compression,
+                                               time_column=EVENT_TIMESTAMP)
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
                     plugin_version, params, verified, verification, input_artifact_id))
             except BaseException:
-                written.full_path.unlink(missing_ok=True)  # never registered: leave no orphan
+                # Ctrl-C lands anywhere, even after the rename or after the commit: remove the
+                # new file unless the registry recorded it, so no orphan and no lost artifact.
+                self._discard_unregistered(relpath)
                 raise
+
+    def _discard_unregistered(self, relpath: str) -> None:
+        try:
+            with self.registry.read() as conn:
+                recorded = conn.execute(select(schema.artifacts.c.id).where(
+                    schema.artifacts.c.path == relpath)).first() is not None
+        except Exception:
+            return  # cannot tell: keep the file (doctor lists it if it is an orphan)
+        if not recorded:
+            (self.root / relpath).unlink(missing_ok=True)
 
     @staticmethod
     def _insert_artifact(conn: Connection, kind: str, name: str, version: int,
@@ -421,6 +448,8 @@ class FeatureStore:
             except ValueError:
                 raise DefinitionError(f"feature reference {ref!r}: version must be a number") from None
             except NotFoundError:
+                if version:
+                    self._missing_version(name, int(version))
                 known = sorted(self.registry.latest("feature"))
                 hint = f"; registered features: {', '.join(known[:20])}" if known else ""
                 raise NotFoundError(f"feature {name!r} is not registered{hint}") from None
@@ -434,6 +463,15 @@ class FeatureStore:
             rows.append(row)
         return rows
 
+    def _missing_version(self, name: str, version: int) -> None:
+        """Raise ``NotFoundError`` naming the versions ``name`` has, when it has any."""
+        try:
+            versions = [r["version"] for r in self.registry.history("feature", name)]
+        except NotFoundError:
+            return
+        raise NotFoundError(f"feature {name!r} has no version {version}; registered versions: "
+                            f"{', '.join(map(str, versions))} (newest {versions[-1]})")
+
     # ------------------------------------------------------------------ retrieval
     def get_historical_features(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                 features: str | Sequence[str], *, tier: str,
@@ -441,7 +479,8 @@ class FeatureStore:
                                 cutoff: str = "event_timestamp", cutoff_timezone: str | None = None,
                                 with_availability: bool = False,
                                 verify_checksums: bool = False,
-                                allow_unverified: bool = False) -> pl.DataFrame:
+                                allow_unverified: bool = False,
+                                strict: bool = False) -> pl.DataFrame:
         """A point-in-time correct training frame: one row per ``entity_df`` row, in order.
 
         ``features`` are names, ``name@version``, ``view:name``, or one feature set's name.
@@ -453,14 +492,17 @@ class FeatureStore:
         feature's ``available_at`` so ``audit`` can prove the frame clean. Output columns are
         the feature names, or ``name@version`` when two versions of one feature are requested.
         A view materialized without causality verification (``--no-verify``) raises
-        ``LeakageError`` unless ``allow_unverified``.
+        ``LeakageError`` unless ``allow_unverified``. Rows with a null key or a null cutoff match
+        nothing: they are counted in a ``DataWarning``, or refused with a ``DataError`` when
+        ``strict``.
         """
         from featurestore.serving import get_historical_features
 
         return get_historical_features(  # type: ignore[return-value]
             self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
             cutoff_timezone=cutoff_timezone, with_availability=with_availability,
-            verify_checksums=verify_checksums, allow_unverified=allow_unverified)
+            verify_checksums=verify_checksums, allow_unverified=allow_unverified,
+            strict=strict)
 
     def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                      features: str | Sequence[str], *, tier: str,

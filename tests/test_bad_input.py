@@ -8,6 +8,18 @@ and retrieval cases go through the Python API.
 
 ``CASES`` is the single list: the table in docs/bad-input.md is rendered from it and a test
 checks the file matches (``python tests/test_bad_input.py`` rewrites it).
+
+Adding a case is one entry in ``CASES`` and one run of ``python tests/test_bad_input.py``:
+
+    Case("bad-registry-url", "--registry notaurl", "refused: the URL named", 2, "list",
+         cli("--registry", "notaurl", "list"), r"registry 'notaurl'")
+
+``cli(*args)`` runs the real command line (after ``--store ROOT``) in a project whose store is
+applied and materialized (``make_project``); ``prepare=`` takes any function that changes the
+project and returns the arguments. An accepted case gives ``code=0`` and a ``check(root, proc)``;
+``warning=`` is a regex the single ``Warning:`` line must match. ``run=`` takes a function of
+``(root, registry_url)`` for cases that need more than one command (two processes, a signal):
+it runs on SQLite and PostgreSQL and asserts what it must.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import string
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +47,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from featurestore import (
+    DataError,
+    DefinitionError,
     Feature,
     FeatureStore,
     FeatureStoreError,
@@ -45,6 +60,7 @@ from featurestore import (
     hookimpl,
     schema,
 )
+from featurestore.errors import DataWarning
 from featurestore.materialize import materialize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +155,13 @@ class Case:
     api: Callable[[FeatureStore], Any] | None = None  # the step that must fail
     api_setup: Callable[[FeatureStore], Any] | None = None  # what runs (and succeeds) before it
     error: type[BaseException] | None = None
+    warning: str = ""  # regex the one "Warning:" line on stderr must match (none when empty)
+    run: Callable[[Path, str], None] | None = None  # a multi-step case: (root, registry URL)
+
+
+def cli(*args: str) -> Callable[[Path], list[str]]:
+    """A case that runs ``featurestore --store ROOT ARGS`` on the prepared project as it is."""
+    return lambda _root: list(args)
 
 
 def rewrite(mutate: Callable[[pl.DataFrame], pl.DataFrame]) -> Callable[[Path], list[str]]:
@@ -215,7 +238,7 @@ def shuffled(root: Path) -> list[str]:
     return ["materialize"]
 
 
-def check_unsorted(root: Path) -> None:
+def check_unsorted(root: Path, _proc: Any = None) -> None:
     # Shuffled rows give exactly the artifact the sorted rows gave: same rows, same order.
     view = _view(root, "results")
     store = FeatureStore(root)
@@ -230,7 +253,7 @@ def naive_frame() -> pl.DataFrame:
                          "value": [1.5, 2.5]})
 
 
-def check_naive(root: Path) -> None:
+def check_naive(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "ingest")
     snap = _snapshot(root, "extra")
     # 15:00 in Tokyo (UTC+9) is 06:00 UTC: naive times are read in the declared zone.
@@ -241,7 +264,7 @@ def zoned_frame() -> pl.DataFrame:
     return naive_frame().with_columns(pl.col("race_date").dt.replace_time_zone("America/Chicago"))
 
 
-def check_zoned(root: Path) -> None:
+def check_zoned(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "ingest")
     snap = _snapshot(root, "extra")
     # 15:00 in Chicago (CDT, UTC-5) is 20:00 UTC, whatever zone the source declares.
@@ -251,7 +274,7 @@ def check_zoned(root: Path) -> None:
 SQL_COLUMN = "x\"; DROP TABLE features; --'"
 
 
-def check_sql_column(root: Path) -> None:
+def check_sql_column(root: Path, _proc: Any = None) -> None:
     subprocess_ok(root, "materialize")
     view = _view(root, "extra")
     assert view[SQL_COLUMN].to_list() == [1.5, 2.5]
@@ -261,7 +284,7 @@ def check_sql_column(root: Path) -> None:
     store.close()
 
 
-def check_duplicates_kept(root: Path) -> None:
+def check_duplicates_kept(root: Path, _proc: Any = None) -> None:
     snap = _snapshot(root, "results")
     assert snap.height == 6 and snap.filter(pl.col("driver_id") == 3)["finish"].to_list() == [99]
 
@@ -380,6 +403,252 @@ def _plugin_case(id_: str, transform: str, input_: str, answer: str, needle: str
                 error=error)
 
 
+
+# Command-line retrieval and serving: a query of drivers 1, 2 and 3 a week after the last race.
+QUERY_CUTOFF = dt.datetime(2025, 3, 9, tzinfo=dt.UTC)
+
+
+def query_frame(**overrides: list[Any]) -> pl.DataFrame:
+    data: dict[str, list[Any]] = {"driver_id": [1, 2, 3], "event_timestamp": [QUERY_CUTOFF] * 3}
+    data.update(overrides)
+    return pl.DataFrame(data, schema={"driver_id": pl.Int64,
+                                      "event_timestamp": pl.Datetime("us", "UTC")})
+
+
+def oracle_finish(driver: Any, cutoff: Any) -> Any:
+    """finish of the driver's last race that started before the cutoff (plain Python)."""
+    from zoneinfo import ZoneInfo
+
+    if driver is None or cutoff is None:
+        return None
+    rows = [r for r in results_frame().iter_rows(named=True) if r["driver_id"] == driver
+            and r["race_date"].replace(tzinfo=ZoneInfo("America/New_York")) < cutoff]
+    return max(rows, key=lambda r: r["race_date"])["finish"] if rows else None
+
+
+def retrieve(*args: str, entities: pl.DataFrame | bytes | None = None,
+             features: str = "finish", output: str = "out.parquet") -> Callable[[Path], list[str]]:
+    """``featurestore retrieve`` of ``features`` for an entity file (``query_frame()`` by default)."""
+    def prepare(root: Path) -> list[str]:
+        data = query_frame() if entities is None else entities
+        if isinstance(data, bytes):
+            (root / "q.parquet").write_bytes(data)
+        else:
+            data.write_parquet(root / "q.parquet")
+        return ["retrieve", "--entities", "q.parquet", "--features", features, "--tier", "race",
+                "-o", output, *args]
+    return prepare
+
+
+def check_retrieved(path: str) -> Callable[[Path, Any], None]:
+    def check(root: Path, _proc: Any = None) -> None:
+        out = pl.read_parquet(root / path)
+        query = pl.read_parquet(root / "q.parquet")
+        assert out.select(query.columns).equals(query)  # one row per query row, in order
+        assert out["finish"].to_list() == [oracle_finish(d, t) for d, t in query.iter_rows()]
+        assert not list((root / path).parent.glob("*.tmp")), "a temporary file was left"
+    return check
+
+
+def check_online_typed(root: Path, proc: Any) -> None:
+    # driver 3 raced once (finish 12): the key was read as the Int64 it is in the artifact.
+    assert json.loads(proc.stdout) == [{"driver_id": 3, "finish": 12}]
+
+
+def source_dir(second: Callable[[pl.DataFrame], pl.DataFrame], *, at: str) -> Callable[[Path], list[str]]:
+    """A source kept as a directory of two Parquet files, the second rewritten by ``second``.
+
+    ``at="apply"``: the mixed directory is declared; ``at="ingest"``: it is declared while
+    consistent, then the second file is replaced (new data arriving in another shape).
+    """
+    def prepare(root: Path) -> list[str]:
+        parts = root / "parts"
+        parts.mkdir()
+        frame = results_frame()
+        frame.head(3).write_parquet(parts / "a.parquet")
+        (frame.tail(3) if at == "ingest" else second(frame.tail(3))).write_parquet(parts / "b.parquet")
+        (root / "dir.toml").write_text(DIR_SOURCE, encoding="utf-8")
+        if at == "apply":
+            return ["apply", "dir.toml"]
+        subprocess_ok(root, "apply", "dir.toml")
+        subprocess_ok(root, "ingest")
+        second(frame.tail(3)).write_parquet(parts / "b.parquet")
+        return ["ingest"]
+    return prepare
+
+
+DIR_SOURCE = """
+[[sources]]
+name = "parted"
+path = "parts"
+entity = "driver"
+event_time = "race_date"
+timezone = "America/New_York"
+
+[[features]]
+name = "parted_finish"
+source = "parted"
+column = "finish"
+"""
+
+
+def second_version(then: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+    """Give ``finish`` a second version (it reads another column), then prepare ``then``."""
+    def prepare(root: Path) -> list[str]:
+        (root / "v2.toml").write_text(DEFS.replace('name = "finish"\nsource = "results"\n',
+                                                   'name = "finish"\nsource = "results"\n'
+                                                   'column = "laps_led"\n'), encoding="utf-8")
+        subprocess_ok(root, "apply", "v2.toml")
+        return then(root)
+    return prepare
+
+
+NO_ZONE_SOURCE = """
+[[sources]]
+name = "extra"
+path = "new.parquet"
+entity = "driver"
+event_time = "race_date"
+
+[[features]]
+name = "extra_value"
+source = "extra"
+column = "value"
+"""
+
+
+def check_assumed_utc(root: Path, _proc: Any = None) -> None:
+    subprocess_ok(root, "ingest")
+    snap = _snapshot(root, "extra")
+    assert snap["event_timestamp"].to_list() == [dt.datetime(2025, 7, 6, 15, tzinfo=dt.UTC)] * 2
+    again = run_cli(root, "apply", "bad.toml")  # registered already: the warning came once
+    assert again.returncode == 0 and "Warning" not in again.stderr, again.stderr
+
+
+def online_string_key(store: FeatureStore) -> Any:
+    return store.get_online_features({"driver_id": ["3"]}, ["finish"], tier="race")
+
+
+def strict_nulls(store: FeatureStore) -> Any:
+    return store.get_historical_features(query_frame(driver_id=[1, None, 3]), ["finish"],
+                                         tier="race", strict=True)
+
+
+# Two definitions files that declare the same view differently, each with a feature of its own.
+SHARED_VIEW = """
+[[views]]
+name = "roll"
+source = "results"
+transform = "rolling"
+params = {{ column = "finish", windows = [{window}], aggs = ["mean"] }}
+
+[[features]]
+name = "{own}"
+view = "roll"
+column = "finish_mean_last_{window}"
+
+[[features]]
+name = "shared"
+view = "roll"
+column = "finish_mean_last_{window}"
+"""
+
+
+def cli_env(registry_url: str) -> dict[str, str]:
+    return {**os.environ, "FEATURESTORE_DEBUG": "", "FEATURESTORE_REGISTRY_URL": registry_url}
+
+
+def store_state(root: Path, registry_url: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    store = FeatureStore(root, registry_url=registry_url)
+    try:
+        return registry_dump(store), data_listing(root)
+    finally:
+        store.close()
+
+
+def concurrent_applies(root: Path, registry_url: str) -> None:
+    """Two processes apply different definitions of one view at once: one wins, one is refused.
+
+    Before the fix both succeeded and the loser's feature was left on a view version that
+    materialize never builds again ("run materialize" could not help).
+    """
+    (root / "a.toml").write_text(SHARED_VIEW.format(window=2, own="fa"), encoding="utf-8")
+    (root / "b.toml").write_text(SHARED_VIEW.format(window=3, own="fb"), encoding="utf-8")
+    env = cli_env(registry_url)
+    base = [sys.executable, "-m", "featurestore", "--store", str(root)]
+    procs = [subprocess.Popen([*base, "apply", name], cwd=root, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name in ("a.toml", "b.toml")]
+    done = [(p, *p.communicate(timeout=120)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in done)
+    assert codes == [0, 2], [(p.returncode, err) for p, _, err in done]
+    [(_, _, err)] = [(p, out, err) for p, out, err in done if p.returncode == 2]
+    lines = error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(r"view 'roll' changes \(params: .*\) under feature 'f[ab]' v1, which is "
+                     r"registered but not in these definitions", lines[0]), lines[0]
+    # Every registered feature is served once materialized: nothing is left unrepairable.
+    subprocess.run([*base, "materialize"], cwd=root, env=env, check=True, capture_output=True)
+    store = FeatureStore(root, registry_url=registry_url)
+    try:
+        names = sorted(f["name"] for f in store.list("feature"))
+        assert len(names) == 4 and "shared" in names, names  # finish, laps_led, shared, fa|fb
+        frame = store.get_historical_features(query_frame(), names, tier="race")
+        assert frame["finish"].to_list() == [oracle_finish(d, QUERY_CUTOFF) for d in (1, 2, 3)]
+        winner = next(n for n in names if n in ("fa", "fb"))
+        assert frame[winner].to_list() == frame["shared"].to_list()
+    finally:
+        store.close()
+
+
+# Where an interrupted command is stopped: (module, attribute, owner expression, pause after the
+# real call?). The child touches a marker file there and sleeps; the parent sends SIGINT.
+PAUSES = [
+    ("featurestore.cli", "_register_extra_commands", "target", False),  # loading plugins
+    ("featurestore.materialize", "sort_for_retrieval", "target", False),  # computing the view
+    ("featurestore.store", "write_parquet_atomic", "target", True),  # file renamed, unregistered
+    ("featurestore.store", "_insert_artifact", "target.FeatureStore", True),  # row not committed
+]
+PAUSED_CLI = """
+import os, pathlib, sys, time
+import {module} as target
+owner = {owner}
+real = getattr(owner, {attr!r})
+def paused(*args, **kwargs):
+    result = real(*args, **kwargs) if {after} else None
+    pathlib.Path(os.environ["FS_TEST_PAUSED"]).touch()
+    time.sleep(120)
+    return result
+setattr(owner, {attr!r}, staticmethod(paused) if isinstance(owner, type) else paused)
+from featurestore.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def interrupted(root: Path, registry_url: str) -> None:
+    """Ctrl-C (a real SIGINT from outside) at each pause point of ``materialize``."""
+    import signal
+    import time
+
+    for module, attr, owner, after in PAUSES:
+        before = store_state(root, registry_url)
+        marker = root.parent / f"paused-{attr}"
+        code = PAUSED_CLI.format(module=module, attr=attr, owner=owner, after=after)
+        env = {**cli_env(registry_url), "FS_TEST_PAUSED": str(marker)}
+        proc = subprocess.Popen([sys.executable, "-c", code, "--store", str(root), "materialize",
+                                 "--force"], cwd=root, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), f"{attr}: never paused: {proc.communicate()[1]}"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, f"{attr}: exit {proc.returncode}: {err}"
+        assert [line for line in err.splitlines() if line.strip()] == ["Aborted."], err
+        assert store_state(root, registry_url) == before, f"{attr}: the interrupt left a change"
+
+
 CASES: list[Case] = [
     # ---- files
     Case("corrupt-parquet", "source file is not Parquet (random bytes)",
@@ -434,7 +703,8 @@ CASES: list[Case] = [
     Case("duplicate-rows", "two rows with the same key and event time",
          "refused: an example row shown, on_duplicate = \"keep_last\" suggested", 4, "ingest",
          rewrite(lambda d: pl.concat([d, d.tail(1)])),
-         r"2 rows share their key and event time \(e\.g\. driver_id=3"),
+         r"2 rows share their key and event time \(e\.g\. driver_id=3, "
+         r"race_date=2025-02-16T19:00:00\+00:00\)"),
     Case("duplicate-rows-keep-last", "duplicates with on_duplicate = \"keep_last\"",
          "accepted: the last of the duplicates is kept", 0, "ingest", dup_keep_last,
          check=check_duplicates_kept),
@@ -564,9 +834,88 @@ CASES: list[Case] = [
          "NotFoundError: the feature named, registered ones listed", 7, "API "
          "get_historical_features()", needle=r"feature 'no_such_feature' is not registered",
          api=retrieve_unknown, error=NotFoundError),
+    # ---- retrieval and serving from the command line
+    Case("bad-as-of", "online --as-of yesterday", "refused: the option and the expected ISO format "
+         "named", 2, "online", cli("online", "--tier", "race", "--key", "driver_id=1", "--features", "finish",
+                                   "--as-of", "yesterday"),
+         r"--as-of 'yesterday': expected an ISO 8601 timestamp"),
+    Case("key-wrong-type", "online --key driver_id=abc (the key is an integer)",
+         "refused: key column, its dtype (from the view artifact) and the value named", 2,
+         "online", cli("online", "--tier", "race", "--key", "driver_id=abc", "--features", "finish"),
+         r"--key driver_id=abc: key column 'driver_id' is Int64 in view 'results'; 'abc' is not "
+         r"an integer"),
+    Case("key-typed", "online --key driver_id=3 --json", "accepted: command-line keys are cast to "
+         "the key column's dtype in the view artifact (text is never guessed at)", 0, "online",
+         cli("online", "--tier", "race", "--key", "driver_id=3", "--features", "finish", "--json"),
+         check=check_online_typed),
+    Case("key-not-a-key", "online --key driver=3 (no such key column)",
+         "refused: the view's key columns listed", 2, "online",
+         cli("online", "--tier", "race", "--key", "driver=3", "--features", "finish"),
+         r"'driver' is not a key column of the requested features' views; their key columns: "
+         r"driver_id"),
+    Case("key-string-for-int", "get_online_features with the string \"3\" for an Int64 key",
+         "DataError: view, key column and both dtypes named (never a silently empty answer)", 4,
+         "API get_online_features()", needle=r"view 'results': key column 'driver_id' has dtype "
+         r"Int64 but query column 'driver_id' has dtype String", api=online_string_key,
+         error=DataError),
+    Case("unknown-version", "finish@7 when finish has versions 1 and 2",
+         "refused: the versions that exist named", 7, "retrieve",
+         second_version(retrieve(features="finish@7")),
+         r"feature 'finish' has no version 7; registered versions: 1, 2 \(newest 2\)"),
+    Case("output-dir-missing", "retrieve -o into a directory that does not exist",
+         "accepted: the directory is created (as pytest --junitxml and pip download -d do); the "
+         "file is written to a temporary name and renamed", 0, "retrieve",
+         retrieve(output="out/deeper/train.parquet"), check=check_retrieved("out/deeper/train.parquet")),
+    Case("output-dir-blocked", "retrieve -o r.parquet/train.parquet (a file is in the way)",
+         "refused: the path and the reason named", 2, "retrieve",
+         retrieve(output="r.parquet/train.parquet"),
+         r"--output r\.parquet/train\.parquet: cannot create directory r\.parquet"),
+    Case("empty-entity-file", "retrieve --entities of 0 bytes", "refused: file named, 'entity "
+         "file is empty'", 4, "retrieve", retrieve(entities=b""),
+         r"q\.parquet: entity file is empty \(0 bytes\)"),
+    Case("null-entity-keys", "entity rows with a null key and a null cutoff",
+         "accepted with one warning counting them (they match nothing: null features)", 0,
+         "retrieve", retrieve(entities=query_frame(driver_id=[1, None, 3],
+                                                   event_timestamp=[QUERY_CUTOFF, QUERY_CUTOFF, None])),
+         check=check_retrieved("out.parquet"),
+         warning=r"entity frame: 2 of 3 row\(s\) have a null key or cutoff \(1 null 'driver_id', "
+                 r"1 null cutoff 'event_timestamp'\)"),
+    Case("null-entity-keys-strict", "the same with retrieve --strict",
+         "refused: the counts named", 4, "retrieve",
+         retrieve("--strict", entities=query_frame(driver_id=[1, None, 3])),
+         r"entity frame: 1 of 3 row\(s\) have a null key or cutoff \(1 null 'driver_id'\); "
+         r"refused \(strict\)"),
+    Case("null-entity-keys-strict-api", "get_historical_features(..., strict=True) with a null key",
+         "DataError: the counts named", 4, "API get_historical_features()",
+         needle=r"1 of 3 row\(s\) have a null key or cutoff", api=strict_nulls, error=DataError),
+    # ---- more data and time zones
+    Case("mixed-schemas-at-apply", "a source directory whose two files differ (finish Int64 and "
+         "String)", "refused at apply: both files and the differing column and dtypes named", 4,
+         "apply", source_dir(lambda d: d.with_columns(pl.col("finish").cast(pl.String)), at="apply"),
+         r"files .*a\.parquet and .*b\.parquet have different schemas \('finish': Int64 vs String\)"),
+    Case("mixed-schemas-at-ingest", "a file of another shape (a column missing) arrives in a "
+         "registered source directory", "refused at ingest: both files and the column named", 4,
+         "ingest", source_dir(lambda d: d.drop("laps_led"), at="ingest"),
+         r"a\.parquet and .*b\.parquet have different schemas \('laps_led': Int64 vs absent\)"),
+    Case("naive-times-no-zone", "naive times, the source declares no timezone",
+         "accepted as UTC (the contract's default), with one warning naming the source at the "
+         "apply that registers it (not again)", 0, "apply",
+         bad_defs(NO_ZONE_SOURCE, frame=naive_frame()), check=check_assumed_utc,
+         warning=r"source 'extra' \(new\.parquet\): column\(s\) 'race_date' hold naive times and "
+                 r"the source declares no timezone, so they are read as UTC"),
+    # ---- several processes, signals
+    Case("concurrent-applies", "two processes apply different definitions of one view (and of a "
+         "shared feature) at the same moment", "one applies, the other is refused naming the "
+         "feature it would strand (before: both applied, and one feature could never be served)",
+         2, "apply x2", run=concurrent_applies),
+    Case("interrupted-materialize", "Ctrl-C (SIGINT) during materialize: while plugins load, "
+         "while the view computes, after the file is written, before the registry commits",
+         "exit 130, one line \"Aborted.\", no traceback; registry and data as before", 130,
+         "materialize", run=interrupted),
 ]
-CLI_CASES = [c for c in CASES if c.api is None]
+CLI_CASES = [c for c in CASES if c.api is None and c.run is None]
 API_CASES = [c for c in CASES if c.api is not None]
+RUN_CASES = [c for c in CASES if c.run is not None]
 
 
 def render_table() -> str:
@@ -619,10 +968,15 @@ def test_cli_case(tmp_path: Path, case: Case) -> None:
     args = case.prepare(root)
     before = state(root)
     proc = run_cli(root, *args)
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("Warning:")]
+    if case.warning:
+        assert len(warnings) == 1 and re.search(case.warning, warnings[0]), proc.stderr
     if case.code == 0:
         assert proc.returncode == 0, proc.stderr
+        assert not case.warning or warnings, proc.stderr
+        assert case.warning or not warnings, f"unexpected warning: {proc.stderr}"
         assert case.check is not None
-        case.check(root)
+        case.check(root, proc)
         return
     assert proc.returncode == case.code, f"exit {proc.returncode}: {proc.stderr}"
     assert "Traceback" not in proc.stderr
@@ -630,6 +984,14 @@ def test_cli_case(tmp_path: Path, case: Case) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     assert re.search(case.needle, lines[0]), lines[0]
     assert state(root) == before, "a refused command changed the registry or the data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c.id for c in RUN_CASES])
+def test_run_case(tmp_path: Path, registry_url: str, case: Case) -> None:
+    make_project(tmp_path / "project", registry_url).close()
+    assert case.run is not None
+    case.run(tmp_path / "project", registry_url)
 
 
 @pytest.fixture
@@ -666,22 +1028,62 @@ def test_api_case(tmp_path: Path, registry_url: str, case: Case) -> None:
 
 
 # --------------------------------------------------------------------------- fuzzing
+#
+# Each generated input is valid or carries exactly one defect, and ``expected_outcome`` (plain
+# Python, next to the generator) says what must happen: refused at a given step with a given
+# error class (and so exit code), or accepted, and then the snapshot, the view and a retrieval
+# must equal what a plain-Python oracle computes. A store that refused everything would fail.
 
 META_NAMES = ["k", "key", "t", "when", "x", "Value", "a b", "x'y", 'q"uote', "semi;colon",
               "--dash", "drop table x", "../up", "/abs", "ключ", "émoji🙂", "percent%s", "$1", "?",
-              "back\\slash", "new\nline", "event_timestamp", "available_at", ""]
-TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Nowhere/Land", ""]
-TIERS = ["historical", "practice", "qualifying", "race", "warmup", ""]
-DTYPES = ["Int64", "Int32", "Float64", "String", "Boolean", "Datetime", "Date", "Decimal", None]
-GARBAGE = ["[[features]", "name = ", "= 1", "[[sources]]\nname = 1", "tier = [\"a\"]",
-           "[[entities]]\nname = \"e2\"\njoin_keys = [1, 2]", "[tiers]\nname = \"x\"",
-           "[[views]]\nname = \"v\"\nsource = \"s\"\nparams = 5",
-           "[[features]]\nname = \"f9\"\nsource = \"s\"\ntags = [1]",
-           "[[feature_sets]]\nname = \"fs\"\nfeatures = \"f\"",
-           "[[sources]]\nname = \"s2\"\npath = \"../../etc/passwd\"\nentity = \"e\"\n"
-           "event_time = \"t\"",
-           "[[sources]]\nname = \"s3\"\npath = \"/dev/null\"\nentity = \"e\"\nevent_time = \"t\"",
-           "[[tiers]]\nname = \"only\"\nlag = \"-5m\"", "[[tiers]]\nname = \"a\"\nlag = true"]
+              "back\\slash", "new\nline", ""]
+RESERVED_NAMES = ["event_timestamp", "available_at"]
+WILDCARD_NAMES = ["*", "^x$"]  # Polars reads these as "every column" or a regular expression
+FEATURE_NAMES = ["f", "finish_2", "_x"]
+BAD_FEATURE_NAMES = ["a b", "x'y", 'q"uote', "semi;colon", "--dash", "drop table x", "../up",
+                     "/abs", ""]
+ZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]
+TIERS = ["historical", "practice", "qualifying", "race"]
+DTYPE_NAMES = ["Int64", "Int32", "Float64", "String", "Boolean", "Datetime", "Date", "Decimal"]
+VALUE_DTYPE = {"int": "Int64", "float": "Float64", "str": "String", "bool": "Boolean"}
+# Broken or surprising TOML fragments appended to the file, with what they must cause.
+GARBAGE: dict[str, tuple[str, type[FeatureStoreError]] | None] = {
+    "[[features]": ("apply", DefinitionError),  # TOML syntax
+    "name = ": ("apply", DefinitionError),
+    "= 1": ("apply", DefinitionError),
+    "[[sources]]\nname = 1": ("apply", DefinitionError),
+    "tier = [\"a\"]": ("apply", DefinitionError),  # lands in the [[features]] table above it
+    "[[entities]]\nname = \"e2\"\njoin_keys = [1, 2]": ("apply", DefinitionError),
+    "[tiers]\nname = \"x\"": ("apply", DefinitionError),
+    "[[views]]\nname = \"v\"\nsource = \"s\"\nparams = 5": ("apply", DefinitionError),
+    "[[features]]\nname = \"f9\"\nsource = \"s\"\ntags = [1]": ("apply", DefinitionError),
+    # A feature set of one feature: valid when the feature is called "f" (see expected_outcome).
+    "[[feature_sets]]\nname = \"fs\"\nfeatures = \"f\"": None,
+    "[[sources]]\nname = \"s2\"\npath = \"../../etc/passwd\"\nentity = \"e\"\n"
+    "event_time = \"t\"": ("apply", DataError),  # a file, but not Parquet
+    "[[sources]]\nname = \"s3\"\npath = \"/dev/null\"\nentity = \"e\"\nevent_time = \"t\"":
+        ("apply", DataError),  # 0 bytes
+    "[[tiers]]\nname = \"only\"\nlag = \"-5m\"": ("apply", DefinitionError),
+    "[[tiers]]\nname = \"a\"\nlag = true": ("apply", DefinitionError),
+}
+# The one defect of an invalid input, and where it must be refused with what.
+DEFECTS: dict[str, tuple[str, type[FeatureStoreError]] | None] = {
+    "time-as-text": ("apply", DataError), "time-as-int": ("apply", DataError),
+    "float-key": ("apply", DataError), "undeclared-key": ("apply", DataError),
+    "reserved-column": ("apply", DataError), "wildcard-column": ("apply", DataError),
+    "unknown-zone": ("apply", DefinitionError), "unknown-tier": ("apply", DefinitionError),
+    "wrong-dtype": ("apply", DefinitionError), "bad-entity-name": ("apply", DefinitionError),
+    "bad-feature-name": ("apply", DefinitionError), "bad-on-duplicate": ("apply", DefinitionError),
+    "repeated-key": ("apply", DefinitionError), "no-value-column": ("apply", DefinitionError),
+    "null-key": ("ingest", DataError), "null-time": ("ingest", DataError),
+    "garbage": None,  # GARBAGE says
+}
+
+
+def usable(name: str) -> bool:
+    """A column name every role accepts (and that no feature is named)."""
+    return name not in RESERVED_NAMES and name not in WILDCARD_NAMES and name not in FEATURE_NAMES \
+        and not (len(name) > 1 and name.startswith("^") and name.endswith("$"))
 
 
 def toml_str(value: Any) -> str:
@@ -701,35 +1103,82 @@ def toml_str(value: Any) -> str:
     return '"' + "".join(out) + '"'
 
 
-def mostly(good: list[Any], bad: list[Any], odds: int = 4) -> st.SearchStrategy[Any]:
-    """Valid values ``odds`` times as often as invalid ones: the fuzz must get past apply."""
-    return st.sampled_from(good * odds + bad)
+Choose = Callable[[Any], Any]  # picks one element of a sequence
+
+
+def base_spec(columns: list[str], choose: Choose) -> dict[str, Any]:
+    """A valid input: ``columns`` are the key, the event time and one to three value columns."""
+    return {
+        # The event-time column may carry a reserved name: it is the one column that may.
+        "key": columns[0], "time": choose([columns[1], columns[1], *RESERVED_NAMES]),
+        "n": choose(range(8)), "key_type": choose(["int", "str", "bool"]),
+        "time_type": choose(["naive", "zoned", "date"]),
+        "null_rate": choose([0.0, 0.0, 0.2]),  # values only: nulls there are fine
+        "null_key": False, "null_time": False,
+        "values": [(c, choose(["int", "float", "str", "bool"])) for c in columns[2:]],
+        "seed": choose(range(10_000)), "tz": choose(ZONES), "tier": choose(TIERS),
+        "declare_dtype": choose([False, True]), "dtype": None, "entity": "e",
+        "feature": choose(FEATURE_NAMES), "on_duplicate": choose(["error", "keep_last"]),
+        "declare_key": "same", "garbage": [], "defect": None,
+    }
+
+
+def apply_defect(spec: dict[str, Any], defect: str | None, choose: Choose) -> dict[str, Any]:
+    """Give ``spec`` the one ``defect`` (a key of ``DEFECTS``); None leaves it valid."""
+    spec["defect"] = defect
+    if defect == "time-as-text":
+        spec["time_type"] = "str"
+    elif defect == "time-as-int":
+        spec["time_type"] = "int"
+    elif defect == "float-key":
+        spec["key_type"] = "float"
+    elif defect == "undeclared-key":
+        spec["declare_key"] = "other"
+    elif defect == "repeated-key":
+        spec["declare_key"] = "list"
+    elif defect in ("reserved-column", "wildcard-column"):
+        pool = [n for n in RESERVED_NAMES if n != spec["time"]] if defect == "reserved-column" \
+            else WILDCARD_NAMES
+        renamed = choose(pool)
+        if choose([False, True]):
+            spec["key"] = renamed
+        else:
+            spec["values"][-1] = (renamed, spec["values"][-1][1])
+    elif defect == "unknown-zone":
+        spec["tz"] = choose(["Nowhere/Land", ""])
+    elif defect == "unknown-tier":
+        spec["tier"] = choose(["warmup", ""])
+    elif defect == "wrong-dtype":
+        actual = VALUE_DTYPE[spec["values"][0][1]]
+        spec["dtype"] = choose([d for d in DTYPE_NAMES if d != actual])
+    elif defect == "bad-entity-name":
+        spec["entity"] = choose(["x'; --", ""])
+    elif defect == "bad-feature-name":
+        spec["feature"] = choose(BAD_FEATURE_NAMES)
+    elif defect == "bad-on-duplicate":
+        spec["on_duplicate"] = "x"
+    elif defect == "no-value-column":
+        spec["values"] = []
+    elif defect in ("null-key", "null-time"):
+        spec["n"] = max(spec["n"], 1)
+        spec[defect.replace("-", "_")] = True
+    elif defect == "garbage":
+        spec["garbage"] = [choose(sorted(GARBAGE))]
+    if spec["declare_dtype"] and defect != "wrong-dtype" and spec["values"]:
+        spec["dtype"] = VALUE_DTYPE[spec["values"][0][1]]
+    return spec
 
 
 @st.composite
 def fuzz_inputs(draw: st.DrawFn) -> dict[str, Any]:
-    names = st.sampled_from(META_NAMES) | st.text(alphabet=string.printable, max_size=6)
-    n_values = draw(mostly([1, 2, 3], [0]))
+    def choose(seq: Any) -> Any:
+        return draw(st.sampled_from(list(seq)))
+
+    names = st.sampled_from([n for n in META_NAMES if usable(n)]) | \
+        st.text(alphabet=string.printable, max_size=6).filter(usable)
+    n_values = choose([1, 2, 3])
     columns = draw(st.lists(names, min_size=2 + n_values, max_size=2 + n_values, unique=True))
-    key, time_col, value_cols = columns[0], columns[1], columns[2:]
-    value_types = draw(st.lists(st.sampled_from(["int", "float", "str", "bool"]),
-                                min_size=n_values, max_size=n_values))
-    return {
-        "key": key, "time": time_col, "n": draw(st.integers(0, 7)),
-        "key_type": draw(mostly(["int", "str", "bool"], ["float"])),
-        "time_type": draw(mostly(["naive", "zoned", "date"], ["str", "int"])),
-        "null_rate": draw(st.sampled_from([0.0, 0.0, 0.0, 0.2])),
-        "values": list(zip(value_cols, value_types, strict=True)),
-        "seed": draw(st.integers(0, 10_000)),
-        "tz": draw(mostly(TIMEZONES[:-2], TIMEZONES[-2:])),
-        "tier": draw(mostly(TIERS[:-2], TIERS[-2:])),
-        "dtype": draw(mostly([None], DTYPES[:-1], odds=8)),
-        "entity": draw(mostly(["e"], ["x'; --", ""], odds=12)),
-        "feature": draw(mostly(["f", "finish_2", "_x"], [*META_NAMES[:12], ""], odds=10)),
-        "on_duplicate": draw(mostly(["error", "keep_last"], ["x"])),
-        "declare_key": draw(mostly(["same"], ["other", "list"], odds=6)),
-        "garbage": draw(mostly([[]], [[g] for g in GARBAGE], odds=60)),
-    }
+    return apply_defect(base_spec(columns, choose), choose([None] * 6 + sorted(DEFECTS)), choose)
 
 
 def build_frame(spec: dict[str, Any]) -> pl.DataFrame:
@@ -738,6 +1187,11 @@ def build_frame(spec: dict[str, Any]) -> pl.DataFrame:
 
     def maybe_null(values: list[Any]) -> list[Any]:
         return [None if rng.random() < spec["null_rate"] else v for v in values]
+
+    def one_null(values: list[Any]) -> list[Any]:
+        values = list(values)
+        values[rng.randrange(len(values))] = None
+        return values
 
     keys = [rng.randint(1, 3) for _ in range(n)]
     key_values: list[Any] = {
@@ -751,10 +1205,11 @@ def build_frame(spec: dict[str, Any]) -> pl.DataFrame:
     dtypes = {"int": pl.Int64, "str": pl.String, "float": pl.Float64, "bool": pl.Boolean,
               "naive": pl.Datetime("us"), "zoned": pl.Datetime("us"), "date": pl.Date}
     columns: dict[str, pl.Series] = {}
-    columns[spec["key"]] = pl.Series(maybe_null(key_values), dtype=dtypes[spec["key_type"]])
-    series = pl.Series(maybe_null(times), dtype=dtypes.get(spec["time_type"],
-                                                           {"str": pl.String, "int": pl.Int64}.get(
-                                                               spec["time_type"])))
+    columns[spec["key"]] = pl.Series(one_null(key_values) if spec["null_key"] else key_values,
+                                     dtype=dtypes[spec["key_type"]])
+    series = pl.Series(one_null(times) if spec["null_time"] else times,
+                       dtype=dtypes.get(spec["time_type"], {"str": pl.String, "int": pl.Int64}.get(
+                           spec["time_type"])))
     if spec["time_type"] == "zoned":
         series = series.dt.replace_time_zone("Europe/Paris")
     columns[spec["time"]] = series
@@ -784,27 +1239,83 @@ def build_toml(spec: dict[str, Any], value_col: str | None) -> str:
     return "\n".join(parts)
 
 
-def expected_rows(frame: pl.DataFrame, spec: dict[str, Any], value_col: str) -> list[tuple[Any, ...]]:
-    """The oracle, in plain Python: (key, UTC event time, value) per row, duplicates resolved."""
+def utc_time(value: Any, tz: str) -> dt.datetime:
+    """An input time as the UTC instant the contract says it is (naive: in the declared zone)."""
     from zoneinfo import ZoneInfo
 
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(tz))
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day, tzinfo=ZoneInfo(tz))
+    return value.astimezone(dt.UTC)
+
+
+def expected_rows(frame: pl.DataFrame, spec: dict[str, Any], value_col: str) -> list[tuple[Any, ...]]:
+    """The oracle, in plain Python: (key, UTC event time, value) per row, duplicates resolved."""
     out: dict[tuple[Any, dt.datetime], Any] = {}
     for row in frame.iter_rows(named=True):
-        t = row[spec["time"]]
-        if isinstance(t, dt.datetime) and t.tzinfo is None:
-            t = t.replace(tzinfo=ZoneInfo(spec["tz"]))
-        elif isinstance(t, dt.date) and not isinstance(t, dt.datetime):
-            t = dt.datetime(t.year, t.month, t.day, tzinfo=ZoneInfo(spec["tz"]))
-        out[(row[spec["key"]], t.astimezone(dt.UTC))] = row[value_col]  # the last one wins
-    return sorted((k, t, v) for (k, t), v in out.items())
+        out[(row[spec["key"]], utc_time(row[spec["time"]], spec["tz"]))] = row[value_col]
+    return sorted((k, t, v) for (k, t), v in out.items())  # the last duplicate won
 
 
-@settings(max_examples=int(os.environ.get("FEATURESTORE_FUZZ_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(spec=fuzz_inputs())
-def test_fuzz_clear_error_or_correct_result(spec: dict[str, Any]) -> None:
+def expected_outcome(spec: dict[str, Any], frame: pl.DataFrame) -> tuple[str, type] | None:
+    """Where the input must be refused and with what error class; None: it must be accepted."""
+    defect = spec["defect"]
+    if defect == "garbage":
+        [fragment] = spec["garbage"]
+        outcome = GARBAGE[fragment]
+        if outcome is None and spec["feature"] != "f":  # the feature set names a missing feature
+            outcome = ("apply", DefinitionError)
+        if outcome is not None:
+            return outcome
+    elif defect is not None:
+        return DEFECTS[defect]
+    if spec["on_duplicate"] == "error":
+        seen = [(r[spec["key"]], utc_time(r[spec["time"]], spec["tz"]))
+                for r in frame.iter_rows(named=True)]
+        if len(set(seen)) < len(seen):
+            return ("ingest", DataError)
+    return None
+
+
+FUZZ_CUTOFF = dt.datetime(2025, 1, 12, 3, tzinfo=dt.UTC)  # inside the generated days
+
+
+def check_accepted(store: FeatureStore, frame: pl.DataFrame, spec: dict[str, Any],
+                   value_col: str) -> None:
+    """Snapshot, view and a point-in-time retrieval against the plain-Python oracle."""
+    want = expected_rows(frame, spec, value_col)
+    row = store.registry.latest_artifact("source", "s")
+    assert row is not None
+    snap = store.load_artifact(row["id"])
+    assert isinstance(snap, pl.DataFrame)
+    assert sorted(snap.select(spec["key"], "event_timestamp", value_col).iter_rows()) == want
+    view_row = store.registry.latest_artifact("view", "s")
+    assert view_row is not None
+    view = store.load_artifact(view_row["id"])
+    assert isinstance(view, pl.DataFrame)
+    assert sorted(view.select(spec["key"], "event_timestamp", value_col).iter_rows()) == want
+    # Retrieval: each key's last value with event time (lag 0) strictly before the cutoff.
+    keys = sorted({k for k, _, _ in want}) or [{"int": 1, "str": "d1", "bool": True}[
+        spec["key_type"]]]
+    query = pl.DataFrame({spec["key"]: keys, "event_timestamp": [FUZZ_CUTOFF] * len(keys)},
+                         schema={spec["key"]: frame.schema[spec["key"]],
+                                 "event_timestamp": pl.Datetime("us", "UTC")})
+    got = store.get_historical_features(query, [spec["feature"]], tier="race")
+    oracle = []
+    for k in keys:
+        before = [(t, v) for key, t, v in want if key == k and t < FUZZ_CUTOFF]
+        oracle.append(max(before, key=lambda tv: tv[0])[1] if before else None)
+    assert got[spec["feature"]].to_list() == oracle
+
+
+def run_spec(spec: dict[str, Any], *, record: bool = True) -> None:
+    """apply, ingest, materialize: refused exactly as ``expected_outcome`` says, or correct."""
     frame = build_frame(spec)
     value_col = next((c for c in frame.columns if c not in (spec["key"], spec["time"])), None)
+    expected = expected_outcome(spec, frame)
+    if record:  # hypothesis statistics
+        event(f"expected: {'accepted' if expected is None else expected[0] + ' ' + expected[1].__name__}")
     with tempfile.TemporaryDirectory(prefix="fs-fuzz-") as tmp:
         root = Path(tmp)
         frame.write_parquet(root / "data.parquet")
@@ -814,35 +1325,59 @@ def test_fuzz_clear_error_or_correct_result(spec: dict[str, Any]) -> None:
             for step in ("apply", "ingest", "materialize"):
                 before = (registry_dump(store), data_listing(store.root))
                 try:
-                    if step == "apply":
-                        store.apply(root / "features.toml")
-                    elif step == "ingest":
-                        store.ingest()
-                    else:
-                        materialize(store)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DataWarning)
+                        if step == "apply":
+                            store.apply(root / "features.toml")
+                        elif step == "ingest":
+                            store.ingest()
+                        else:
+                            materialize(store)
                 except FeatureStoreError as exc:
-                    event(f"refused at {step}: {type(exc).__name__}")
                     message = str(exc)
+                    assert expected is not None, f"valid input refused at {step}: {message}"
+                    assert (step, type(exc)) == expected, \
+                        f"expected {expected[1].__name__} at {expected[0]}, got " \
+                        f"{type(exc).__name__} at {step}: {message}"
+                    assert exc.exit_code == expected[1].exit_code
                     assert message and "\n" not in message.strip(), message
                     assert (registry_dump(store), data_listing(store.root)) == before, \
                         f"{step} failed with {message!r} but changed the registry or the data"
                     return
-            event("accepted")
-            # Everything was accepted: the snapshot must be the input, correctly converted.
-            assert value_col is not None and spec["on_duplicate"] in ("error", "keep_last")
-            row = store.registry.latest_artifact("source", "s")
-            assert row is not None
-            snap = store.load_artifact(row["id"])
-            assert isinstance(snap, pl.DataFrame)
-            got = sorted(snap.select(spec["key"], "event_timestamp", value_col).iter_rows())
-            assert got == expected_rows(frame, spec, value_col)
-            view_row = store.registry.latest_artifact("view", "s")
-            assert view_row is not None
-            view = store.load_artifact(view_row["id"])
-            assert isinstance(view, pl.DataFrame)
-            assert sorted(view.select(spec["key"], "event_timestamp", value_col).iter_rows()) == got
+            assert expected is None, f"accepted, but {expected[1].__name__} was due at {expected[0]}"
+            assert value_col is not None
+            check_accepted(store, frame, spec, value_col)
         finally:
             store.close()
+
+
+@settings(max_examples=int(os.environ.get("FEATURESTORE_FUZZ_EXAMPLES", "60")), deadline=None,
+          derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=fuzz_inputs())
+def test_fuzz_exact_error_or_correct_result(spec: dict[str, Any]) -> None:
+    run_spec(spec)
+
+
+EVERY_DEFECT = [(d, None) for d in sorted(DEFECTS) if d != "garbage"] + \
+    [("garbage", g) for g in sorted(GARBAGE)]
+
+
+@pytest.mark.parametrize(("defect", "fragment"), EVERY_DEFECT,
+                         ids=[d if g is None else f"garbage-{i}"
+                              for i, (d, g) in enumerate(EVERY_DEFECT)])
+def test_every_defect_gets_its_error(defect: str, fragment: str | None) -> None:
+    """Each defect at least once, whatever the fuzz drew (seeded, so reproducible)."""
+    rng = random.Random(f"{defect}:{fragment}")
+
+    def choose(seq: Any) -> Any:
+        return rng.choice(list(seq))
+
+    spec = base_spec(["driver id", "when", "value"], choose)
+    spec["on_duplicate"] = "keep_last"  # only the defect decides, not a chance duplicate
+    apply_defect(spec, defect, choose)
+    if fragment is not None:
+        spec["garbage"] = [fragment]
+    run_spec(spec, record=False)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,15 @@ def test_uninstall_and_reinstall_through_the_cli(venv):
     script = "from featurestore.plugins import get_transform; get_transform('ewm_mean')"
     missing = run([venv.python, "-c", script], cwd=venv.base, check=False)
     assert missing.returncode != 0 and "unknown transform 'ewm_mean'" in missing.stderr
-    venv.cli("install", str(venv.wheels["featurestore_plugin_ewm"]))
+    done = venv.cli("install", str(venv.wheels["featurestore_plugin_ewm"]))
     assert _ewm_entry(venv.plugins_json())["version"] == "0.1.0"
+    # A short summary, not pip's own output (that needs -v).
+    assert done.stdout.splitlines() == ["Installed featurestore-plugin-ewm 0.1.0",
+                                        "  plugin ewm 0.1.0: transforms ewm_mean"], done.stdout
+    again = venv.cli("install", str(venv.wheels["featurestore_plugin_ewm"]))
+    assert again.stdout.startswith("Nothing changed"), again.stdout
+    verbose = venv.cli("install", "-v", str(venv.wheels["featurestore_plugin_ewm"]))
+    assert "Requirement already satisfied" in verbose.stdout, verbose.stdout
 
 
 def test_cli_materialize_and_retrieve_use_the_installed_transform(venv):

@@ -682,7 +682,7 @@ class PipCalls(list):
 def pip_calls(monkeypatch):
     calls = PipCalls()
 
-    def fake(args):
+    def fake(args, **_options):
         calls.append(list(args))
         return calls.code
 
