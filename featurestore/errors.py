@@ -47,3 +47,11 @@ class NotFoundError(FeatureStoreError):
     """A named entity, source, feature, view, artifact or feature set is not registered."""
 
     exit_code = 7
+
+
+class DeletedError(NotFoundError):
+    """The object was registered once but has been deleted (``featurestore delete``)."""
+
+
+class DependentsError(DefinitionError):
+    """A delete was refused because other registered objects depend on the object."""
