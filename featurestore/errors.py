@@ -54,4 +54,11 @@ class DeletedError(NotFoundError):
 
 
 class DependentsError(DefinitionError):
-    """A delete was refused because other registered objects depend on the object."""
+    """A delete was refused because other registered objects depend on the object.
+
+    ``dependents`` lists them (what ``cascade=True`` would delete too).
+    """
+
+    def __init__(self, message: str, dependents: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.dependents = dependents or []

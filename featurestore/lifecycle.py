@@ -107,9 +107,11 @@ class DeleteResult:
     """What ``FeatureStore.delete`` deleted (or, with ``dry_run``, would delete)."""
 
     deleted: list[DeletedObject]
-    column_views: list[dict[str, Any]] = field(default_factory=list)  # re-versioned views
+    # Column views that lose the columns of deleted features: name, version, columns.
+    column_views: list[dict[str, Any]] = field(default_factory=list)
     deleted_at: datetime | None = None
     dry_run: bool = False
+    _view_rows: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "deleted_at": self.deleted_at,
@@ -157,6 +159,7 @@ def plan_delete(conn: Connection, kind: str, name: str, *, cascade: bool) -> Del
     if own is not None and own["transform"] is None and own["source"] == name:
         found[("view", name)] = DeletedObject("view", name, own["version"],
                                               f"is the column view of source {name!r}")
+    parts = set(found)
     queue = list(found)
     while queue:
         k, n = queue.pop(0)
@@ -164,33 +167,31 @@ def plan_delete(conn: Connection, kind: str, name: str, *, cascade: bool) -> Del
             if (dk, dn) not in found:
                 found[(dk, dn)] = DeletedObject(dk, dn, live[dk][dn]["version"], why)
                 queue.append((dk, dn))
-    dependents = [d for key, d in found.items()
-                  if key != (kind, name) and not d.reason.startswith("is the column view")]
+    dependents = _ordered(d for key, d in found.items() if key not in parts)
     if dependents and not cascade:
-        listed = "; ".join(f"{d} {d.reason}" for d in _ordered(dependents))
-        error = DependentsError(f"cannot delete {target}: {len(dependents)} registered "
-                                f"object(s) depend on it: {listed}; delete them first, or pass "
-                                "--cascade (cascade=True) to delete them too")
-        error.dependents = _ordered(dependents)  # type: ignore[attr-defined]
-        raise error
+        listed = "; ".join(f"{d} {d.reason}" for d in dependents)
+        raise DependentsError(f"cannot delete {target}: {len(dependents)} registered object(s) "
+                              f"depend on it: {listed}; delete them first, or pass --cascade "
+                              "(cascade=True) to delete them too", list(dependents))
     deleted = _ordered(found.values())
     # Column features that go: their source's column view (if it stays) loses their columns.
     gone_keys = {(d.kind, d.name) for d in deleted}
     remaining = [r for f, r in live["feature"].items() if ("feature", f) not in gone_keys]
-    views = []
+    result = DeleteResult(deleted)
     for d in deleted:
         feat = live["feature"].get(d.name) if d.kind == "feature" else None
         if feat is None or feat["transform"] is not None or ("view", feat["view"]) in gone_keys:
             continue
         view = live["view"].get(feat["view"])
-        if view is None or view["transform"] is not None or view["name"] in {v["name"] for v in views}:
+        if view is None or view["transform"] is not None or view["name"] in result._view_rows:
             continue
         row = column_view_row(view["name"], remaining)
         if canonical_json(row["params"]) != canonical_json(view["params"]):
-            views.append({"name": view["name"], "version": view["version"] + 1,
-                          "previous_version": view["version"], "columns": row["params"]["columns"],
-                          "row": row})
-    return DeleteResult(deleted, views)
+            result._view_rows[view["name"]] = {**row, "version": view["version"] + 1}
+            result.column_views.append({"name": view["name"], "version": view["version"] + 1,
+                                        "previous_version": view["version"],
+                                        "columns": row["params"]["columns"]})
+    return result
 
 
 def refuse_deleted(store: FeatureStore, kind: str, name: str) -> None:
@@ -227,11 +228,9 @@ def delete(store: FeatureStore, kind: str, name: str, *, cascade: bool = False,
         now = utcnow()
         for d in result.deleted:
             Registry.mark_deleted(conn, d.kind, d.name, now)
-        for v in result.column_views:
-            row = dict(v.pop("row"))
-            row["params"] = canonical_json(row["params"])
-            conn.execute(schema.views.insert().values(name=v["name"], version=v["version"],
-                                                      created_at=now, **row))
+        for view_name, row in result._view_rows.items():
+            conn.execute(schema.views.insert().values(
+                name=view_name, created_at=now, **{**row, "params": canonical_json(row["params"])}))
         result.deleted_at = now
         return result
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from featurestore import schema
 from featurestore.definitions import (
@@ -392,9 +392,23 @@ class _Planner:
                 if row is None:
                     raise self.err(f"feature set {fs.name!r} refers to "
                                    f"{self.unknown('feature', name)}")
+                if version and int(version) != row["version"]:
+                    self.check_pin(fs.name, name, int(version))
                 pinned.append({"name": name, "version": int(version) if version else row["version"]})
             self.version_item("feature_set", fs.name, {"features": pinned,
                                                        "description": fs.description})
+
+    def check_pin(self, feature_set: str, name: str, version: int) -> None:
+        """A pinned older version must be registered and not deleted (else it cannot be served)."""
+        table = schema.features
+        deleted_at = self.conn.execute(select(table.c.deleted_at).where(
+            table.c.name == name, table.c.version == version)).first()
+        if deleted_at is None:
+            raise self.err(f"feature set {feature_set!r} pins feature {name!r} version {version}, "
+                           "which is not registered")
+        if deleted_at[0] is not None:
+            raise self.err(f"feature set {feature_set!r} pins feature {name!r} version {version}, "
+                           f"which was deleted at {deleted_at[0]:%Y-%m-%d %H:%M:%S} UTC")
 
     def check_forbidden_columns(self, tiers: TierOrder) -> None:
         """A source at tier T must not carry a column named like a feature of a later tier."""

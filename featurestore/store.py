@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from sqlalchemy import Connection
@@ -51,6 +51,9 @@ from featurestore.registry import Registry, utcnow
 from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
 from featurestore.tiers import TierOrder
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    from featurestore.lifecycle import DeleteResult, GcResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 # How _artifact_relpath names files: what doctor may call an orphan when no registry row names it.
@@ -191,8 +194,8 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ lifecycle
     def delete(self, kind: str, name: str, *, cascade: bool = False,
-               dry_run: bool = False) -> Any:
-        """Delete an object in one transaction; returns a ``lifecycle.DeleteResult``.
+               dry_run: bool = False) -> DeleteResult:
+        """Delete an object in one transaction; returns what it deleted (``DeleteResult``).
 
         ``kind`` is entity, source, view, feature or feature_set. Every version is marked
         deleted (history is kept); objects that depend on it make this a ``DependentsError``
@@ -203,7 +206,7 @@ class FeatureStore:
         return delete(self, kind, name, cascade=cascade, dry_run=dry_run)
 
     def gc(self, *, keep: int = 0, older_than: timedelta | str | None = None,
-           dry_run: bool = False) -> Any:
+           dry_run: bool = False) -> GcResult:
         """Remove artifact files no live or pinned version needs; returns a ``GcResult``.
 
         See ``featurestore.lifecycle`` for what is kept and ``featurestore.readers`` for why a

@@ -211,6 +211,12 @@ def test_deleted_object_keeps_its_history_and_comes_back_as_a_new_version(
     assert out["laps_led_mean_last_3"].null_count() < out.height
     assert [v["deleted_at"] is None for v in store.history("roll")[1]] == [False, False, True]
     assert store.plan(v2).is_noop
+    # A deleted version stays deleted: no feature set may pin it (or a version never made).
+    with pytest.raises(DefinitionError, match=r"pins feature 'laps_led_mean_last_3' version 1, "
+                                              r"which was deleted at"):
+        store.plan([*v2, FeatureSet("old", ("laps_led_mean_last_3@1",))])
+    with pytest.raises(DefinitionError, match="version 7, which is not registered"):
+        store.plan([*v2, FeatureSet("old", ("laps_led_mean_last_3@7",))])
 
 
 def test_deleting_a_column_feature_versions_the_column_view(tmp_path: Path,
@@ -243,6 +249,7 @@ def test_delete_a_source_takes_its_column_view_and_refuses_for_its_features(
         "'prerace' v1 pins feature 'grid' v1; feature 'grid' v1 reads source 'quali'; delete "
         "them first, or pass --cascade (cascade=True) to delete them too")
     assert info.value.exit_code == 2
+    assert [str(d) for d in info.value.dependents] == ["feature set 'prerace' v1", "feature 'grid' v1"]
     store.delete("feature-set", "prerace")
     store.delete("feature", "grid")
     result = store.delete("source", "quali")  # its column view goes with it, no cascade needed
