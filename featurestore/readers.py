@@ -13,7 +13,8 @@ grace period, as in read-copy-update, built on ``fcntl.flock`` and two lock file
 - gc first deletes the rows (one registry transaction), then switches the epoch and takes an
   *exclusive* lock on the old epoch's file. That waits exactly for the readers that started
   before the switch, the only ones that can hold a deleted row. Readers arriving meanwhile lock
-  the new epoch's file: gc never blocks a reader, and a stream of readers cannot starve gc.
+  the new epoch's file, so a stream of readers cannot starve gc and a waiting gc holds up no
+  reader (one that read the old epoch just before the switch waits only while gc unlinks).
   Only then does gc unlink the files.
 
 flock needs no write access: a reader on a read-only store opens the existing lock file read-only.
@@ -22,10 +23,11 @@ a reader of a store that has artifacts always finds them (a reader that finds no
 kernel drops a lock when its process dies, so a crashed reader never blocks gc. On systems
 without ``fcntl`` (Windows) the locks are no-ops.
 
-Lock order, to rule out deadlocks: a reader lock before the writers' lock
-(``artifacts.writers_lock``), never the other way round. ``gc`` keeps the writers' lock shared
-from deleting rows to unlinking files, as any writer with a file in flight does, so ``doctor``
-(exclusive) never sees a file whose row is gone as an orphan.
+``gc`` keeps the writers' lock (``artifacts.writers_lock``) shared from deleting rows to
+unlinking files, as any writer with a file in flight does, so ``doctor`` (which takes it
+exclusively) never sees a file whose row is gone as an orphan. Hence the one rule that rules
+out deadlocks: never wait for the writers' lock *exclusively* while holding a reader's lock
+(a reader may take it shared: ``materialize`` does, to record its artifacts).
 """
 
 from __future__ import annotations
