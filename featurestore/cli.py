@@ -224,21 +224,24 @@ def init(c: Ctx, root: str | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("definitions", required=False, type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Show the plan without applying it.")
+@click.option("--prune", is_flag=True,
+              help="Also delete registered objects the definitions do not declare.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def apply(c: Ctx, definitions: str | None, dry_run: bool, as_json: bool) -> None:
+def apply(c: Ctx, definitions: str | None, dry_run: bool, prune: bool, as_json: bool) -> None:
     """Register DEFINITIONS (default ROOT/features.toml) in one all-or-nothing transaction."""
-    plan = c.store.apply(definitions, dry_run=dry_run)
+    plan = c.store.apply(definitions, dry_run=dry_run, prune=prune)
     if as_json:
         emit_json({"applied": not dry_run, **plan.as_dict()})
         return
     for change in plan.tier_changes:
         click.echo(f"~ {change}")
-    marks = {"add": "+", "version": "~", "update": "*", "unchanged": "="}
+    marks = {"add": "+", "version": "~", "update": "*", "unchanged": "=", "delete": "-"}
     for item in plan.items:
         label = {"add": f"add (v{item.version})",
                  "version": f"new version v{item.version} (was v{item.previous_version})",
-                 "update": f"update v{item.version}", "unchanged": f"unchanged (v{item.version})"}[item.action]
+                 "update": f"update v{item.version}", "unchanged": f"unchanged (v{item.version})",
+                 "delete": f"delete (v{item.version})"}[item.action]
         line = f"{marks[item.action]} {item.kind} {item.name}: {label}"
         if item.changes:
             line += "\n      " + "\n      ".join(item.changes)
@@ -246,7 +249,8 @@ def apply(c: Ctx, definitions: str | None, dry_run: bool, as_json: bool) -> None
     counts = plan.counts()
     verb = "Would apply" if dry_run else ("Nothing to apply" if plan.is_noop else "Applied")
     click.echo(f"{verb}: {counts['add']} added, {counts['version']} new versions, "
-               f"{counts['update']} updated, {counts['unchanged']} unchanged.")
+               f"{counts['update']} updated, {counts['unchanged']} unchanged"
+               + (f", {counts['delete']} deleted." if prune else "."))
 
 
 LIST_COLUMNS = {
@@ -319,15 +323,22 @@ def show(c: Ctx, name: str, history: bool, as_json: bool) -> None:
     else:
         kind, row = c.store.find(name)
         rows = [row]
+    from featurestore.lifecycle import missing_plugin_note
+
+    missing = missing_plugin_note(c.store, kind, rows[-1])
     if as_json:
-        emit_json({"kind": kind, "versions" if history else "object": rows if history else rows[0]})
+        emit_json({"kind": kind, "versions" if history else "object": rows if history else rows[0],
+                   **({"missing_transform": missing} if missing else {})})
         return
     for row in rows:
-        click.echo(f"{kind} {row['name']} v{row['version']} (created {row['created_at']})")
+        deleted = f", deleted {row['deleted_at']}" if row.get("deleted_at") else ""
+        click.echo(f"{kind} {row['name']} v{row['version']} (created {row['created_at']}{deleted})")
         for key, value in row.items():
-            if key in ("name", "version", "created_at", "id"):
+            if key in ("name", "version", "created_at", "id", "deleted_at"):
                 continue
             click.echo(f"  {key:<14} {_cell(value)}")
+    if missing:
+        click.echo(f"  MISSING PLUGIN {missing}")
 
 
 @cli.command()
@@ -352,10 +363,12 @@ def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None
 @click.option("--no-verify", is_flag=True, help="Skip causality verification (warned, recorded).")
 @click.option("--samples", default=8, show_default=True, help="Cut points for causality verification.")
 @click.option("--force", is_flag=True, help="Recompute even when inputs are unchanged.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 6) instead of skipping views whose transform's plugin is missing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int, force: bool,
-                as_json: bool) -> None:
+                strict: bool, as_json: bool) -> None:
     """Run VIEWS' transforms (all by default), verify causality and write artifacts."""
     from featurestore.materialize import materialize as run
 
@@ -364,10 +377,13 @@ def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int, f
     with progress_bar(not as_json) as progress:
         import warnings
 
+        from featurestore.lifecycle import MissingTransformWarning
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("always", MissingTransformWarning)  # skipped views: say so
             results = run(c.store, list(views) or None, verify=not no_verify, samples=samples,
-                          force=force, progress=progress)
+                          force=force, progress=progress, strict=strict)
     out = [r.as_dict() for r in results]
     if as_json:
         emit_json(out)
@@ -436,7 +452,7 @@ def _register_extra_commands() -> None:
 
     for command in PLUGIN_COMMANDS:
         cli.add_command(command)
-    for module in ("featurestore.cli_retrieve", "featurestore.cli_config",
+    for module in ("featurestore.cli_retrieve", "featurestore.cli_config", "featurestore.cli_lifecycle",
                    "featurestore.quickstart.command"):
         try:
             mod = __import__(module, fromlist=["COMMANDS"])

@@ -57,3 +57,18 @@ class UsageError(FeatureStoreError):
 
 class DataWarning(UserWarning):
     """Input that is accepted but probably not what was meant (null keys, an assumed time zone)."""
+
+
+class DeletedError(NotFoundError):
+    """The object was registered once but has been deleted (``featurestore delete``)."""
+
+
+class DependentsError(DefinitionError):
+    """A delete was refused because other registered objects depend on the object.
+
+    ``dependents`` lists them (what ``cascade=True`` would delete too).
+    """
+
+    def __init__(self, message: str, dependents: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.dependents = dependents or []

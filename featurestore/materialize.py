@@ -18,6 +18,7 @@ import polars as pl
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, FeatureStoreError, NotFoundError, PluginError
 from featurestore.incremental import growth, new_output_rows, recompute_input
+from featurestore.readers import reads_artifacts
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 
 if TYPE_CHECKING:
@@ -75,11 +76,19 @@ def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
     return bool(frame.lazy().select(ok.all()).collect(engine="streaming").item())
 
 
+@reads_artifacts  # gc never removes a snapshot or seed this run is reading
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
                 samples: int = DEFAULT_SAMPLES, force: bool = False,
-                progress: Progress | None = None) -> list[MaterializeResult]:
-    """Materialize ``views`` (all registered views by default); see the module docstring."""
+                progress: Progress | None = None, strict: bool = False) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default); see the module docstring.
+
+    Views whose transform no installed plugin registers are skipped with a
+    ``MissingTransformWarning`` when ``views`` is not given; with ``strict``, or when such a
+    view is named, that is a ``PluginError``.
+    """
     import time
+
+    from featurestore.lifecycle import refuse_deleted, runnable_views
 
     registered = store.registry.latest("view")
     # A source's column view with no columns left has nothing to materialize.
@@ -87,8 +96,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         n for n, v in registered.items() if v["transform"] is not None or v["params"]["columns"])
     for n in names:
         if n not in registered:
+            refuse_deleted(store, "view", n)
             raise NotFoundError(f"view {n!r} is not registered; registered views: "
                                 f"{', '.join(sorted(registered)) or '(none)'}")
+    names = runnable_views(store, registered, names, explicit=bool(views), strict=strict)
     results = []
     for i, name in enumerate(names):
         if progress:

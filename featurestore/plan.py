@@ -1,4 +1,5 @@
-"""Compare declarations with the registry: what an apply adds, versions, updates or leaves.
+"""Compare declarations with the registry: what an apply adds, versions, updates or leaves
+(and, with ``prune``, deletes).
 
 ``build_plan`` reads only; ``execute_plan`` writes a plan's rows. ``FeatureStore.apply`` runs
 both inside one write transaction, so a plan is never applied against a registry that changed
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from featurestore import schema
 from featurestore.definitions import (
@@ -55,7 +56,7 @@ class PlanItem:
 
     kind: str
     name: str
-    action: str  # "add" | "version" | "update" | "unchanged"
+    action: str  # "add" | "version" | "update" | "unchanged" | "delete"
     version: int
     previous_version: int | None = None
     changes: list[str] = field(default_factory=list)
@@ -85,7 +86,7 @@ class Plan:
         return not self.changed and not self.tier_changes
 
     def counts(self) -> dict[str, int]:
-        out = {"add": 0, "version": 0, "update": 0, "unchanged": 0}
+        out = {"add": 0, "version": 0, "update": 0, "unchanged": 0, "delete": 0}
         for item in self.items:
             out[item.action] += 1
         return out
@@ -110,9 +111,14 @@ def absolute_source_path(path: str, root: Path) -> str:
 
 
 class _Planner:
-    def __init__(self, conn: Connection, registry: Registry, defs: Definitions, root: Path) -> None:
+    def __init__(self, conn: Connection, registry: Registry, defs: Definitions, root: Path,
+                 prune: bool = False) -> None:
         self.conn, self.registry, self.defs, self.root = conn, registry, defs, root
         self.existing = {kind: Registry.latest_rows(conn, kind) for kind in KIND_ORDER}
+        # Deleted objects: declaring one again adds a version after its old ones.
+        self.deleted = {kind: Registry.latest_rows(conn, kind, deleted=True) for kind in KIND_ORDER}
+        self.prune = prune
+        self.pruned: dict[str, set[str]] = {kind: set() for kind in KIND_ORDER}
         self.final: dict[str, dict[str, dict[str, Any]]] = {k: dict(v) for k, v in self.existing.items()}
         self.items: list[PlanItem] = []
         self.warnings: list[str] = []
@@ -121,6 +127,15 @@ class _Planner:
     # -- helpers
     def err(self, msg: str) -> DefinitionError:
         return DefinitionError(f"{self.origin}: {msg}")
+
+    def unknown(self, kind: str, name: str) -> str:
+        """``unknown KIND 'name'``, saying why when the object is deleted or being pruned."""
+        why = ""
+        if name in self.pruned[kind]:
+            why = " (registered but not declared, so --prune deletes it)"
+        elif name in self.deleted[kind]:
+            why = f" (deleted at {self.deleted[kind][name]['deleted_at']:%Y-%m-%d %H:%M:%S} UTC)"
+        return f"unknown {kind} {name!r}{why}"
 
     def check_unique_names(self) -> None:
         declared: dict[str, str] = {}
@@ -138,6 +153,8 @@ class _Planner:
                     raise self.err(f"name {obj.name!r} is declared both as a {other} and as a {kind}")
                 declared[obj.name] = kind
         for name, kind in declared.items():
+            if self.prune:
+                break  # an undeclared object of another kind is pruned: its name is free
             for other_kind, rows in self.existing.items():
                 if other_kind == kind or name not in rows:
                     continue
@@ -149,7 +166,12 @@ class _Planner:
     def version_item(self, kind: str, name: str, row: dict[str, Any]) -> None:
         old = self.existing[kind].get(name)
         encoded = _encode(kind, row)
-        if old is None:
+        gone = self.deleted[kind].get(name)
+        if old is None and gone is not None:
+            item = PlanItem(kind, name, "add", gone["version"] + 1, gone["version"],
+                            [f"registered again (v{gone['version']} was deleted at "
+                             f"{gone['deleted_at']:%Y-%m-%d %H:%M:%S} UTC)"], row=encoded)
+        elif old is None:
             item = PlanItem(kind, name, "add", 1, row=encoded)
         else:
             old_enc = _encode(kind, old)
@@ -167,6 +189,26 @@ class _Planner:
                 item = PlanItem(kind, name, "unchanged", old["version"], old["version"])
         self.items.append(item)
         self.final[kind][name] = {**row, "version": item.version, "name": name}
+
+    def plan_prune(self) -> None:
+        """Registered objects the definitions do not declare are deleted (``apply --prune``).
+
+        A declared source's own column view is never declared: ``plan_features`` maintains it;
+        it goes only with its source.
+        """
+        declared = {"entity": self.defs.entities, "source": self.defs.sources,
+                    "view": self.defs.views, "feature": self.defs.features,
+                    "feature_set": self.defs.feature_sets}
+        names = {kind: {obj.name for obj in objs} for kind, objs in declared.items()}
+        for kind in KIND_ORDER:
+            for name, row in self.existing[kind].items():
+                if name in names[kind] or (kind == "view" and row["transform"] is None
+                                           and name in names["source"]):
+                    continue
+                self.pruned[kind].add(name)
+                del self.final[kind][name]
+                self.items.append(PlanItem(kind, name, "delete", row["version"], row["version"],
+                                           ["not in the definitions"]))
 
     # -- kinds
     def plan_tiers(self) -> TierOrder:
@@ -200,7 +242,7 @@ class _Planner:
     def entity_keys(self, name: str, what: str) -> list[str]:
         row = self.final["entity"].get(name)
         if row is None:
-            raise self.err(f"{what} refers to unknown entity {name!r}")
+            raise self.err(f"{what} refers to {self.unknown('entity', name)}")
         return list(row["join_keys"])
 
     def plan_sources(self, tiers: TierOrder) -> None:
@@ -254,7 +296,7 @@ class _Planner:
     def input_schema(self, source: str, what: str) -> tuple[dict[str, pl.DataType], list[str]]:
         row = self.final["source"].get(source)
         if row is None:
-            raise self.err(f"{what} refers to unknown source {source!r}")
+            raise self.err(f"{what} refers to {self.unknown('source', source)}")
         keys = self.entity_keys(row["entity"], f"source {source!r}")
         raw = {c: dtype_from_str(t, what=f"registered source {source!r} column {c!r}")
                for c, t in row["schema"].items()}
@@ -321,7 +363,7 @@ class _Planner:
             if f.view is not None:
                 view = self.final["view"].get(f.view)
                 if view is None or view["transform"] is None:
-                    raise self.err(f"{what} refers to unknown view {f.view!r}")
+                    raise self.err(f"{what} refers to {self.unknown('view', f.view)}")
                 available = self.view_outputs(f.view, outputs)
                 source_name, view_name = view["source"], f.view
                 transform, params, default_tier = view["transform"], view["params"], view.get("tier")
@@ -353,14 +395,11 @@ class _Planner:
         # Each source's own columns view holds every column any feature reads from it; views
         # of sources whose column features all moved elsewhere are recomputed too.
         for name, view in self.existing["view"].items():
-            if view["transform"] is None:
+            if view["transform"] is None and name not in self.pruned["view"]:
                 implicit.setdefault(name, set())
         for source_name in sorted(implicit):
-            cols = sorted({r["column_name"] for r in self.final["feature"].values()
-                           if r["view"] == source_name and r.get("transform") is None})
-            self.version_item("view", source_name, {
-                "source": source_name, "transform": None, "params": {"columns": cols},
-                "tier": None, "description": f"columns of source {source_name}", "owner": ""})
+            self.version_item("view", source_name,
+                              column_view_row(source_name, self.final["feature"].values()))
 
     def check_dependents(self, outputs: dict[str, dict[str, pl.DataType]]) -> None:
         """Refuse to change a view or source under a registered feature these definitions omit.
@@ -376,7 +415,8 @@ class _Planner:
         for name, feat in sorted(self.existing["feature"].items()):
             view_item = versioned.get(("view", feat["view"]))
             source_item = versioned.get(("source", feat["source"]))
-            if name in declared or (view_item is None and source_item is None):
+            if (name in declared or name in self.pruned["feature"]
+                    or (view_item is None and source_item is None)):
                 continue
             view = self.final["view"][feat["view"]]
             changed = source_item or view_item  # a changed column is the source's doing
@@ -430,13 +470,28 @@ class _Planner:
                 name = name.split(":")[-1]
                 row = self.final["feature"].get(name)
                 if row is None:
-                    raise self.err(f"feature set {fs.name!r} refers to unknown feature {name!r}")
+                    raise self.err(f"feature set {fs.name!r} refers to "
+                                   f"{self.unknown('feature', name)}")
                 pin = {"name": name, "version": int(version) if version else row["version"]}
+                if version and int(version) != row["version"]:
+                    self.check_pin(fs.name, name, int(version))
                 if pin in pinned:  # two versions of one feature may be pinned, one twice not
                     raise self.err(f"feature set {fs.name!r} pins {name}@{pin['version']} twice")
                 pinned.append(pin)
             self.version_item("feature_set", fs.name, {"features": pinned,
                                                        "description": fs.description})
+
+    def check_pin(self, feature_set: str, name: str, version: int) -> None:
+        """A pinned older version must be registered and not deleted (else it cannot be served)."""
+        table = schema.features
+        deleted_at = self.conn.execute(select(table.c.deleted_at).where(
+            table.c.name == name, table.c.version == version)).first()
+        if deleted_at is None:
+            raise self.err(f"feature set {feature_set!r} pins feature {name!r} version {version}, "
+                           "which is not registered")
+        if deleted_at[0] is not None:
+            raise self.err(f"feature set {feature_set!r} pins feature {name!r} version {version}, "
+                           f"which was deleted at {deleted_at[0]:%Y-%m-%d %H:%M:%S} UTC")
 
     def check_tier_order(self, tiers: TierOrder) -> None:
         """A view is never earlier than its source, a feature never earlier than its source or
@@ -565,6 +620,14 @@ def _describe_tiers(order: TierOrder) -> str:
     return " < ".join(one(t) for t in order)
 
 
+def column_view_row(source: str, features: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The definition of a source's own column view: every column its features read as is."""
+    cols = sorted({r["column_name"] for r in features
+                   if r["view"] == source and r.get("transform") is None})
+    return {"source": source, "transform": None, "params": {"columns": cols}, "tier": None,
+            "description": f"columns of source {source}", "owner": ""}
+
+
 def _describe_change(fieldname: str, old: Any, new: Any) -> str:
     def short(v: Any) -> str:
         text = canonical_json(v) if not isinstance(v, str) else v
@@ -588,11 +651,18 @@ def dtype_from_str(text: str, *, what: str = "registry") -> pl.DataType:
     return parse_dtype_string(text, what=what)
 
 
-def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Path) -> Plan:
-    """Compare ``defs`` with the registry as seen through ``conn``; raises on any invalid input."""
-    planner = _Planner(conn, registry, defs, root)
+def build_plan(conn: Connection, registry: Registry, defs: Definitions, root: Path, *,
+               prune: bool = False) -> Plan:
+    """Compare ``defs`` with the registry as seen through ``conn``; raises on any invalid input.
+
+    With ``prune``, registered objects ``defs`` does not declare get a ``delete`` item; the
+    declared ones may not refer to them.
+    """
+    planner = _Planner(conn, registry, defs, root, prune)
     planner.tier_changes = []
     planner.check_unique_names()
+    if prune:
+        planner.plan_prune()
     tiers = planner.plan_tiers()
     planner.plan_entities()
     planner.plan_sources(tiers)
@@ -619,6 +689,8 @@ def execute_plan(conn: Connection, registry: Registry, plan: Plan) -> None:
             conn.execute(update(table)
                          .where(table.c.name == item.name, table.c.version == item.version)
                          .values(**{k: item.row[k] for k in METADATA[item.kind]}))
+        elif item.action == "delete":
+            Registry.mark_deleted(conn, item.kind, item.name, now)
         else:
             conn.execute(table.insert().values(name=item.name, version=item.version,
                                                created_at=now, **item.row))

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from featurestore import migrations, schema
-from featurestore.errors import FeatureStoreError, NotFoundError
+from featurestore.errors import DeletedError, FeatureStoreError, NotFoundError
 from featurestore.tiers import DEFAULT_TIERS, Tier, TierOrder
 
 T = TypeVar("T")
@@ -192,14 +192,19 @@ class Registry:
             return q(c)
 
     @staticmethod
-    def latest_rows(conn: Connection, kind: str) -> dict[str, dict[str, Any]]:
-        """The newest version of every object of ``kind``, by name."""
+    def latest_rows(conn: Connection, kind: str, *, deleted: bool = False) -> dict[str, dict[str, Any]]:
+        """The newest version of every live object of ``kind``, by name.
+
+        An object whose newest version carries ``deleted_at`` is deleted and left out; with
+        ``deleted=True`` only the deleted ones are returned instead (their newest version).
+        """
         table = schema.VERSIONED[kind]
         newest = (select(table.c.name, func.max(table.c.version).label("newest"))
                   .group_by(table.c.name).subquery())
         query = (select(table)
                  .join(newest, (table.c.name == newest.c.name)
                        & (table.c.version == newest.c.newest))
+                 .where(table.c.deleted_at.is_not(None) if deleted else table.c.deleted_at.is_(None))
                  .order_by(table.c.name))
         result = conn.execute(query)
         columns = list(result.keys())  # zip with plain tuples: far cheaper than row mappings
@@ -208,6 +213,18 @@ class Registry:
             row = dict(zip(columns, values, strict=True))
             out[row["name"]] = decode_row(kind, row)
         return out
+
+    @staticmethod
+    def mark_deleted(conn: Connection, kind: str, name: str, when: datetime) -> int:
+        """Mark every version of an object deleted at ``when``, inside the caller's transaction.
+
+        Versions already deleted keep their first ``deleted_at``; returns how many were marked.
+        """
+        table = schema.VERSIONED[kind]
+        result = conn.execute(update(table)
+                              .where(table.c.name == name, table.c.deleted_at.is_(None))
+                              .values(deleted_at=when))
+        return result.rowcount
 
     def latest(self, kind: str) -> dict[str, dict[str, Any]]:
         with self.read() as conn:
@@ -225,12 +242,15 @@ class Registry:
                 row = c.execute(query).mappings().first()
         else:
             row = conn.execute(query).mappings().first()
+        what = f"{kind} {name!r}" + (f" version {version}" if version is not None else "")
         if row is None:
-            what = f"{kind} {name!r}" + (f" version {version}" if version is not None else "")
             raise NotFoundError(f"{what} is not registered")
+        if row["deleted_at"] is not None:
+            raise deleted_error(what, row["deleted_at"])
         return decode_row(kind, dict(row))
 
     def history(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Every version of an object, oldest first, deleted ones included (``deleted_at`` set)."""
         table = schema.VERSIONED[kind]
         with self.read() as conn:
             rows = conn.execute(select(table).where(table.c.name == name)
@@ -259,6 +279,12 @@ class Registry:
         else:
             row = conn.execute(query).mappings().first()
         return decode_artifact(dict(row)) if row else None
+
+
+def deleted_error(what: str, when: datetime) -> DeletedError:
+    """The error for a deleted object, saying when it was deleted and how to bring it back."""
+    return DeletedError(f"{what} was deleted at {when:%Y-%m-%d %H:%M:%S} UTC; re-apply its "
+                        "definition to register it again (`show NAME --history` lists its versions)")
 
 
 _JSON_FIELDS = {

@@ -57,8 +57,9 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any],
                                 "registered") from None
         cache[view_name] = (versions, store.registry.artifacts(kind="view", name=view_name))
     versions, artifacts = cache[view_name]
-    matching = {v["version"] for v in versions
-                if v["source"] == feature["source"] and v["transform"] == feature["transform"]
+    # A deleted version's artifacts are never served, even after the view is registered again.
+    matching = {v["version"] for v in versions if v.get("deleted_at") is None
+                and v["source"] == feature["source"] and v["transform"] == feature["transform"]
                 and (v["transform"] is None or v["params"] == feature["params"])}
     column = feature["column_name"]
     # The view version alone is not enough: a source whose column changed dtype gives a new

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from sqlalchemy import Connection, select
@@ -41,14 +41,19 @@ from featurestore.errors import (
     ArtifactError,
     DataError,
     DefinitionError,
+    DeletedError,
     FeatureStoreError,
     NotFoundError,
 )
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
+from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import Registry, utcnow
 from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
 from featurestore.tiers import TierOrder
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    from featurestore.lifecycle import DeleteResult, GcResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 # How _artifact_relpath names files: what doctor may call an orphan when no registry row names it.
@@ -114,26 +119,30 @@ class FeatureStore:
             return load_definitions(defs)
         return Definitions.of(defs)
 
-    def plan(self, definitions: DeclLike | None = None) -> Plan:
+    def plan(self, definitions: DeclLike | None = None, *, prune: bool = False) -> Plan:
         """What ``apply`` would do, without writing anything."""
         defs = self._definitions(definitions)
         with self.registry.read() as conn:
-            return build_plan(conn, self.registry, defs, self.root)
+            return build_plan(conn, self.registry, defs, self.root, prune=prune)
 
-    def apply(self, definitions: DeclLike | None = None, *, dry_run: bool = False) -> Plan:
+    def apply(self, definitions: DeclLike | None = None, *, dry_run: bool = False,
+              prune: bool = False) -> Plan:
         """Register ``definitions`` in one transaction: everything or, on any error, nothing.
 
         Re-applying identical definitions changes nothing. A change of meaning (tier, dtype,
         params, source, keys) adds a new version; descriptions, tags and owners update in place.
+        With ``prune``, registered objects the definitions do not declare are deleted in the
+        same transaction (plan items with action ``delete``); declared objects may not refer
+        to them.
         """
         defs = self._definitions(definitions)
         if dry_run:
-            plan = self.plan(defs)
+            plan = self.plan(defs, prune=prune)
             _issue(plan)
             return plan
 
         def txn(conn: Connection) -> Plan:
-            plan = build_plan(conn, self.registry, defs, self.root)
+            plan = build_plan(conn, self.registry, defs, self.root, prune=prune)
             execute_plan(conn, self.registry, plan)
             return plan
 
@@ -188,17 +197,56 @@ class FeatureStore:
         return rows
 
     def find(self, name: str) -> tuple[str, dict[str, Any]]:
-        """Look a name up across kinds; return ``(kind, newest row)``."""
+        """Look a name up across kinds; return ``(kind, newest row)``.
+
+        A deleted object raises ``DeletedError`` (a ``NotFoundError``) saying when.
+        """
+        deleted: DeletedError | None = None
         for kind in ("feature", "view", "source", "entity", "feature_set"):
             try:
                 return kind, self.registry.get(kind, name)
+            except DeletedError as exc:
+                deleted = deleted or exc
             except NotFoundError:
                 continue
+        if deleted is not None:
+            raise deleted
         raise NotFoundError(f"nothing named {name!r} is registered")
 
     def history(self, name: str) -> tuple[str, list[dict[str, Any]]]:
-        kind, _ = self.find(name)
+        """Every version of the object called ``name``, oldest first; a deleted object's too
+        (its rows carry ``deleted_at``)."""
+        try:
+            kind, _ = self.find(name)
+        except DeletedError:
+            with self.registry.read() as conn:
+                kind = next(k for k in ("feature", "view", "source", "entity", "feature_set")
+                            if name in Registry.latest_rows(conn, k, deleted=True))
         return kind, self.registry.history(kind, name)
+
+    # ------------------------------------------------------------------ lifecycle
+    def delete(self, kind: str, name: str, *, cascade: bool = False,
+               dry_run: bool = False) -> DeleteResult:
+        """Delete an object in one transaction; returns what it deleted (``DeleteResult``).
+
+        ``kind`` is entity, source, view, feature or feature_set. Every version is marked
+        deleted (history is kept); objects that depend on it make this a ``DependentsError``
+        naming them unless ``cascade`` deletes them too. Artifacts stay until ``gc``.
+        """
+        from featurestore.lifecycle import delete
+
+        return delete(self, kind, name, cascade=cascade, dry_run=dry_run)
+
+    def gc(self, *, keep: int = 0, older_than: timedelta | str | None = None,
+           dry_run: bool = False) -> GcResult:
+        """Remove artifact files no live or pinned version needs; returns a ``GcResult``.
+
+        See ``featurestore.lifecycle`` for what is kept and ``featurestore.readers`` for why a
+        concurrent reader never loses a file it is reading.
+        """
+        from featurestore.lifecycle import gc
+
+        return gc(self, keep=keep, older_than=older_than, dry_run=dry_run)
 
     # ------------------------------------------------------------------ ingestion
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
@@ -241,6 +289,9 @@ class FeatureStore:
         names = list(sources) if sources else sorted(registered)
         for n in names:
             if n not in registered:
+                from featurestore.lifecycle import refuse_deleted
+
+                refuse_deleted(self, "source", n)
                 raise NotFoundError(f"source {n!r} is not registered")
         results = []
         for i, name in enumerate(names):
@@ -271,6 +322,7 @@ class FeatureStore:
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None) -> dict[str, Any]:
         relpath = self._artifact_relpath(kind, name, version)
+        ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             try:
                 written = write_parquet_atomic(self.root, relpath, df,
@@ -324,9 +376,12 @@ class FeatureStore:
     def load_artifact(self, artifact_id: int, *, lazy: bool = False,
                       verify_checksum: bool = True) -> pl.DataFrame | pl.LazyFrame:
         """Read an artifact after checking its schema (and checksum) against the registry."""
-        row = self.artifact(artifact_id)
-        path = verify_artifact(self.root, row, checksum=verify_checksum)
-        return pl.scan_parquet(path) if lazy else pl.read_parquet(path)
+        if lazy:  # read after this returns: no reader's lock can cover it
+            return pl.scan_parquet(verify_artifact(self.root, self.artifact(artifact_id),
+                                                   checksum=verify_checksum))
+        with reading(self.root):
+            row = self.artifact(artifact_id)
+            return pl.read_parquet(verify_artifact(self.root, row, checksum=verify_checksum))
 
     def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
         """The newest ingested snapshot of a source (ingesting first when inputs changed):
@@ -431,10 +486,12 @@ class FeatureStore:
         Several versions of one feature may be requested; ``serving.output_names`` gives each
         its own output column (``name@version``).
         """
+        gone_set: DeletedError | None = None
         if isinstance(features, str):
             try:
                 fs = self.registry.get("feature_set", features)
-            except NotFoundError:
+            except NotFoundError as exc:
+                gone_set = exc if isinstance(exc, DeletedError) else None
                 features = [features]
             else:
                 return [self.registry.get("feature", r["name"], r["version"]) for r in fs["features"]]
@@ -447,7 +504,11 @@ class FeatureStore:
                 row = self.registry.get("feature", name, int(version) if version else None)
             except ValueError:
                 raise DefinitionError(f"feature reference {ref!r}: version must be a number") from None
+            except DeletedError:
+                raise
             except NotFoundError:
+                if gone_set is not None:
+                    raise gone_set from None
                 if version:
                     self._missing_version(name, int(version))
                 known = sorted(self.registry.latest("feature"))
@@ -498,11 +559,12 @@ class FeatureStore:
         """
         from featurestore.serving import get_historical_features
 
-        return get_historical_features(  # type: ignore[return-value]
-            self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
-            cutoff_timezone=cutoff_timezone, with_availability=with_availability,
-            verify_checksums=verify_checksums, allow_unverified=allow_unverified,
-            strict=strict)
+        with reading(self.root):  # gc waits: no file this frame is read from goes meanwhile
+            return get_historical_features(  # type: ignore[return-value]
+                self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl,
+                cutoff=cutoff, cutoff_timezone=cutoff_timezone,
+                with_availability=with_availability, verify_checksums=verify_checksums,
+                allow_unverified=allow_unverified, strict=strict)
 
     def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                      features: str | Sequence[str], *, tier: str,
@@ -511,7 +573,11 @@ class FeatureStore:
                                      cutoff_timezone: str | None = None,
                                      with_availability: bool = False,
                                      allow_unverified: bool = False) -> pl.LazyFrame:
-        """``get_historical_features`` as a ``LazyFrame`` for streaming pipelines (same rules)."""
+        """``get_historical_features`` as a ``LazyFrame`` for streaming pipelines (same rules).
+
+        The files are read when the frame is collected, after this returns: if ``gc`` may run
+        meanwhile, build and collect it inside ``featurestore.readers.reading(store.root)``.
+        """
         from featurestore.serving import get_historical_features
 
         return get_historical_features(  # type: ignore[return-value]
@@ -532,8 +598,9 @@ class FeatureStore:
         """
         from featurestore.serving import get_online_features
 
-        return get_online_features(self, keys, features, as_of=as_of, tier=tier,
-                                   allow_unverified=allow_unverified)
+        with reading(self.root):
+            return get_online_features(self, keys, features, as_of=as_of, tier=tier,
+                                       allow_unverified=allow_unverified)
 
     def audit(self, frame: pl.DataFrame, features: Sequence[str], *,
               cutoff: str = "event_timestamp", inclusive: bool = False,
