@@ -1,0 +1,338 @@
+"""The ``field`` transform: compare each row with the rest of its field at the same moment.
+
+A group-scope transform: a row's values come from the rows of *every* entity that share its
+group (``group_by``, e.g. the race) and its moment (``at``, e.g. the lap), as far as they were
+available when the row itself was: lap time minus the field's median on that lap, rank on the
+lap, gap to the leader in cumulative race time.
+
+Params (JSON object):
+
+- ``group_by`` (list of column names, required, non-empty): the group, e.g. ``["race_id"]``.
+- ``at`` (list of column names, default ``[]``): the columns that make "the same moment" within
+  the group, e.g. ``["lap"]``. With ``[]`` the whole group is one moment.
+- ``min_count`` (int >= 1, default 1): fewer non-null values in the comparison set than this
+  gives null for every output except ``count``.
+- ``outputs`` (object, required, non-empty): ``{output column: spec}``, each spec an object with
+  ``kind`` (below), ``column`` (the numeric value column compared; NaN counts as null) and, for
+  ``rank``, ``percentile`` and ``delta_best`` only, ``descending`` (bool, default false: smaller
+  is better, as for lap times; true: larger is better, as for speeds).
+
+Group and moment columns may not be floats (NaN makes float equality ambiguous). The group
+columns the transform declares (``group_columns``) are ``group_by`` followed by ``at``.
+
+The comparison set of a row r: the rows s of the input (any entity, r itself included) with the
+same values as r in every ``group_by`` and ``at`` column and ``available_at(s) <=
+available_at(r)``. So rows with equal ``available_at`` see each other, and a car whose lap was
+published after the others' sees all of them while they do not see it. The set counts rows, not
+entities: two rows of one entity at the same moment are two values. Only non-null values of the
+spec's column take part; ``n`` below is their number. A row with a null in a ``group_by`` or
+``at`` column belongs to no group: every output of it is null (``count`` too).
+
+Outputs (kind: dtype — value):
+
+- ``rank``: Int32 — 1 + the number of values in the set strictly better than the row's own
+  ("competition" ranking: tied values share the best of their ranks and the next rank is
+  skipped, 1, 2, 2, 4). Null when the row's own value is null.
+- ``percentile``: Float64 — the share of the *other* values in the set that are strictly worse
+  than the row's: ``(number strictly worse) / (n - 1)``, 1.0 = better than every other row,
+  0.0 = no other row is worse. Null when the row's value is null or ``n < 2``.
+- ``delta_median``, ``delta_mean``: Float64 — the row's value minus the median (the mean of the
+  two middle values when ``n`` is even) / the mean of the set's values.
+- ``delta_best``: Float64 — the row's value minus the best value of the set: the minimum, or the
+  maximum with ``descending``. 0 for the best row.
+- ``gap_to_leader``: Float64 — for a cumulative-time column (seconds since the start): the row's
+  value minus the smallest value of the set (``delta_best`` without ``descending``). 0 for the
+  leader; the leader of a lap crosses the line first, so it is always in the set.
+- ``count``: Int64 — ``n``, the number of non-null values in the set (0 when there are none).
+
+Every output but ``count`` is null when the row's own value is null (a null row is compared with
+nothing) or when ``n < min_count``. The set always holds the row itself, so a row with a non-null
+value never has an empty set; a row whose value is null may (``count`` 0).
+
+Output: the key columns, ``event_timestamp``, ``available_at`` and the declared columns, one row
+per input row, *sorted* by the keys, ``event_timestamp``, ``available_at``, then the group and
+moment columns and the value columns (NaN as null, nulls first). Rows still tied are identical
+in everything the transform reads and get the same values, so the output never depends on the
+input's row order. ``lookback`` is ``None``: a row depends on other entities' rows, not on a
+bounded number of its own entity's earlier rows.
+
+Cost: ``delta_*``, ``gap_to_leader`` and ``count`` are running aggregations over each (group,
+moment) bucket sorted by ``available_at``; ``rank`` and ``percentile`` compare the rows of a
+bucket in pairs, so their cost grows with the square of the bucket size (a lap of a 40-car field
+is 1,600 pairs; a whole race with ``at = []`` would be millions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from featurestore.hookspecs import hookimpl
+from featurestore.transforms import (
+    AVAILABLE_AT,
+    EVENT_TIMESTAMP,
+    Params,
+    Transform,
+    TransformContext,
+)
+
+NAME = "field"
+KINDS: dict[str, pl.DataType] = {
+    "rank": pl.Int32(),
+    "percentile": pl.Float64(),
+    "delta_median": pl.Float64(),
+    "delta_mean": pl.Float64(),
+    "delta_best": pl.Float64(),
+    "gap_to_leader": pl.Float64(),
+    "count": pl.Int64(),
+}
+DIRECTED = ("rank", "percentile", "delta_best")
+_KEYS = frozenset({"group_by", "at", "min_count", "outputs"})
+_SPEC_KEYS = frozenset({"kind", "column", "descending"})
+# Window covering every earlier position of a bucket (positions are dense ranks, < 2**32).
+_ALL = f"{2**32}i"
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    kind: str
+    column: str
+    descending: bool
+
+
+@dataclass(frozen=True)
+class FieldParams:
+    group_by: tuple[str, ...]
+    at: tuple[str, ...]
+    min_count: int
+    outputs: tuple[Output, ...]
+
+    @property
+    def bucket(self) -> list[str]:
+        """The columns whose values make one comparison bucket: the group, then the moment."""
+        return [*self.group_by, *self.at]
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The compared columns, each once, in the order the outputs name them."""
+        return list(dict.fromkeys(o.column for o in self.outputs))
+
+
+def _fail(message: str) -> ValueError:
+    return ValueError(f"{NAME}: {message}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _columns(params: Params, key: str, required: bool) -> tuple[str, ...]:
+    value = params.get(key, None if required else [])
+    if value is None:
+        raise _fail(f"param '{key}' is required: a list of column names, e.g. [\"race_id\"]")
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise _fail(f"param '{key}' must be a list of column names, got {value!r}")
+    if required and not value:
+        raise _fail(f"param '{key}' must name at least one column")
+    if len(set(value)) != len(value):
+        raise _fail(f"param '{key}' has duplicates: {value}")
+    return tuple(value)
+
+
+def _parse_output(name: Any, raw: Any) -> Output:
+    where = f"outputs.{name}"
+    if not isinstance(name, str) or not name:
+        raise _fail("param 'outputs' keys must be non-empty output column names")
+    if name in (EVENT_TIMESTAMP, AVAILABLE_AT):
+        raise _fail(f"param 'outputs': column {name!r} clashes with a reserved column")
+    if not isinstance(raw, Mapping):
+        raise _fail(f"param '{where}' must be an object like "
+                    "{\"kind\": \"rank\", \"column\": \"lap_time\"}")
+    unknown = sorted(set(raw) - _SPEC_KEYS)
+    if unknown:
+        raise _fail(f"param '{where}' has unknown key(s) {unknown}; allowed: "
+                    f"{sorted(_SPEC_KEYS)}")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise _fail(f"param '{where}.kind' must be one of {list(KINDS)}, got {kind!r}")
+    column = raw.get("column")
+    if not isinstance(column, str) or not column:
+        raise _fail(f"param '{where}.column' must be a column name, got {column!r}")
+    descending = raw.get("descending", False)
+    if not isinstance(descending, bool):
+        raise _fail(f"param '{where}.descending' must be true or false")
+    if "descending" in raw and kind not in DIRECTED:
+        raise _fail(f"param '{where}.descending' applies only to kinds {list(DIRECTED)}, "
+                    f"not {kind!r}")
+    return Output(name, kind, column, descending)
+
+
+def parse_params(params: Params) -> FieldParams:
+    """Validate params without a schema; ``ValueError`` names the bad param."""
+    if not isinstance(params, Mapping):
+        raise _fail("params must be a JSON object")
+    unknown = sorted(set(params) - _KEYS)
+    if unknown:
+        raise _fail(f"unknown param(s) {unknown}; allowed: {sorted(_KEYS)}")
+    group_by = _columns(params, "group_by", required=True)
+    at = _columns(params, "at", required=False)
+    both = sorted(set(group_by) & set(at))
+    if both:
+        raise _fail(f"column(s) {both} appear in both 'group_by' and 'at'")
+    min_count = params.get("min_count", 1)
+    if not _is_int(min_count) or min_count < 1:
+        raise _fail(f"param 'min_count' must be an int >= 1, got {min_count!r}")
+    raw = params.get("outputs")
+    if not isinstance(raw, Mapping) or not raw:
+        raise _fail("param 'outputs' is required: a non-empty object {output column: "
+                    "{\"kind\": ..., \"column\": ...}}")
+    outputs = tuple(_parse_output(name, spec) for name, spec in raw.items())
+    return FieldParams(group_by, at, min_count, outputs)
+
+
+def _declare(p: FieldParams, schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+    for key, cols in (("group_by", p.group_by), ("at", p.at)):
+        for col in cols:
+            if col not in schema:
+                raise _fail(f"param '{key}': no column {col!r} in input")
+            if schema[col].is_float():
+                raise _fail(f"param '{key}': column {col!r} has dtype {schema[col]}; group and "
+                            "moment columns must not be floats (use an integer or string)")
+    for out in p.outputs:
+        where = f"outputs.{out.name}.column"
+        if out.column not in schema:
+            raise _fail(f"param '{where}': no column {out.column!r} in input")
+        dtype = schema[out.column]
+        if not dtype.is_numeric() or isinstance(dtype, pl.Decimal):
+            raise _fail(f"param '{where}': column {out.column!r} has dtype {dtype}; field "
+                        "compares numeric columns")
+    return {out.name: KINDS[out.kind] for out in p.outputs}
+
+
+def output_columns(
+    params: Params, input_schema: Mapping[str, pl.DataType]
+) -> dict[str, pl.DataType]:
+    """The declared output columns and dtypes; ``ValueError`` for bad params or missing columns."""
+    return _declare(parse_params(params), input_schema)
+
+
+def group_columns(params: Params) -> Sequence[str]:
+    """The columns other entities' rows must share with a row to be read: ``group_by + at``."""
+    return parse_params(params).bucket
+
+
+def lookback(params: Params) -> int | None:
+    """A row reads other entities' rows, never a bounded run of its own: no look-back bound."""
+    parse_params(params)
+    return None
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def _pair_counts(lf: pl.LazyFrame, p: FieldParams, values: dict[str, str]) -> pl.LazyFrame:
+    """Per row (``_fd_row``): how many values of its comparison set are strictly better and
+    strictly worse than its own, for each output that needs them (``rank``, ``percentile``).
+
+    The rows of a bucket are joined with each other and the pairs kept where the other row was
+    available no later; comparisons with a null are null and not counted.
+    """
+    wanted = [o for o in p.outputs if o.kind in ("rank", "percentile")]
+    cols = list(dict.fromkeys(values[o.column] for o in wanted))
+    mine = lf.filter(pl.col("_fd_in")).select("_fd_row", "_fd_pos", *p.bucket, *cols)
+    other = mine.select(pl.col("_fd_pos").alias("_fd_pos2"), *p.bucket,
+                        *[pl.col(c).alias(f"{c}_2") for c in cols])
+    pairs = mine.join(other, on=p.bucket, how="inner").filter(
+        pl.col("_fd_pos2") <= pl.col("_fd_pos"))
+    aggs = []
+    for o in wanted:
+        own, theirs = pl.col(values[o.column]), pl.col(f"{values[o.column]}_2")
+        better, worse = (theirs > own, theirs < own) if o.descending else (theirs < own,
+                                                                             theirs > own)
+        aggs.append(better.sum().alias(f"_fd_better_{o.name}"))
+        aggs.append(worse.sum().alias(f"_fd_worse_{o.name}"))
+    return pairs.group_by("_fd_row").agg(aggs)
+
+
+def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.LazyFrame:
+    p = parse_params(params)
+    schema = frame.collect_schema()
+    declared = _declare(p, schema)
+    keys = list(ctx.keys)
+    base = [*keys, ctx.time_column, ctx.available_column]
+    for name in declared:
+        if name in base:
+            raise _fail(f"output column {name!r} clashes with a key or time column")
+    bucket = p.bucket
+    # The compared values under private names, NaN as null (keys and times stay untouched).
+    values = {c: f"_fd_v{i}" for i, c in enumerate(p.value_columns)}
+    lf = frame.with_columns(
+        (pl.col(c).fill_nan(None) if schema[c].is_float() else pl.col(c)).alias(v)
+        for c, v in values.items()
+    ).with_columns(_fd_in=pl.all_horizontal(pl.col(c).is_not_null() for c in bucket))
+    # Within a bucket, position = dense rank of available_at: every row's comparison set is the
+    # bucket's rows at or before its position (equal available_at, equal position).
+    lf = (
+        lf.sort([*bucket, ctx.available_column], nulls_last=True)
+        .with_columns(_fd_pos=pl.col(ctx.available_column).rank("dense").over(bucket)
+                      .cast(pl.Int64))
+        .with_row_index("_fd_row")
+    )
+
+    def running(expr: pl.Expr, fn: str) -> pl.Expr:
+        return getattr(expr, f"rolling_{fn}_by")("_fd_pos", _ALL, closed="right").over(bucket)
+
+    counts = {c: running(pl.col(v).is_not_null().cast(pl.Int64), "sum")
+              for c, v in values.items()}
+    if any(o.kind in ("rank", "percentile") for o in p.outputs):
+        lf = lf.join(_pair_counts(lf, p, values), on="_fd_row", how="left")
+
+    exprs = []
+    for o in p.outputs:
+        value, n = pl.col(values[o.column]), counts[o.column]
+        x = value.cast(pl.Float64)
+        if o.kind == "count":
+            expr = n
+        else:
+            if o.kind == "rank":
+                expr = pl.col(f"_fd_better_{o.name}") + 1
+            elif o.kind == "percentile":
+                expr = pl.when(n >= 2).then(
+                    pl.col(f"_fd_worse_{o.name}").cast(pl.Float64) / (n - 1).cast(pl.Float64))
+            elif o.kind == "delta_median":
+                expr = x - running(x, "median")
+            elif o.kind == "delta_mean":
+                expr = x - running(x, "mean")
+            elif o.kind == "delta_best" and o.descending:
+                expr = x - running(x, "max")
+            else:  # delta_best ascending, gap_to_leader
+                expr = x - running(x, "min")
+            expr = pl.when(value.is_not_null() & (n >= p.min_count)).then(expr)
+        exprs.append(pl.when(pl.col("_fd_in")).then(expr).cast(declared[o.name]).alias(o.name))
+
+    # Output order: entity order, then everything read, so tied rows are indistinguishable.
+    order = [*base, *[c for c in bucket if c not in base]]
+    by = [pl.col(c) for c in order] + [pl.col(v) for v in values.values()]
+    return lf.with_columns(exprs).sort(by, nulls_last=False, maintain_order=True).select(
+        *base, *declared)
+
+
+FIELD = Transform(
+    name=NAME,
+    fn=_field,
+    output_columns=output_columns,
+    description="Each row against its field at the same moment: rank, percentile, deltas to "
+                "the median/mean/best, gap to the leader",
+    lookback=lookback,
+    scope="group",
+    group_columns=group_columns,
+)
+
+
+@hookimpl
+def register_transforms(register: Any) -> None:
+    register(FIELD)
