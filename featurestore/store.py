@@ -237,7 +237,8 @@ class FeatureStore:
                          fingerprint: str, transform: str | None, plugin: str | None,
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
-                         input_artifact_id: int | None = None) -> dict[str, Any]:
+                         input_artifact_id: int | None = None,
+                         verification_report: str = "{}") -> dict[str, Any]:
         relpath = self._artifact_relpath(kind, name, version)
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             written = write_parquet_atomic(self.root, relpath, df, compression=self.compression,
@@ -245,7 +246,8 @@ class FeatureStore:
             try:
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
-                    plugin_version, params, verified, verification, input_artifact_id))
+                    plugin_version, params, verified, verification, input_artifact_id,
+                    verification_report))
             except BaseException:
                 written.full_path.unlink(missing_ok=True)  # never registered: leave no orphan
                 raise
@@ -255,7 +257,8 @@ class FeatureStore:
                          w: WrittenArtifact, fingerprint: str, transform: str | None,
                          plugin: str | None, plugin_version: str | None,
                          params: Mapping[str, Any], verified: bool,
-                         verification: str, input_artifact_id: int | None = None) -> dict[str, Any]:
+                         verification: str, input_artifact_id: int | None = None,
+                         verification_report: str = "{}") -> dict[str, Any]:
         values = {
             "kind": kind, "name": name, "object_version": version, "path": w.path,
             "compression": w.compression, "schema": json.dumps(w.schema),
@@ -265,7 +268,7 @@ class FeatureStore:
             "plugin_version": plugin_version, "params": canonical_json(params),
             "input_fingerprint": fingerprint, "verified": verified,
             "verification": verification, "created_at": utcnow(),
-            "input_artifact_id": input_artifact_id}
+            "input_artifact_id": input_artifact_id, "verification_report": verification_report}
         new_id = conn.execute(schema.artifacts.insert().values(**values)).inserted_primary_key[0]
         return {"id": new_id, **values, "schema": w.schema, "params": dict(params)}
 
