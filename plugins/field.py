@@ -234,28 +234,38 @@ def lookback(params: Params) -> int | None:
 # --------------------------------------------------------------------------- compute
 
 
-def _pair_counts(lf: pl.LazyFrame, p: FieldParams, values: dict[str, str]) -> pl.LazyFrame:
-    """Per row (``_fd_row``): how many values of its comparison set are strictly better and
-    strictly worse than its own, for each output that needs them (``rank``, ``percentile``).
+def _statistic(o: Output) -> str | None:
+    """The running aggregation a delta output subtracts (None for rank, percentile, count)."""
+    if o.kind == "delta_best":
+        return "max" if o.descending else "min"
+    return {"delta_median": "median", "delta_mean": "mean", "gap_to_leader": "min"}.get(o.kind)
 
-    The rows of a bucket are joined with each other and the pairs kept where the other row was
-    available no later; comparisons with a null are null and not counted.
+
+def _pair_counts(lf: pl.LazyFrame, p: FieldParams, column: str, value: str) -> pl.LazyFrame:
+    """For each (bucket, position, value) of ``value`` (the private copy of ``column``): how many
+    values of that comparison set are strictly better and strictly worse, for every ``rank`` and
+    ``percentile`` output of ``column``.
+
+    Each distinct (bucket, position, value) is joined with the rows of its bucket and the pairs
+    kept where the other row was available no later. The counts are keyed by what determines
+    them, not by row number: the plan ``lf`` is evaluated once per branch, and rows tied in the
+    sort may come out in another order in each.
     """
-    wanted = [o for o in p.outputs if o.kind in ("rank", "percentile")]
-    cols = list(dict.fromkeys(values[o.column] for o in wanted))
-    mine = lf.filter(pl.col("_fd_in")).select("_fd_row", "_fd_pos", *p.bucket, *cols)
-    other = mine.select(pl.col("_fd_pos").alias("_fd_pos2"), *p.bucket,
-                        *[pl.col(c).alias(f"{c}_2") for c in cols])
+    wanted = [o for o in p.outputs if o.kind in ("rank", "percentile") and o.column == column]
+    rows = lf.filter(pl.col("_fd_in") & pl.col(value).is_not_null())
+    mine = rows.select(*p.bucket, "_fd_pos", value).unique()
+    other = rows.select(*p.bucket, pl.col("_fd_pos").alias("_fd_pos2"),
+                        pl.col(value).alias("_fd_other"))
     pairs = mine.join(other, on=p.bucket, how="inner").filter(
         pl.col("_fd_pos2") <= pl.col("_fd_pos"))
+    own, theirs = pl.col(value), pl.col("_fd_other")
     aggs = []
     for o in wanted:
-        own, theirs = pl.col(values[o.column]), pl.col(f"{values[o.column]}_2")
         better, worse = (theirs > own, theirs < own) if o.descending else (theirs < own,
                                                                              theirs > own)
         aggs.append(better.sum().alias(f"_fd_better_{o.name}"))
         aggs.append(worse.sum().alias(f"_fd_worse_{o.name}"))
-    return pairs.group_by("_fd_row").agg(aggs)
+    return pairs.group_by(*p.bucket, "_fd_pos", value).agg(aggs)
 
 
 def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.LazyFrame:
@@ -276,25 +286,30 @@ def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.Laz
     ).with_columns(_fd_in=pl.all_horizontal(pl.col(c).is_not_null() for c in bucket))
     # Within a bucket, position = dense rank of available_at: every row's comparison set is the
     # bucket's rows at or before its position (equal available_at, equal position).
-    lf = (
-        lf.sort([*bucket, ctx.available_column], nulls_last=True)
-        .with_columns(_fd_pos=pl.col(ctx.available_column).rank("dense").over(bucket)
-                      .cast(pl.Int64))
-        .with_row_index("_fd_row")
-    )
+    lf = lf.sort([*bucket, ctx.available_column], nulls_last=True).with_columns(
+        _fd_pos=pl.col(ctx.available_column).rank("dense").over(bucket).cast(pl.Int64))
 
     def running(expr: pl.Expr, fn: str) -> pl.Expr:
         return getattr(expr, f"rolling_{fn}_by")("_fd_pos", _ALL, closed="right").over(bucket)
 
-    counts = {c: running(pl.col(v).is_not_null().cast(pl.Int64), "sum")
-              for c, v in values.items()}
-    if any(o.kind in ("rank", "percentile") for o in p.outputs):
-        lf = lf.join(_pair_counts(lf, p, values), on="_fd_row", how="left")
+    # Running aggregations need the rows in (bucket, position) order: compute them right after
+    # the sort, before any join (which need not keep row order).
+    stats = {f"_fd_n_{v}": running(pl.col(v).is_not_null().cast(pl.Int64), "sum")
+             for v in values.values()}
+    for o in p.outputs:
+        fn = _statistic(o)
+        if fn is not None:
+            v = values[o.column]
+            stats[f"_fd_{fn}_{v}"] = running(pl.col(v).cast(pl.Float64), fn)
+    lf = lf.with_columns(**stats)
+    for column in dict.fromkeys(o.column for o in p.outputs if o.kind in ("rank", "percentile")):
+        key = [*bucket, "_fd_pos", values[column]]
+        lf = lf.join(_pair_counts(lf, p, column, values[column]), on=key, how="left")
 
     exprs = []
     for o in p.outputs:
-        value, n = pl.col(values[o.column]), counts[o.column]
-        x = value.cast(pl.Float64)
+        v = values[o.column]
+        value, n = pl.col(v), pl.col(f"_fd_n_{v}")
         if o.kind == "count":
             expr = n
         else:
@@ -303,14 +318,8 @@ def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.Laz
             elif o.kind == "percentile":
                 expr = pl.when(n >= 2).then(
                     pl.col(f"_fd_worse_{o.name}").cast(pl.Float64) / (n - 1).cast(pl.Float64))
-            elif o.kind == "delta_median":
-                expr = x - running(x, "median")
-            elif o.kind == "delta_mean":
-                expr = x - running(x, "mean")
-            elif o.kind == "delta_best" and o.descending:
-                expr = x - running(x, "max")
-            else:  # delta_best ascending, gap_to_leader
-                expr = x - running(x, "min")
+            else:  # a delta to the running median, mean, min or max
+                expr = value.cast(pl.Float64) - pl.col(f"_fd_{_statistic(o)}_{v}")
             expr = pl.when(value.is_not_null() & (n >= p.min_count)).then(expr)
         exprs.append(pl.when(pl.col("_fd_in")).then(expr).cast(declared[o.name]).alias(o.name))
 
