@@ -18,7 +18,10 @@ Params (JSON object):
   is better, as for lap times; true: larger is better, as for speeds).
 
 Group and moment columns may not be floats (NaN makes float equality ambiguous). The group
-columns the transform declares (``group_columns``) are ``group_by`` followed by ``at``.
+columns the transform declares (``group_columns``, what causality verification truncates and
+isolates by) are ``group_by``: ``at`` only narrows which rows of its group a row reads. (Declaring
+the moment too would make a lap published at once a group with a single ``available_at``, which
+no truncation can test.)
 
 The comparison set of a row r: the rows s of the input (any entity, r itself included) with the
 same values as r in every ``group_by`` and ``at`` column and ``available_at(s) <=
@@ -57,9 +60,11 @@ input's row order. ``lookback`` is ``None``: a row depends on other entities' ro
 bounded number of its own entity's earlier rows.
 
 Cost: ``delta_*``, ``gap_to_leader`` and ``count`` are running aggregations over each (group,
-moment) bucket sorted by ``available_at``; ``rank`` and ``percentile`` compare the rows of a
-bucket in pairs, so their cost grows with the square of the bucket size (a lap of a 40-car field
-is 1,600 pairs; a whole race with ``at = []`` would be millions).
+moment) bucket sorted by ``available_at``. ``rank`` and ``percentile`` count, for each row, the
+values below and above its own among the rows of its bucket available by then, with one Fenwick
+(binary indexed) tree over every bucket: O(n log n) whether a lap is published at once (a lap
+chart) or car by car (live timing), in as many vectorised steps as the largest number of
+distinct ``available_at`` values in one bucket (about 40 for a lap of a 40-car field).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from featurestore.hookspecs import hookimpl
@@ -221,8 +227,8 @@ def output_columns(
 
 
 def group_columns(params: Params) -> Sequence[str]:
-    """The columns other entities' rows must share with a row to be read: ``group_by + at``."""
-    return parse_params(params).bucket
+    """The columns other entities' rows must share with a row to be read: ``group_by``."""
+    return list(parse_params(params).group_by)
 
 
 def lookback(params: Params) -> int | None:
@@ -241,31 +247,61 @@ def _statistic(o: Output) -> str | None:
     return {"delta_median": "median", "delta_mean": "mean", "gap_to_leader": "min"}.get(o.kind)
 
 
-def _pair_counts(lf: pl.LazyFrame, p: FieldParams, column: str, value: str) -> pl.LazyFrame:
-    """For each (bucket, position, value) of ``value`` (the private copy of ``column``): how many
-    values of that comparison set are strictly better and strictly worse, for every ``rank`` and
-    ``percentile`` output of ``column``.
+def _fenwick_add(tree: np.ndarray, slots: np.ndarray) -> None:
+    """Add 1 at each of ``slots`` (1-based; repeats add more) of a Fenwick (binary indexed) tree."""
+    slots = slots.copy()
+    while slots.size:
+        np.add.at(tree, slots, 1)
+        slots = slots + (slots & -slots)
+        slots = slots[slots < tree.size]
 
-    Each distinct (bucket, position, value) is joined with the rows of its bucket and the pairs
-    kept where the other row was available no later. The counts are keyed by what determines
-    them, not by row number: the plan ``lf`` is evaluated once per branch, and rows tied in the
-    sort may come out in another order in each.
+
+def _fenwick_prefix(tree: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The sums of ``tree``'s slots 1..s for each s of ``slots`` (0 gives 0)."""
+    slots, total = slots.copy(), np.zeros(slots.size, dtype=np.int64)
+    while slots.any():
+        total += tree[slots]  # tree[0] stays 0, so finished slots add nothing
+        slots -= slots & -slots
+    return total
+
+
+def _dominance_counts(batch: pl.Series) -> pl.Series:
+    """For each row of a frame sorted by bucket (``_fd_b``, its ordinal): among the values of its
+    bucket at a position (``_fd_pos``) at or before its own, how many rank strictly below its
+    value rank (``_fd_vr``, dense within the bucket), how many at or below it, and how many there
+    are in all. A row with a null value rank gets zeros (the caller masks its outputs).
+
+    The positions are processed in increasing order over every bucket at once: insert the value
+    ranks of every row at position c, then read the counts of those rows from one Fenwick tree
+    in which each bucket owns a disjoint range of slots. O(n log n), however many rows share a
+    position, in as many steps as the largest position.
     """
-    wanted = [o for o in p.outputs if o.kind in ("rank", "percentile") and o.column == column]
-    rows = lf.filter(pl.col("_fd_in") & pl.col(value).is_not_null())
-    mine = rows.select(*p.bucket, "_fd_pos", value).unique()
-    other = rows.select(*p.bucket, pl.col("_fd_pos").alias("_fd_pos2"),
-                        pl.col(value).alias("_fd_other"))
-    pairs = mine.join(other, on=p.bucket, how="inner").filter(
-        pl.col("_fd_pos2") <= pl.col("_fd_pos"))
-    own, theirs = pl.col(value), pl.col("_fd_other")
-    aggs = []
-    for o in wanted:
-        better, worse = (theirs > own, theirs < own) if o.descending else (theirs < own,
-                                                                             theirs > own)
-        aggs.append(better.sum().alias(f"_fd_better_{o.name}"))
-        aggs.append(worse.sum().alias(f"_fd_worse_{o.name}"))
-    return pairs.group_by(*p.bucket, "_fd_pos", value).agg(aggs)
+    frame = batch.struct.unnest()
+    rank = frame["_fd_vr"].fill_null(0).to_numpy().astype(np.int64)
+    rows = np.flatnonzero(rank > 0)
+    below = np.zeros(rows.size, dtype=np.int64)
+    upto, total = np.zeros_like(below), np.zeros_like(below)
+    if rows.size:
+        bucket = frame["_fd_b"].to_numpy().astype(np.int64)[rows]
+        rank, pos = rank[rows], frame["_fd_pos"].to_numpy().astype(np.int64)[rows]
+        width = np.zeros(int(bucket.max()) + 1, dtype=np.int64)
+        np.maximum.at(width, bucket, rank)
+        start = (np.cumsum(width) - width)[bucket]  # the slot before the bucket's first one
+        slot, end = start + rank, start + width[bucket]
+        tree = np.zeros(int(width.sum()) + 1, dtype=np.int64)
+        order = np.argsort(pos, kind="stable")
+        bounds = np.flatnonzero(np.diff(pos[order])) + 1
+        for step in np.split(order, bounds):
+            _fenwick_add(tree, slot[step])
+            base = _fenwick_prefix(tree, start[step])
+            below[step] = _fenwick_prefix(tree, slot[step] - 1) - base
+            upto[step] = _fenwick_prefix(tree, slot[step]) - base
+            total[step] = _fenwick_prefix(tree, end[step]) - base
+    out = {}
+    for name, values in (("below", below), ("upto", upto), ("total", total)):
+        out[name] = np.zeros(len(frame), dtype=np.int64)
+        out[name][rows] = values
+    return pl.DataFrame(out).to_struct(batch.name)
 
 
 def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.LazyFrame:
@@ -301,10 +337,22 @@ def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.Laz
         if fn is not None:
             v = values[o.column]
             stats[f"_fd_{fn}_{v}"] = running(pl.col(v).cast(pl.Float64), fn)
+    ordered = [c for c in dict.fromkeys(o.column for o in p.outputs)
+               if any(o.column == c and o.kind in ("rank", "percentile") for o in p.outputs)]
+    if ordered:
+        # The bucket's ordinal (rows are sorted by bucket) and each value's dense rank in it.
+        stats["_fd_b"] = pl.any_horizontal(
+            pl.col(c).ne_missing(pl.col(c).shift(1)) for c in bucket).cum_sum()
     lf = lf.with_columns(**stats)
-    for column in dict.fromkeys(o.column for o in p.outputs if o.kind in ("rank", "percentile")):
-        key = [*bucket, "_fd_pos", values[column]]
-        lf = lf.join(_pair_counts(lf, p, column, values[column]), on=key, how="left")
+    count_dtype = pl.Struct({"below": pl.Int64, "upto": pl.Int64, "total": pl.Int64})
+    for column in ordered:
+        v = values[column]
+        rank = pl.when(pl.col("_fd_in")).then(pl.col(v).rank("dense").over(bucket))
+        lf = lf.with_columns(
+            pl.struct("_fd_b", "_fd_pos", rank.alias("_fd_vr"))
+            .map_batches(_dominance_counts, return_dtype=count_dtype)
+            .struct.rename_fields([f"_fd_below_{v}", f"_fd_upto_{v}", f"_fd_total_{v}"])
+            .struct.unnest())
 
     exprs = []
     for o in p.outputs:
@@ -313,11 +361,13 @@ def _field(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.Laz
         if o.kind == "count":
             expr = n
         else:
+            below = pl.col(f"_fd_below_{v}")
+            above = pl.col(f"_fd_total_{v}") - pl.col(f"_fd_upto_{v}")
+            better, worse = (above, below) if o.descending else (below, above)
             if o.kind == "rank":
-                expr = pl.col(f"_fd_better_{o.name}") + 1
+                expr = better + 1
             elif o.kind == "percentile":
-                expr = pl.when(n >= 2).then(
-                    pl.col(f"_fd_worse_{o.name}").cast(pl.Float64) / (n - 1).cast(pl.Float64))
+                expr = pl.when(n >= 2).then(worse.cast(pl.Float64) / (n - 1).cast(pl.Float64))
             else:  # a delta to the running median, mean, min or max
                 expr = value.cast(pl.Float64) - pl.col(f"_fd_{_statistic(o)}_{v}")
             expr = pl.when(value.is_not_null() & (n >= p.min_count)).then(expr)

@@ -321,7 +321,7 @@ def test_output_dtypes_match_declared(dtype: pl.DataType) -> None:
 def test_group_columns_and_lookback() -> None:
     params = {"group_by": ["race_id", "series"], "at": ["lap"],
               "outputs": {"r": {"kind": "rank", "column": "lap_time"}}}
-    assert list(FIELD.group_columns(params)) == ["race_id", "series", "lap"]
+    assert list(FIELD.group_columns(params)) == ["race_id", "series"]
     assert FIELD.scope == "group"
     assert FIELD.lookback(params) is None
 

@@ -124,7 +124,7 @@ def test_the_builtin_field_plugin_is_group_scope(monkeypatch, cli):
         assert field.transform.scope == "group"
         assert list(field.transform.group_columns(
             {"group_by": ["race_id"], "at": ["lap"],
-             "outputs": {"r": {"kind": "rank", "column": "lap_time"}}})) == ["race_id", "lap"]
+             "outputs": {"r": {"kind": "rank", "column": "lap_time"}}})) == ["race_id"]
         assert transforms["rolling"].transform.scope == "entity"
         result = CliRunner().invoke(cli, ["plugins", "--all"])
         assert result.exit_code == 0, result.output
