@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from featurestore.errors import DataError
 from featurestore.transforms import TransformContext
 
 CATEGORIES: tuple[str, ...] = (
@@ -76,11 +77,15 @@ HASH_SEED = 0x5EED
 CUT = "__fs_cut"
 CUT_ID = "__fs_cut_id"
 CATEGORY = "__fs_category"
+START = "__fs_start"
+PRIORITY = "__fs_priority"
 ROWS = "__fs_rows"
 RERUN = "__fs_rerun"
-_ENT, _BLK, _POS, _M, _N = "__fs_ent", "__fs_blk", "__fs_pos", "__fs_m", "__fs_n"
-_NULL, _CHG, _GAP, _HASH, _IDX, _ENT_ID = (
-    "__fs_null", "__fs_chg", "__fs_gap", "__fs_hash", "__fs_idx", "__fs_ent_id")
+_ENT, _BLK, _POS, _M, _N, _ROW = (
+    "__fs_ent", "__fs_blk", "__fs_pos", "__fs_m", "__fs_n", "__fs_row")
+_NULL, _CHG, _GAP, _HASH, _IDX, _ENT_ID, _RARITY = (
+    "__fs_null", "__fs_chg", "__fs_gap", "__fs_hash", "__fs_idx", "__fs_ent_id", "__fs_rarity")
+_DUP = "__fs_same"
 
 
 def default_budget(input_rows: int) -> int:
@@ -90,7 +95,13 @@ def default_budget(input_rows: int) -> int:
 
 @dataclass(frozen=True)
 class CutPlan:
-    """The cuts one verification checks; built by ``plan_cuts`` from the input alone."""
+    """The cuts one verification checks; built by ``plan_cuts`` from the input alone.
+
+    The input's rows, in ``order``, are sorted by ``order_columns``: unit, then
+    ``available_at``. A unit's rows available at or before a cut are then the contiguous
+    positions ``START`` to ``START + ROWS`` of that order, which is how reruns are assembled
+    (gathers, no joins).
+    """
 
     scope: str
     packing: str
@@ -98,12 +109,29 @@ class CutPlan:
     (rerun k holds each unit's k-th cut)."""
     unit_columns: tuple[str, ...]
     """The columns naming a unit: the keys (entity scope) or the group columns (group scope)."""
+    order: pl.Series
+    """Row numbers of the planned frame (rows with a null ``available_at`` left out), sorted."""
+    order_columns: tuple[str, ...]
+    aligner: pl.Series
+    """For each position of ``order``: the position of the same row among all rows sorted by
+    ``id_columns`` (keys, event time, ``available_at``). Sorting a transform's output that way and
+    gathering ``aligner`` lines it up with ``order`` (rows sharing all three are interchangeable:
+    they share a unit and a cut)."""
+    id_columns: tuple[str, ...]
     pairs: pl.DataFrame
-    """The checked cuts in priority order: unit columns, ``CUT``, ``CUT_ID`` (0, 1, ...),
-    ``CATEGORY``, ``ROWS`` (its cost) and ``RERUN`` (which rerun checks it)."""
+    """The checked cuts: unit columns, ``CUT``, ``CUT_ID`` (0, 1, ...), ``CATEGORY``,
+    ``PRIORITY`` (0, 1, ...: the position in the priority order), ``START``, ``ROWS`` (its cost)
+    and ``RERUN`` (which rerun checks it). They are run category by category, each in priority
+    order, so that rare leaks show in the first, small reruns."""
+    units: pl.DataFrame
+    """Every unit with its rows: unit columns, ``START``, ``ROWS``."""
     isolation: pl.DataFrame
-    """Units computed alone in the isolation rerun (unit columns only; may be empty)."""
+    """Units computed alone, untruncated, in the isolation rerun (rows of ``units``; may be
+    empty)."""
     input_rows: int
+    duplicates: bool
+    """Whether rows share keys and both times (re-ingested data): then rows are paired by value
+    when compared."""
     units_total: int
     units_cuttable: int
     """Units with at least two distinct ``available_at`` values (the others have no cut)."""
@@ -128,13 +156,9 @@ class CutPlan:
     def reruns(self) -> int:
         return int(self.pairs.get_column(RERUN).max()) + 1 if self.pairs.height else 0
 
-    @property
-    def planned_rows(self) -> int:
-        return int(self.pairs.get_column(ROWS).sum()) if self.pairs.height else 0
-
     def rerun(self, k: int) -> pl.DataFrame:
-        """The cuts checked by rerun ``k``."""
-        return self.pairs.filter(pl.col(RERUN) == k)
+        """The cuts checked by rerun ``k``, in the order of their rows."""
+        return self.pairs.filter(pl.col(RERUN) == k).sort(START, CUT_ID)
 
 
 def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entity",
@@ -156,24 +180,44 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
     budget = float(default_budget(frame.height) if budget is None else budget)
     if not budget >= 0:
         raise ValueError(f"budget must be >= 0 rows, got {budget}")
-    keys, acol = list(ctx.keys), ctx.available_column
+    keys, acol, tcol = list(ctx.keys), ctx.available_column, ctx.time_column
     group_columns = list(group_columns)
-    units = keys if scope == "entity" else group_columns
-    frame = frame.filter(pl.col(acol).is_not_null())
-    rows, blocks = _entity_blocks(frame, ctx, [c for c in group_columns if c not in keys])
+    tail = [tcol] if tcol in frame.columns and tcol != acol else []
+    numbered = frame.with_row_index(_ROW).filter(pl.col(acol).is_not_null())
+    rows, blocks, duplicates = _entity_blocks(numbered, ctx,
+                                              [c for c in group_columns if c not in keys])
     entities_total = int(blocks.get_column(_ENT).sum())
     if scope == "entity":
-        candidates = blocks.filter(pl.col(_POS) < pl.col(_M) - 1).select(
-            *keys, pl.col(acol).alias(CUT), pl.col(_N).alias(ROWS), CATEGORY)
-        units_total = entities_total
-        units_cuttable = int(blocks.filter(pl.col(_ENT) & (pl.col(_M) > 1)).height)
+        units, order_columns = keys, (*keys, acol, *tail)
+        order = rows.get_column(_ROW)
+        table = blocks
     else:
-        candidates, units_total, units_cuttable = _group_candidates(rows, blocks, group_columns,
-                                                                    acol)
-    del rows, blocks
+        units = group_columns
+        order_columns = (*group_columns, acol, *[k for k in keys if k not in group_columns],
+                         *tail)
+        by_group = rows.sort([*group_columns, acol], nulls_last=True, maintain_order=True)
+        order = by_group.get_column(_ROW)
+        table = _group_blocks(by_group, blocks, group_columns, acol)
+        del by_group
+    del rows
+    candidates = table.filter(pl.col(_POS) < pl.col(_M) - 1).select(
+        *units, pl.col(acol).alias(CUT), START, pl.col(_N).alias(ROWS), CATEGORY, _RARITY)
+    starts = table.filter(pl.col(_ENT))
+    units_total, units_cuttable = starts.height, int((starts.get_column(_M) > 1).sum())
+    whole = table.filter(pl.col(_POS) == pl.col(_M) - 1).select(*units, START, pl.col(_N)
+                                                                .alias(ROWS))
+    del table, blocks
+    id_cols = list(dict.fromkeys([*keys, tcol, acol]))
+    by_ids = frame.select(id_cols).with_row_index(_ROW).sort(
+        id_cols, nulls_last=True, maintain_order=True).get_column(_ROW)
+    aligner = by_ids.arg_sort().gather(order)
+    if scope == "group" and duplicates and frame.select(
+            *id_cols, *group_columns).unique().height != frame.select(id_cols).n_unique():
+        raise DataError(f"rows that share {', '.join(id_cols)} belong to different groups "
+                        f"({', '.join(group_columns)}), so their values cannot be told apart")
     hashed = candidates.with_columns(
         pl.struct([*units, CUT]).hash(seed=HASH_SEED + seed).alias(_HASH))
-    chosen = _choose(hashed, units, packing, budget, samples, frame.height)
+    chosen = _choose(hashed, units, packing, budget, samples, numbered.height)
     counts = dict(candidates.group_by(CATEGORY).len().iter_rows())
     taken = dict(chosen.group_by(CATEGORY).len().iter_rows())
     categories = {name: (int(taken.get(i, 0)), int(counts[i]))
@@ -182,14 +226,17 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         *units, CUT, pl.int_range(pl.len(), dtype=pl.UInt32).alias(CUT_ID),
         pl.col(CATEGORY).replace_strict(list(range(len(CATEGORIES))), list(CATEGORIES),
                                         return_dtype=pl.String),
-        pl.col(ROWS).cast(pl.Int64), pl.col(RERUN).cast(pl.Int64))
+        PRIORITY, pl.col(START).cast(pl.Int64), pl.col(ROWS).cast(pl.Int64), pl.col(RERUN).cast(pl.Int64))
     notes = []
     if units_total and not units_cuttable:
         notes.append(f"every {'entity' if scope == 'entity' else 'group'}'s rows share one "
                      f"{acol} value: no cut removes a row")
     return CutPlan(
-        scope=scope, packing=packing, unit_columns=tuple(units), pairs=pairs,
-        isolation=_isolation_units(frame, units, budget, seed), input_rows=frame.height,
+        scope=scope, packing=packing, unit_columns=tuple(units), order=order,
+        order_columns=order_columns, aligner=aligner, id_columns=tuple(id_cols), pairs=pairs,
+        units=whole,
+        isolation=_isolation_units(whole, units, budget, seed), input_rows=frame.height,
+        duplicates=duplicates,
         units_total=units_total, units_cuttable=units_cuttable, entities_total=entities_total,
         candidates=candidates.height,
         exhaustive_rows=int(candidates.get_column(ROWS).sum() or 0),
@@ -200,62 +247,59 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
 
 
 def _entity_blocks(frame: pl.DataFrame, ctx: TransformContext, extra: Sequence[str]
-                   ) -> tuple[pl.DataFrame, pl.DataFrame]:
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """Rows sorted in causal order per entity, and one row per block with its category.
 
     ``rows`` holds the keys, ``available_at``, the ``extra`` columns and ``_BLK`` (the row's
     block index). ``blocks`` holds the keys, ``available_at``, ``_ENT`` (the entity's first
     block), ``_N`` (rows up to and including the block), ``_POS`` / ``_M`` (the block's position
-    among the entity's blocks, and their number) and ``CATEGORY``. Passes over sorted rows only.
+    among the entity's blocks, and their number), ``START`` (the entity's first row in the
+    sorted rows), ``CATEGORY`` and ``_RARITY``. The flag says whether rows share keys and both
+    times.
+
+    A null or a change is as rare as its column's share of nulls or changes; a block takes the
+    rarest of its rows, so that the rarest events come first within their category.
     """
     keys, acol, tcol = list(ctx.keys), ctx.available_column, ctx.time_column
-    ids = {*keys, acol, tcol}
+    ids = {*keys, acol, tcol, _ROW}
     values = [c for c in frame.columns if c not in ids]
     changing = [c for c in values if _low_cardinality(frame.schema[c])]
-    tail = [tcol] if tcol in frame.columns else []
-    null = pl.any_horizontal([pl.col(c).is_null() for c in values]) if values else pl.lit(False)
+    tail = [tcol] if tcol in frame.columns and tcol != acol else []
+    n = max(frame.height, 1)
+    null_shares = frame.select(pl.col(c).null_count() for c in values).row(0) if values else ()
+    nullable = [pl.when(pl.col(c).is_null()).then(pl.lit(k / n))
+                for c, k in zip(values, null_shares, strict=True) if k]
+    null = pl.min_horizontal(nullable) if nullable else pl.lit(None, pl.Float64)
     lf = frame.lazy().select(
-        *keys, acol, *extra, null.alias(_NULL),
-        *[pl.col(c).alias(f"__fs_v{i}") for i, c in enumerate(changing)], *tail,
-    ).sort([*keys, acol, *tail], nulls_last=True, maintain_order=True)
+        *keys, acol, *extra, *[pl.col(c).alias(f"__fs_v{i}") for i, c in enumerate(changing)],
+        *tail, _ROW, null.alias(_NULL),
+    ).sort([*keys, acol, *tail], nulls_last=True, maintain_order=True).collect().lazy()
     first = pl.int_range(pl.len()) == 0
     new_entity = first | pl.any_horizontal(
         [pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]) if keys else first
     lf = lf.with_columns(new_entity.alias(_ENT)).with_columns(
         (pl.col(_ENT) | pl.col(acol).ne_missing(pl.col(acol).shift(1))).alias(_BLK))
-    chg: pl.Expr = pl.lit(False)
+    chg: pl.Expr = pl.lit(None, pl.Float64)
     if changing:
         moves = [pl.col(f"__fs_v{i}").ne_missing(pl.col(f"__fs_v{i}").shift(1)) & ~pl.col(_ENT)
                  for i in range(len(changing))]
         shares = lf.select([m.mean().alias(str(i)) for i, m in enumerate(moves)]).collect().row(0)
-        rare = [m for m, s in zip(moves, shares, strict=True) if s and s <= CHANGE_SHARE]
+        rare = [pl.when(m).then(pl.lit(s)) for m, s in zip(moves, shares, strict=True)
+                if s and s <= CHANGE_SHARE]
         if rare:
-            chg = pl.any_horizontal(rare)
-    rows = lf.select(*keys, acol, *extra, _ENT, _BLK, _NULL, chg.alias(_CHG)).collect()
-    # One row per block: its first row, with the block's row count and whether any of its rows
-    # has a null / a change (from running sums, so no group-by is needed).
-    idx = pl.int_range(pl.len(), dtype=pl.Int64)
-    blocks = rows.lazy().with_columns(
-        idx.alias(_IDX),
-        pl.col(_NULL).cast(pl.Int64).cum_sum().alias("__fs_nulls"),
-        pl.col(_CHG).cast(pl.Int64).cum_sum().alias("__fs_chgs"),
-        pl.col(_BLK).shift(-1, fill_value=True).alias("__fs_last"),
-    ).filter(pl.col(_BLK) | pl.col("__fs_last")).collect()
-    firsts = blocks.filter(pl.col(_BLK))
-    lasts = blocks.filter(pl.col("__fs_last"))
-    blocks = firsts.select(
-        *keys, acol, _ENT,
-        (lasts.get_column(_IDX) - firsts.get_column(_IDX) + 1).alias(_N),
-        (lasts.get_column("__fs_nulls") - firsts.get_column("__fs_nulls")
-         + firsts.get_column(_NULL).cast(pl.Int64) > 0).alias(_NULL),
-        (lasts.get_column("__fs_chgs") - firsts.get_column("__fs_chgs")
-         + firsts.get_column(_CHG).cast(pl.Int64) > 0).alias(_CHG),
-    )
-    blocks = _sequence(blocks, acol).with_columns(_entity_category()).select(
-        *keys, acol, _ENT, _N, _POS, _M, CATEGORY)
-    rows = rows.select(*keys, acol, *extra,
-                       (pl.col(_BLK).cast(pl.Int64).cum_sum() - 1).alias(_BLK))
-    return rows, blocks
+            chg = pl.min_horizontal(rare)
+    # Sorted by keys and both times: rows sharing all of them are neighbours.
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1))
+                              for c in [*keys, acol, *tail]]) & ~first
+    rows = lf.select(*keys, acol, *extra, _ROW, _ENT, _NULL, chg.alias(_CHG), same.alias(_DUP),
+                     (pl.col(_BLK).cast(pl.Int64).cum_sum() - 1).alias(_BLK)).collect()
+    blocks = rows.group_by(_BLK, maintain_order=True).agg(
+        *[pl.col(k).first() for k in keys], pl.col(acol).first(), pl.col(_ENT).first(),
+        pl.len().alias(_N), pl.col(_NULL).min(), pl.col(_CHG).min())
+    blocks = _sequence(blocks, acol).with_columns(_entity_category()).with_columns(
+        _entity_rarity()).select(*keys, acol, _ENT, START, _N, _POS, _M, CATEGORY, _RARITY)
+    duplicates = bool(rows.get_column(_DUP).any())
+    return rows.select(*keys, acol, *extra, _ROW, _BLK), blocks, duplicates
 
 
 def _low_cardinality(dtype: pl.DataType) -> bool:
@@ -264,9 +308,9 @@ def _low_cardinality(dtype: pl.DataType) -> bool:
 
 
 def _sequence(blocks: pl.DataFrame, acol: str) -> pl.DataFrame:
-    """Add ``_POS``, ``_M``, ``_GAP`` (to the unit's next block), ``_ENT_ID`` and make ``_N``
-    cumulative within the unit. ``blocks`` is sorted by unit, then ``acol``; ``_ENT`` marks each
-    unit's first block."""
+    """Add ``_POS``, ``_M``, ``_GAP`` (to the unit's next block), ``_ENT_ID``, ``START`` (the
+    unit's first row) and make ``_N`` cumulative within the unit. ``blocks`` is sorted by unit,
+    then ``acol``, with ``_N`` rows each; ``_ENT`` marks each unit's first block."""
     b = pl.int_range(pl.len(), dtype=pl.Int64)
     start = pl.col(_ENT)
     end = start.shift(-1, fill_value=True)
@@ -276,6 +320,7 @@ def _sequence(blocks: pl.DataFrame, acol: str) -> pl.DataFrame:
         (pl.when(end).then(b).backward_fill() - pl.when(start).then(b).forward_fill() + 1
          ).alias(_M),
         (n_cum - pl.when(start).then(n_cum - pl.col(_N)).forward_fill()).alias(_N),
+        pl.when(start).then(n_cum - pl.col(_N)).forward_fill().alias(START),
         pl.when(~end).then(pl.col(acol).shift(-1) - pl.col(acol)).alias(_GAP),
         start.cum_sum().alias(_ENT_ID),
     )
@@ -293,7 +338,7 @@ def _entity_category() -> pl.Expr:
 
     usual = pl.col(_GAP).median().over(_ENT_ID)
     big = (pl.col(_GAP) > usual * GAP_FACTOR).fill_null(False)
-    null, chg = pl.col(_NULL), pl.col(_CHG)
+    null, chg = pl.col(_NULL).is_not_null(), pl.col(_CHG).is_not_null()
     return _categorise([
         ("first", pos == 0),
         ("null", null),
@@ -308,6 +353,20 @@ def _entity_category() -> pl.Expr:
     ])
 
 
+def _entity_rarity() -> pl.Expr:
+    """How rare the anchor of a null or change cut is (0 for the other categories)."""
+    pos, m, cat = pl.col(_POS), pl.col(_M), pl.col(CATEGORY)
+    code = {name: i for i, name in enumerate(CATEGORIES)}
+    nxt = pl.when(pos + 1 < m)
+    prv = pl.when(pos > 0)
+    return (pl.when(cat == code["null"]).then(pl.col(_NULL))
+            .when(cat == code["change"]).then(nxt.then(pl.col(_CHG).shift(-1)))
+            .when(cat == code["null-neighbour"]).then(pl.min_horizontal(
+                prv.then(pl.col(_NULL).shift(1)), nxt.then(pl.col(_NULL).shift(-1))))
+            .when(cat == code["change-neighbour"]).then(pl.col(_CHG))
+            .otherwise(0.0).fill_null(0.0).alias(_RARITY))
+
+
 def _categorise(conditions: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
     """The code of the first category whose condition holds, else ``other``."""
     code = {name: i for i, name in enumerate(CATEGORIES)}
@@ -317,27 +376,33 @@ def _categorise(conditions: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
     return expr.alias(CATEGORY)
 
 
-def _group_candidates(rows: pl.DataFrame, blocks: pl.DataFrame, group_columns: list[str],
-                      acol: str) -> tuple[pl.DataFrame, int, int]:
-    """Group cuts (group, t) with their categories; the number of groups and of cuttable ones.
+def _group_blocks(by_group: pl.DataFrame, blocks: pl.DataFrame, group_columns: list[str],
+                  acol: str) -> pl.DataFrame:
+    """One row per (group, ``available_at``), as ``_sequence`` describes, with its category.
 
-    A cut keeps the group's rows available at or before t; it takes the best category of the
-    entity blocks those rows at t belong to, or the group's own ``first`` / ``end``.
+    ``by_group`` holds the rows sorted by group, then ``acol``. A cut keeps the group's rows
+    available at or before t; it takes the best category of the entity blocks those rows at t
+    belong to, or the group's own ``first`` / ``end``.
     """
-    tagged = rows.with_columns(blocks.get_column(CATEGORY).gather(rows.get_column(_BLK)))
-    g = tagged.group_by([*group_columns, acol]).agg(
-        pl.len().alias(_N), pl.col(CATEGORY).min()).sort([*group_columns, acol], nulls_last=True)
     first = pl.int_range(pl.len()) == 0
     new_group = first | pl.any_horizontal(
         [pl.col(c).ne_missing(pl.col(c).shift(1)) for c in group_columns]) if group_columns \
         else first
-    g = _sequence(g.with_columns(new_group.alias(_ENT)), acol)
+    tagged = by_group.with_columns(
+        blocks.get_column(CATEGORY).gather(by_group.get_column(_BLK)),
+        blocks.get_column(_RARITY).gather(by_group.get_column(_BLK)),
+        new_group.alias(_ENT),
+    ).with_columns((pl.col(_ENT) | pl.col(acol).ne_missing(pl.col(acol).shift(1)))
+                   .cast(pl.Int64).cum_sum().alias("__fs_gblk"))
+    g = tagged.group_by("__fs_gblk", maintain_order=True).agg(
+        *[pl.col(c).first() for c in group_columns], pl.col(acol).first(),
+        pl.col(_ENT).first(), pl.len().alias(_N), pl.col(CATEGORY).min(),
+        pl.col(_RARITY).sort_by(CATEGORY).first())
+    g = _sequence(g, acol)
     own = _categorise([("first", pl.col(_POS) == 0), ("end", pl.col(_POS) >= pl.col(_M) - 2)])
-    g = g.with_columns(pl.min_horizontal(CATEGORY, own).alias(CATEGORY))
-    candidates = g.filter(pl.col(_POS) < pl.col(_M) - 1).select(
-        *group_columns, pl.col(acol).alias(CUT), pl.col(_N).alias(ROWS), CATEGORY)
-    starts = g.filter(pl.col(_ENT))
-    return candidates, starts.height, int(starts.filter(pl.col(_M) > 1).height)
+    return g.with_columns(
+        pl.when(own < pl.col(CATEGORY)).then(0.0).otherwise(pl.col(_RARITY)).alias(_RARITY),
+        pl.min_horizontal(CATEGORY, own).alias(CATEGORY))
 
 
 # --------------------------------------------------------------------------- choosing
@@ -347,24 +412,38 @@ def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float,
             input_rows: int) -> pl.DataFrame:
     """The checked prefix of the priority order, with ``RERUN`` assigned."""
     first = 0
-    ordered = hashed.sort([CATEGORY, _HASH]).with_columns(
-        pl.int_range(pl.len()).over(CATEGORY).alias(_IDX)).sort(
-        [pl.col(CATEGORY) != first, _IDX, CATEGORY])
+    # Rank within the category (rarest first, then by hash), then round robin: one sort key.
+    i = pl.int_range(pl.len(), dtype=pl.Int64)
+    new = pl.col(CATEGORY).ne_missing(pl.col(CATEGORY).shift(1))
+    rank = i - pl.when(new).then(i).forward_fill()
+    key = ((pl.col(CATEGORY) != first).cast(pl.Int64) * (1 << 40) + rank * len(CATEGORIES)
+           + pl.col(CATEGORY).cast(pl.Int64))
+    # One 64-bit sort key: category, then how rare (a dense rank: few distinct values), then hash.
+    within = (pl.col(CATEGORY).cast(pl.UInt64) * (1 << 58)
+              + pl.col(_RARITY).rank("dense").cast(pl.UInt64).clip(0, (1 << 18) - 1) * (1 << 40)
+              + pl.col(_HASH) // (1 << 24))
+    ordered = hashed.sort(within).sort(key)
     mandatory = int((ordered.get_column(CATEGORY) == first).sum())
     rows = pl.col(ROWS).cum_sum()
     if packing == "pseudo":
-        ordered = ordered.with_columns(rows.alias("__fs_cost"))
+        cost = rows
     else:
-        # A unit appears once per rerun: its k-th cut goes to rerun k.
-        rnd = pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else \
+        # A unit appears once per rerun, so the reruns needed are its number of cuts.
+        taken = pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else \
             pl.int_range(pl.len(), dtype=pl.Int64)
-        ordered = ordered.with_columns(rnd.alias(RERUN)).with_columns(
-            (rows + RERUN_ROWS * (pl.col(RERUN).cum_max() + 1)).alias("__fs_cost"))
-    fits = int((ordered.get_column("__fs_cost") <= budget).sum())
-    chosen = ordered.head(max(mandatory + samples, fits))
+        cost = rows + RERUN_ROWS * (taken.cum_max() + 1)
+    fits = int((ordered.select(cost <= budget).to_series()).sum())
+    # The checked prefix, run category by category (first cuts, then rows next to nulls, ...)
+    # so that rare leaks show in the first, small reruns.
+    chosen = ordered.head(max(mandatory + samples, fits)).with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(PRIORITY)).sort(CATEGORY, PRIORITY)
     if packing == "pseudo":
-        chosen = chosen.with_columns(_stages(chosen.get_column("__fs_cost"), input_rows))
-    return chosen.select(*units, CUT, CATEGORY, ROWS, RERUN)
+        chosen = chosen.with_columns(_stages(chosen.get_column(ROWS).cum_sum(), input_rows))
+    else:
+        chosen = chosen.with_columns(
+            (pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else
+             pl.int_range(pl.len(), dtype=pl.Int64)).alias(RERUN))
+    return chosen.select(*units, CUT, CATEGORY, PRIORITY, START, ROWS, RERUN)
 
 
 def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
@@ -380,15 +459,16 @@ def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
     return stage.rank("dense").cast(pl.Int64).alias(RERUN) - 1
 
 
-def _isolation_units(frame: pl.DataFrame, units: list[str], budget: float,
+def _isolation_units(whole: pl.DataFrame, units: list[str], budget: float,
                      seed: int) -> pl.DataFrame:
-    """A few units (hash order) to compute alone; never all of them, none when there is one."""
-    if not units or frame.height == 0:
-        return frame.select(units).head(0)
-    sizes = frame.group_by(units).len().with_columns(
+    """A few units (hash order) to compute alone; never all of them, none when there is one.
+
+    ``whole`` has one row per unit with its ``START`` and ``ROWS`` (all its rows).
+    """
+    if not units or whole.height < 2:
+        return whole.head(0)
+    ordered = whole.with_columns(
         pl.struct(units).hash(seed=HASH_SEED + seed + 1).alias(_HASH)).sort(_HASH)
-    if sizes.height < 2:
-        return sizes.select(units).head(0)
-    cap = min(ISOLATION_SHARE * budget, frame.height / 2)
-    take = int((sizes.get_column("len").cum_sum() <= cap).sum())
-    return sizes.head(min(max(take, 1), sizes.height - 1)).select(units)
+    cap = min(ISOLATION_SHARE * budget, ordered.get_column(ROWS).sum() / 2)
+    take = int((ordered.get_column(ROWS).cum_sum() <= cap).sum())
+    return ordered.head(min(max(take, 1), ordered.height - 1)).select(*units, START, ROWS)

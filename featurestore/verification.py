@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -72,16 +72,17 @@ from featurestore.contract import (
     type_name,
 )
 from featurestore.cutplan import (
-    CATEGORY,
     CUT,
     CUT_ID,
     DEFAULT_SAMPLES,
+    ROWS,
+    START,
     CutPlan,
     default_budget,
     plan_cuts,
 )
 from featurestore.errors import DefinitionError, LeakageError, PluginError
-from featurestore.framediff import first_difference, has_duplicates
+from featurestore.framediff import first_difference
 from featurestore.transforms import SCOPES, Params, Transform, TransformContext
 
 
@@ -226,6 +227,8 @@ def verify_causality(
         plan = plan_cuts(inp, ctx, scope=scope, group_columns=groups,
                          budget=default_budget(inp.height) if budget is None else budget,
                          samples=samples, seed=seed)
+    elif plan.input_rows != inp.height:
+        raise ValueError(f"the plan is for {plan.input_rows} rows, the input has {inp.height}")
     elif plan.scope != scope or (scope == "group" and list(plan.unit_columns) != groups):
         raise ValueError(f"the plan is for {plan.scope} scope {plan.unit_columns}, the transform "
                          f"has {scope} scope {groups or list(ctx.keys)}")
@@ -300,27 +303,20 @@ def _run(transform: Transform, frame: pl.DataFrame, params: Params, ctx: Transfo
         raise PluginError(f"{what} failed {during}: {type(exc).__name__}: {exc}") from exc
 
 
-def _rows_of(frame: pl.DataFrame, units: pl.DataFrame, on: Sequence[str], acol: str,
-             *, keep_order: bool = False) -> pl.DataFrame:
-    """The rows of ``frame`` in the units of ``units`` available at or before the unit's
-    ``CUT`` (every row when ``units`` has no ``CUT``); ``CUT`` / ``CUT_ID`` columns joined on.
+def _positions(pairs: pl.DataFrame) -> pl.Series:
+    """The positions in the plan's order of the rows the cuts keep, cut after cut."""
+    return pairs.select(pl.int_ranges(START, pl.col(START) + pl.col(ROWS), dtype=pl.Int64)
+                        .explode().drop_nulls()).to_series()
 
-    The frame is first narrowed to rows at or before the unit's last cut, which keeps the join
-    that copies rows (a unit with several cuts) small.
-    """
-    on = list(on)
-    if not on:
-        joined = frame.join(units, how="cross")
-        return joined.filter(pl.col(acol) <= pl.col(CUT)) if CUT in units.columns else joined
-    order = "left" if keep_order else None
-    if CUT not in units.columns:
-        return frame.join(units.unique(), on=on, how="semi", nulls_equal=True,
-                          maintain_order=order)
-    latest = units.group_by(on).agg(pl.col(CUT).max().alias("__fs_latest"))
-    narrowed = frame.join(latest, on=on, how="inner", nulls_equal=True, maintain_order=order
-                          ).filter(pl.col(acol) <= pl.col("__fs_latest")).drop("__fs_latest")
-    return narrowed.join(units, on=on, how="inner", nulls_equal=True, maintain_order=order
-                         ).filter(pl.col(acol) <= pl.col(CUT))
+
+def _repeat(pairs: pl.DataFrame, column: str) -> pl.Series:
+    """``column`` of each cut, once for each row the cut keeps."""
+    return pairs.select(pl.col(column).repeat_by(ROWS).explode().drop_nulls()).to_series()
+
+
+def _matching(values: Mapping[str, Any], schema: Mapping[str, pl.DataType]) -> pl.Expr:
+    return pl.all_horizontal([pl.col(c).eq_missing(pl.lit(v, dtype=schema[c]))
+                              for c, v in values.items()] or [pl.lit(True)])
 
 
 class _Unpacked(Exception):
@@ -342,54 +338,55 @@ class _Check:
         self.compared = self.recomputed = self.reruns = 0
         self.isolation_units = self.isolation_rows = 0
         self.entity = plan.scope == "entity"
-        self._grouped: pl.DataFrame | None = None
+        # Rows that share keys and times (re-ingested data) need pairing by value when compared.
+        self.dups = plan.duplicates
+        self._aligned: pl.DataFrame | None = None
 
-    def source(self) -> pl.DataFrame:
-        """The full run's output with the unit columns (the output need not carry group
-        columns: they are taken from the input, by row identity)."""
-        if self.entity:
-            return self.output
-        if self._grouped is None:
-            mapping = self.inp.select(*self.ids, *[c for c in self.groups if c not in self.ids])
-            mapping = mapping.unique()
-            if mapping.height != mapping.select(self.ids).n_unique():
-                raise DefinitionError(
-                    f"{self.what}: rows that share keys and times belong to different groups "
-                    f"({', '.join(self.groups)}), so their values cannot be told apart")
-            self._grouped = self.output.join(mapping, on=self.ids, how="left", nulls_equal=True)
-        return self._grouped
+    def aligned(self) -> pl.DataFrame:
+        """The full run's output in the plan's order: position i holds the output of the input
+        row ``plan.order[i]`` (or of a row sharing its keys and times)."""
+        if self._aligned is None:
+            if self.output.height != self.inp.height:
+                raise PluginError(f"{self.what} returned {self.output.height} row(s) for "
+                                  f"{self.inp.height} input row(s)")
+            by_ids = self.output.sort(list(self.plan.id_columns), nulls_last=True,
+                                      maintain_order=True)
+            self._aligned = by_ids.select(*self.ids, *self.features)[self.plan.aligner]
+        return self._aligned
 
-    def _compare(self, full: pl.DataFrame, truncated: pl.DataFrame, on: list[str],
-                 duplicates: bool) -> dict[str, Any] | None:
+    def _compare(self, full: pl.DataFrame, truncated: pl.DataFrame,
+                 on: list[str]) -> dict[str, Any] | None:
         return first_difference(full, truncated, on, self.features, rtol=self.rtol,
-                                atol=self.atol, order_by=self.acol, duplicates=duplicates)
+                                atol=self.atol, order_by=self.acol, duplicates=self.dups)
+
+    def _gather(self, pairs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The input rows the cuts keep and the full run's output for them, in plan order."""
+        positions = _positions(pairs)
+        rows = self.inp[self.plan.order.gather(positions)]
+        full = self.aligned()[positions].select(*self.ids, *self.features)
+        return rows, full
 
     def rerun(self, k: int) -> None:
         """Check the cuts of rerun ``k`` of the plan; raise on a difference.
 
         Raises ``_Unpacked`` when the transform does not keep pseudo-entities apart.
         """
-        pairs = self.plan.rerun(k).drop(CATEGORY)
-        units = list(self.plan.unit_columns)
+        pairs = self.plan.rerun(k)
+        rows, full = self._gather(pairs)
         truncated = "on the input truncated for causality verification"
         if self.plan.packing == "pseudo":
-            packed = _rows_of(self.inp, pairs.select(*units, CUT, CUT_ID), units, self.acol,
-                              keep_order=True).drop(CUT)
-            ctx = TransformContext((*self.ctx.keys, CUT_ID), self.ctx.time_column, self.acol)
-            out = self._rerun(packed, ctx, truncated)
-            full = _rows_of(self.output, pairs.select(*units, CUT, CUT_ID), units, self.acol)
-            on = [*self.ids, CUT_ID]
-            diff = self._compare(full.drop(CUT), out, on, has_duplicates(packed, on))
+            tag = _repeat(pairs, CUT_ID)
+            keys = list(self.ctx.keys)
+            ctx = TransformContext((*keys, CUT_ID), self.ctx.time_column, self.acol)
+            out = self._rerun(rows.with_columns(tag), ctx, truncated)
+            on = [*keys, CUT_ID, self.ctx.time_column, self.acol]
+            diff = self._compare(full.with_columns(tag), out, on)
         else:
-            cuts = pairs.select(*units, CUT)
-            packed = _rows_of(self.inp, cuts, units, self.acol, keep_order=True).drop(CUT)
-            out = self._rerun(packed, self.ctx, truncated)
-            full = _rows_of(self.source(), cuts, units, self.acol)
+            full = full.with_columns(_repeat(pairs, CUT))
+            out = self._rerun(rows, self.ctx, truncated)
             tagged = out.join(full.select(*self.ids, CUT).unique(), on=self.ids, how="left",
                               nulls_equal=True)
-            on = [*self.ids, CUT]
-            diff = self._compare(full.select(*on, *self.features), tagged, on,
-                                 has_duplicates(packed, self.ids))
+            diff = self._compare(full, tagged, [*self.ids, CUT])
         self.compared += full.height
         if diff is not None:
             self._explain(diff, pairs)
@@ -412,16 +409,13 @@ class _Check:
         return out
 
     def isolation(self) -> None:
-        units = list(self.plan.unit_columns)
         alone = self.plan.isolation
         if alone.height == 0:
             return
-        subset = _rows_of(self.inp, alone, units, self.acol, keep_order=True)
-        out = self._rerun(subset, self.ctx, "on part of its input (isolation check)")
-        source = self.source()
-        full = _rows_of(source, alone, units, self.acol).select(*self.ids, *self.features)
-        self.isolation_units, self.isolation_rows = alone.height, subset.height
-        diff = self._compare(full, out, self.ids, has_duplicates(subset, self.ids))
+        rows, full = self._gather(alone)
+        out = self._rerun(rows, self.ctx, "on part of its input (isolation check)")
+        self.isolation_units, self.isolation_rows = alone.height, rows.height
+        diff = self._compare(full, out, self.ids)
         if diff is not None:
             self._raise(diff, cut=None, cause=self._mixing())
 
@@ -438,66 +432,57 @@ class _Check:
 
     def _explain(self, diff: dict[str, Any], pairs: pl.DataFrame) -> None:
         """Confirm a difference on its unit alone, name its cause, raise ``LeakageError``."""
-        row = diff["row"]
+        row = {k: diff["row"][k] for k in self.ids}
         units = list(self.plan.unit_columns)
         if self.plan.packing == "pseudo":
-            pair = pairs.filter(pl.col(CUT_ID) == row.pop(CUT_ID)).row(0, named=True)
-        elif self.entity:
-            pair = pairs.filter(pl.col(CUT) == row.pop(CUT), *[
-                pl.col(k).eq_missing(pl.lit(row[k], dtype=self.inp.schema[k])) for k in units
-            ]).row(0, named=True)
+            pair = pairs.filter(pl.col(CUT_ID) == diff["row"][CUT_ID]).row(0, named=True)
         else:
-            unit = self.inp.join(pl.DataFrame([{k: row[k] for k in self.ids}],
-                                              schema={k: self.inp.schema[k] for k in self.ids}),
-                                 on=self.ids, how="semi", nulls_equal=True).select(units).head(1)
-            pair = pairs.join(unit, on=units, how="semi", nulls_equal=True).row(0, named=True) \
-                if units else pairs.row(0, named=True)
-            row.pop(CUT, None)
+            found = self.inp.filter(_matching(row, self.inp.schema)).select(units).head(1)
+            values = found.row(0, named=True) if found.height else {}
+            pair = pairs.filter(_matching(values, self.inp.schema)).row(0, named=True)
         cut = pair[CUT]
-        one = pl.DataFrame([{c: pair[c] for c in units}],
-                           schema={c: self.inp.schema[c] for c in units}) if units else None
+        unit = {c: pair[c] for c in units}
         cause = "it depends on input rows available after the cut (future data)"
         if diff["feature"] is not None:
             try:
-                confirmed = self._alone(one, cut)
+                confirmed = self._alone(unit, cut)
                 if confirmed is None and self.plan.packing == "pseudo":
                     raise _Unpacked("its values change when several copies of an entity, told "
                                     f"apart by {CUT_ID!r} in ctx.keys, are computed together")
                 if confirmed is None:
                     cause = self._mixing()
                 else:
-                    diff, row = confirmed, confirmed["row"]
-                    if self._alone(one, None) is not None:
+                    diff, row = confirmed, {k: confirmed["row"][k] for k in self.ids}
+                    if self._alone(unit, None) is not None:
                         cause = self._mixing()
             except _Unpacked:
                 raise
             except Exception as exc:  # the explanation is a courtesy; the leak stands
                 cause += f" (rerunning it alone failed: {type(exc).__name__})"
-        diff = {**diff, "row": row}
-        self._raise(diff, cut=cut, cause=cause, unit=pair if not self.entity else None)
+        self._raise({**diff, "row": row}, cut=cut, cause=cause,
+                    unit=None if self.entity else unit)
 
-    def _alone(self, unit: pl.DataFrame | None, cut: datetime | None) -> dict[str, Any] | None:
-        """The first difference when ``unit`` (None: everything) is computed alone, truncated
-        at ``cut`` (None: not truncated), with the original keys."""
-        frame, source = self.inp, self.source()
-        units = list(self.plan.unit_columns)
-        if unit is not None:
-            frame = _rows_of(frame, unit, units, self.acol, keep_order=True)
-            source = _rows_of(source, unit, units, self.acol)
+    def _alone(self, unit: Mapping[str, Any], cut: datetime | None) -> dict[str, Any] | None:
+        """The first difference when ``unit`` is computed alone, truncated at ``cut`` (None: not
+        truncated), with the original keys."""
+        units = self.plan.units
+        if unit:
+            units = units.filter(_matching(unit, self.inp.schema))
         if cut is not None:
-            frame = frame.filter(pl.col(self.acol) <= cut)
-            source = source.filter(pl.col(self.acol) <= cut)
-        out = _run(self.transform, frame, self.params, self.ctx, self.what,
+            # The unit's rows up to the cut: as many as its rows available at or before it.
+            kept = self.aligned()[_positions(units)].get_column(self.acol) <= cut
+            units = units.with_columns(pl.lit(int(kept.sum()), pl.Int64).alias(ROWS))
+        rows, full = self._gather(units)
+        out = _run(self.transform, rows, self.params, self.ctx, self.what,
                    "on one entity or group alone")
-        return self._compare(source.select(*self.ids, *self.features), out, self.ids,
-                             has_duplicates(frame, self.ids))
+        return self._compare(full, out, self.ids)
 
     def _raise(self, diff: dict[str, Any], *, cut: datetime | None, cause: str,
                unit: Mapping[str, Any] | None = None) -> None:
         row = {k: diff["row"][k] for k in self.ids}
         where = row_text(row, self.ids)
-        if unit is not None and self.groups:
-            where += f"; group {row_text(unit, self.groups)}"
+        if unit:
+            where += f"; group {row_text(unit, list(unit))}"
         removed = (f"the input rows available after {fmt(cut)} are removed" if cut is not None
                    else ("the other entities' rows are removed" if self.entity
                          else "the other groups' rows are removed"))
