@@ -112,7 +112,10 @@ def _show_problems() -> None:
               help="Include the built-in plugins shipped with featurestore.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def plugins_cmd(include_builtins: bool, as_json: bool) -> None:
-    """List the installed plugins: version, hooks and transforms.
+    """List the installed plugins: version, hooks and transforms with their scope.
+
+    A transform's scope is "entity" (it reads only its own entity's rows) or "group" (it also
+    reads other entities' rows of the same group, e.g. the same race).
 
     Plugins that could not be loaded are reported as warnings on stderr.
     FEATURESTORE_PLUGINS=name,name limits which plugins load (empty: none).
@@ -134,7 +137,8 @@ def plugins_cmd(include_builtins: bool, as_json: bool) -> None:
         click.echo(f"{info['name']} {info['version'] or ''}".rstrip() + f"  ({origin})")
         click.echo(f"  hooks: {', '.join(info['hooks']) or '(none)'}")
         if info["transforms"]:
-            click.echo(f"  transforms: {', '.join(info['transforms'])}")
+            listed = (f"{t} ({info['scopes'].get(t, 'entity')})" for t in info["transforms"])
+            click.echo(f"  transforms: {', '.join(listed)}")
 
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": False}

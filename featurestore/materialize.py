@@ -8,6 +8,7 @@ Nothing is registered unless every check passed (``verify=False`` is recorded, a
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, FeatureStoreError, NotFoundError, PluginError
 from featurestore.incremental import growth, new_output_rows, recompute_input
@@ -23,8 +25,6 @@ from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, Tr
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore, Progress
-
-DEFAULT_SAMPLES = 8
 
 
 @dataclass
@@ -40,6 +40,7 @@ class MaterializeResult:
         return {"view": self.view, "status": self.status, "artifact_id": a["id"],
                 "path": a["path"], "rows": a["row_count"], "verified": a["verified"],
                 "verification": a["verification"],
+                "verification_report": json.loads(a.get("verification_report") or "{}"),
                 "seconds_transform": round(self.seconds_transform, 3),
                 "seconds_verify": round(self.seconds_verify, 3)}
 
@@ -78,9 +79,14 @@ def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
 
 @reads_artifacts  # gc never removes a snapshot or seed this run is reading
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
-                samples: int = DEFAULT_SAMPLES, force: bool = False,
+                samples: int = DEFAULT_SAMPLES, budget: float | None = None, force: bool = False,
                 progress: Progress | None = None, strict: bool = False) -> list[MaterializeResult]:
     """Materialize ``views`` (all registered views by default); see the module docstring.
+
+    ``samples`` and ``budget`` size causality verification (``featurestore.verification``):
+    every entity's (or group's) first cut, at least ``samples`` more cuts, more up to ``budget``
+    rows recomputed (None: the default budget). A view whose verification compared nothing is
+    recorded with ``verified`` False.
 
     Views whose transform no installed plugin registers are skipped with a
     ``MissingTransformWarning`` when ``views`` is not given; with ``strict``, or when such a
@@ -127,6 +133,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         t0 = time.perf_counter()
         base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
         verification = "columns read as is"
+        verified, report_json = True, json.dumps({"verified": True, "mode": "columns"})
         if transform is None:
             missing = [c for c in view["params"]["columns"] if c not in snapshot_schema]
             if missing:
@@ -160,17 +167,23 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             t1 = time.perf_counter()
             _validate_hooks(name, view["transform"], params, verify_output)
             if verify:
-                from featurestore.causality import verify_causality
+                from featurestore.verification import verify_causality
 
                 if verify_input is None:
                     verify_input = pl.read_parquet(snapshot_path)
                 report = verify_causality(transform, params, verify_input, ctx, samples=samples,
-                                          view=name, plugin=plugin_name or "", output=verify_output)
-                verification = f"{scope}causality verified at {report.cut_points} cut points"
+                                          budget=budget, view=name, plugin=plugin_name or "",
+                                          output=verify_output)
+                verification = f"{scope}{report}"
+                verified, report_json = report.verified, json.dumps(report.as_dict())
+                if not report.verified:
+                    warnings.warn(f"view {name!r}: {report}; recorded on the artifact",
+                                  stacklevel=2)
             else:
                 warnings.warn(f"view {name!r}: causality verification skipped (--no-verify); "
                               "recorded on the artifact", stacklevel=2)
                 verification = f"{scope}NOT VERIFIED: causality verification skipped by the user"
+                verified, report_json = False, json.dumps({"verified": False, "mode": "skipped"})
             t2 = time.perf_counter()
             fresh = fresh.select(*base, *[c for c in fresh.columns if c not in base])
             out = pl.concat([previous[1], fresh]) if grown is not None and previous else fresh
@@ -178,8 +191,8 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         row = store._record_artifact(
             "view", name, view["version"], out, fingerprint=fingerprint,
             transform=view["transform"], plugin=plugin_name, plugin_version=plugin_version,
-            params=view["params"], verified=verify or transform is None, verification=verification,
-            input_artifact_id=src_row["id"])
+            params=view["params"], verified=verified, verification=verification,
+            input_artifact_id=src_row["id"], verification_report=report_json)
         status = "incremental" if verification.startswith("incremental") else "materialized"
         results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
         # Drop this view's frames now: otherwise they stay alive while the next view computes.
@@ -198,7 +211,7 @@ def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.Laz
     ``ids`` (the input's key and time columns) with ``input_schema`` lets the check run
     without the whole input in memory when ``frame`` is a lazy scan.
     """
-    from featurestore.causality import check_contract
+    from featurestore.contract import check_contract
 
     try:
         result = transform(frame.lazy(), params, ctx)

@@ -48,11 +48,12 @@ import pluggy
 
 from featurestore import hookspecs
 from featurestore.errors import PluginError
-from featurestore.transforms import Transform
+from featurestore.transforms import SCOPES, Transform
 
 ENTRY_POINT_GROUP = "featurestore"
 ENV_VAR = "FEATURESTORE_PLUGINS"
-DEFAULT_PLUGINS: tuple[str, ...] = ("featurestore_plugins.rolling", "featurestore_plugins.falloff")
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field")
 CORE_DISTRIBUTION = "featurestore"
 TRANSFORM_NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
@@ -351,6 +352,9 @@ def _call_per_plugin(hook_name: str, kwargs: Mapping[str, Any]
 # --------------------------------------------------------------------------- transforms
 
 
+_DEFAULT_GROUP_COLUMNS = Transform.__dataclass_fields__["group_columns"].default
+
+
 def _transform_problem(obj: object) -> str | None:
     """Why ``obj`` is not an acceptable transform, or None."""
     if not isinstance(obj, Transform):
@@ -362,6 +366,17 @@ def _transform_problem(obj: object) -> str | None:
     for attr in ("fn", "output_columns", "lookback"):
         if not callable(getattr(obj, attr)):
             return f"registered transform {obj.name!r} whose {attr} is not callable"
+    if not isinstance(obj.scope, str) or obj.scope not in SCOPES:
+        return (f"registered transform {obj.name!r} with scope {obj.scope!r}; a scope is one of "
+                f"{', '.join(repr(s) for s in SCOPES)}")
+    if obj.scope == "group":
+        if not callable(obj.group_columns):
+            return (f"registered group-scope transform {obj.name!r} whose group_columns is not "
+                    "callable")
+        if obj.group_columns is _DEFAULT_GROUP_COLUMNS:
+            return (f"registered group-scope transform {obj.name!r} without group_columns: a "
+                    "group transform says which columns (e.g. race_id) its rows share with the "
+                    "other entities' rows it reads, as group_columns(params) -> column names")
     return None
 
 
@@ -460,7 +475,9 @@ def plugin_info(include_builtins: bool = True) -> list[dict[str, Any]]:
     """One JSON-ready dict per loaded plugin, by name.
 
     Keys: ``name``, ``distribution``, ``version``, ``builtin``, ``hooks`` (names of the hooks it
-    implements) and ``transforms`` (names of the transforms it registered and that were accepted).
+    implements), ``transforms`` (names of the transforms it registered and that were accepted)
+    and ``scopes`` (each of those transforms' scope, ``"entity"`` or ``"group"``, by name; a
+    group transform's group columns depend on its params, so they are not listed).
     """
     with _lock:
         transforms = get_transforms()
@@ -478,6 +495,8 @@ def plugin_info(include_builtins: bool = True) -> list[dict[str, Any]]:
                 "builtin": source.builtin,
                 "hooks": sorted({c.name for c in pm.get_hookcallers(plugin) or []}),
                 "transforms": sorted(t for t, r in transforms.items() if r.plugin == name),
+                "scopes": {t: r.transform.scope for t, r in sorted(transforms.items())
+                           if r.plugin == name},
             })
         return infos
 

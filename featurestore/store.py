@@ -320,7 +320,8 @@ class FeatureStore:
                          fingerprint: str, transform: str | None, plugin: str | None,
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
-                         input_artifact_id: int | None = None) -> dict[str, Any]:
+                         input_artifact_id: int | None = None,
+                         verification_report: str = "{}") -> dict[str, Any]:
         relpath = self._artifact_relpath(kind, name, version)
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
@@ -330,7 +331,8 @@ class FeatureStore:
                                                time_column=EVENT_TIMESTAMP)
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
-                    plugin_version, params, verified, verification, input_artifact_id))
+                    plugin_version, params, verified, verification, input_artifact_id,
+                    verification_report))
             except BaseException:
                 # Ctrl-C lands anywhere, even after the rename or after the commit: remove the
                 # new file unless the registry recorded it, so no orphan and no lost artifact.
@@ -352,7 +354,8 @@ class FeatureStore:
                          w: WrittenArtifact, fingerprint: str, transform: str | None,
                          plugin: str | None, plugin_version: str | None,
                          params: Mapping[str, Any], verified: bool,
-                         verification: str, input_artifact_id: int | None = None) -> dict[str, Any]:
+                         verification: str, input_artifact_id: int | None = None,
+                         verification_report: str = "{}") -> dict[str, Any]:
         values = {
             "kind": kind, "name": name, "object_version": version, "path": w.path,
             "compression": w.compression, "schema": json.dumps(w.schema),
@@ -362,7 +365,7 @@ class FeatureStore:
             "plugin_version": plugin_version, "params": canonical_json(params),
             "input_fingerprint": fingerprint, "verified": verified,
             "verification": verification, "created_at": utcnow(),
-            "input_artifact_id": input_artifact_id}
+            "input_artifact_id": input_artifact_id, "verification_report": verification_report}
         new_id = conn.execute(schema.artifacts.insert().values(**values)).inserted_primary_key[0]
         return {"id": new_id, **values, "schema": w.schema, "params": dict(params)}
 

@@ -10,10 +10,11 @@ A plugin author checks a transform in one line::
 ``assert_transform_conforms`` runs every check below and raises ``ConformanceError`` (an
 ``AssertionError``, so pytest shows it as a plain failure) naming the check that failed. Passing
 means the transform meets the contract of ``featurestore.transforms`` on that data: the same checks
-the materializer runs (``featurestore.causality``), plus determinism, input-order independence,
-entity isolation, empty input and, when the transform declares one, its look-back. The kit is
-stricter than the materializer: it checks causality at more cut points and for every entity, and
-insists on a ``LazyFrame``.
+the materializer runs (``featurestore.contract``, ``featurestore.verification``), plus
+determinism, input-order independence, isolation (per entity, or per group for a group-scope
+transform), empty input and, when the transform declares one, its look-back. The kit is stricter
+than the materializer: it verifies causality exhaustively (every cut of every entity or group,
+whatever the cost) and insists on a ``LazyFrame``.
 
 ``sample_laps`` makes small motorsport-like data with the awkward cases real data has: rows in
 no particular order, missing values, drivers who skip races, a driver with a single lap, rows that
@@ -22,6 +23,7 @@ share one ``available_at`` (a whole session published at once) next to rows avai
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,13 +31,10 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.causality import (
-    check_contract,
-    declared_output_schema,
-    first_difference,
-    verify_causality,
-)
+from featurestore.contract import check_contract, declared_output_schema
+from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.errors import FeatureStoreError
+from featurestore.framediff import first_difference
 from featurestore.transforms import (
     AVAILABLE_AT,
     EVENT_TIMESTAMP,
@@ -44,6 +43,7 @@ from featurestore.transforms import (
     TransformContext,
     entity_order,
 )
+from featurestore.verification import verify_causality
 
 CHECKS = (
     "params",
@@ -188,8 +188,9 @@ def assert_transform_conforms(
     keys: Sequence[str] = ("driver_id",),
     time_column: str = EVENT_TIMESTAMP,
     available_column: str = AVAILABLE_AT,
-    samples: int = 16,
     seed: int = 0,
+    budget: float = math.inf,
+    samples: int = DEFAULT_SAMPLES,
     plugin: str = "",
     rtol: float = 1e-9,
     atol: float = 1e-12,
@@ -210,9 +211,16 @@ def assert_transform_conforms(
       reversed input give the sorted input's values), so the transform sorts what it needs.
     - ``empty``: an input with no rows gives an output with no rows and the declared schema.
     - ``isolation``: each entity's values are the same when it is computed alone, so the transform
-      only reads its own entity's rows (what makes sampled causality verification sound).
-    - ``causality``: ``verify_causality`` at up to ``samples`` cut points with every entity at each
-      cut: no value changes when the rows available after the cut are removed.
+      only reads its own entity's rows; for a group-scope transform, each group's (the rows that
+      share the values of ``transform.group_columns(params)``) when it is computed alone. Up to 8
+      entities or groups, chosen with ``seed``. This is what lets causality verification check
+      many entities or groups in one rerun.
+    - ``causality``: ``verify_causality`` exhaustively: every entity (entity scope) or group
+      (group scope, whose cut removes every entity's later rows) cut at each of its distinct
+      ``available_at`` values; no value changes when the rows available after the cut are
+      removed. An exhaustive check costs about (rows x rows per entity or group) / 2 rows
+      recomputed: keep ``frame`` small (``sample_laps`` is), or pass a finite ``budget`` (rows)
+      and ``samples`` to check a prefix of the verifier's priority order instead.
     - ``lookback``: when ``transform.lookback(params)`` is a number k, dropping an entity's
       earliest rows does not change the values of rows that have at least k earlier rows left, so
       incremental materialization may recompute only the new rows plus k.
@@ -252,20 +260,11 @@ def assert_transform_conforms(
 
     _contract(transform, params, ordered.head(0), ctx, "empty")
 
-    entities = ordered.select(ctx.keys).unique(maintain_order=True).rows()
-    picked = entities if len(entities) <= 8 else rng.sample(entities, 8)
-    for entity in picked:
-        mask = pl.all_horizontal(
-            [pl.col(k).eq_missing(pl.lit(v, dtype=frame.schema[k])) for k, v in zip(ctx.keys, entity, strict=True)])
-        alone = _contract(transform, params, ordered.filter(mask), ctx, "isolation")
-        _same("isolation", f"entity {dict(zip(ctx.keys, entity, strict=True))} computed alone differs from "
-              "the full run (the transform reads other entities' rows)",
-              out.filter(mask), alone, ids, features, rtol, atol)
+    _check_isolation(transform, params, ordered, out, ctx, rng, features, rtol, atol)
 
     try:
-        verify_causality(transform, params, ordered, ctx, output=out, samples=samples, seed=seed,
-                         plugin=plugin, entities_per_cut=None, max_fraction=float("inf"),
-                         rtol=rtol, atol=atol)
+        verify_causality(transform, params, ordered, ctx, output=out, budget=budget,
+                         samples=samples, seed=seed, plugin=plugin, rtol=rtol, atol=atol)
     except FeatureStoreError as exc:
         raise ConformanceError("causality", str(exc)) from exc
 
@@ -273,6 +272,40 @@ def assert_transform_conforms(
     if k is not None:
         _check_lookback(transform, params, ordered, out, ctx, int(k), rng, features, rtol, atol)
     return out
+
+
+def _check_isolation(transform: Transform, params: Params, ordered: pl.DataFrame,
+                     out: pl.DataFrame, ctx: TransformContext, rng: random.Random,
+                     features: list[str], rtol: float, atol: float) -> None:
+    """Up to 8 entities (or groups) computed alone give their full-run values."""
+    ids = [*ctx.keys, ctx.time_column, ctx.available_column]
+    if transform.scope == "group":
+        try:
+            units = list(transform.group_columns(params))
+        except Exception as exc:
+            raise ConformanceError("isolation", f"group_columns raised {type(exc).__name__}: "
+                                                f"{exc}") from exc
+        missing = [c for c in units if c not in ordered.columns]
+        if missing:
+            raise ConformanceError("isolation", f"group column(s) {', '.join(missing)} not in "
+                                                "the input")
+        kind, reads = "group", "rows outside its group"
+        # The output need not carry the group columns: take them from the input, by row identity.
+        full = out.join(ordered.select(*ids, *[c for c in units if c not in ids]).unique(),
+                        on=ids, how="left", nulls_equal=True)
+    else:
+        units, kind, reads, full = list(ctx.keys), "entity", "other entities' rows", out
+    if not units:
+        return
+    values = ordered.select(units).unique(maintain_order=True).rows()
+    picked = values if len(values) <= 8 else rng.sample(values, 8)
+    for value in picked:
+        mask = pl.all_horizontal([pl.col(k).eq_missing(pl.lit(v, dtype=ordered.schema[k]))
+                                  for k, v in zip(units, value, strict=True)])
+        alone = _contract(transform, params, ordered.filter(mask), ctx, "isolation")
+        _same("isolation", f"{kind} {dict(zip(units, value, strict=True))} computed alone "
+              f"differs from the full run (the transform reads {reads})",
+              full.filter(mask).select(out.columns), alone, ids, features, rtol, atol)
 
 
 def _check_lookback(transform: Transform, params: Params, ordered: pl.DataFrame,

@@ -102,14 +102,17 @@ def test_installed_plugin_is_listed_with_version_and_transform(venv):
     done = venv.cli("plugins", "--json")
     assert _ewm_entry(json.loads(done.stdout)) == {
         "name": "ewm", "distribution": "featurestore-plugin-ewm", "version": "0.1.0",
-        "builtin": False, "hooks": ["register_transforms"], "transforms": ["ewm_mean"]}
+        "builtin": False, "hooks": ["register_transforms"], "transforms": ["ewm_mean"],
+        "scopes": {"ewm_mean": "entity"}}
     assert "Warning" not in done.stderr, done.stderr
     everything = venv.plugins_json("--all")
     builtins = {i["name"] for i in everything if i["builtin"]}
-    assert builtins == {"featurestore_plugins.rolling", "featurestore_plugins.falloff"}
-    assert {t for i in everything for t in i["transforms"]} >= {"ewm_mean", "rolling", "falloff"}
+    assert builtins == {"featurestore_plugins.rolling", "featurestore_plugins.falloff",
+                        "featurestore_plugins.field"}
+    assert {t for i in everything for t in i["transforms"]} >= {"ewm_mean", "rolling", "falloff",
+                                                                "field"}
     text = venv.cli("plugins").stdout
-    assert "ewm 0.1.0  (featurestore-plugin-ewm)" in text and "transforms: ewm_mean" in text
+    assert "ewm 0.1.0  (featurestore-plugin-ewm)" in text and "transforms: ewm_mean (entity)" in text
 
 
 def test_console_script_lists_the_plugin(venv):

@@ -323,7 +323,8 @@ def test_entry_point_plugin_is_found_with_distribution_and_version(fresh, site):
         == ("good", "featurestore-plugin-good", "1.2.3", False)
     assert fp.plugin_info() == [{
         "name": "good", "distribution": "featurestore-plugin-good", "version": "1.2.3",
-        "builtin": False, "hooks": ["register_transforms"], "transforms": ["good_t"]}]
+        "builtin": False, "hooks": ["register_transforms"], "transforms": ["good_t"],
+        "scopes": {"good_t": "entity"}}]
     assert fp.plugin_problems() == []
 
 
@@ -643,9 +644,11 @@ def test_plugins_command_json_lists_installed_plugins(three, cli):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
         {"name": "good", "distribution": "featurestore-plugin-good", "version": "1.0",
-         "builtin": False, "hooks": ["register_transforms"], "transforms": ["good_t"]},
+         "builtin": False, "hooks": ["register_transforms"], "transforms": ["good_t"],
+         "scopes": {"good_t": "entity"}},
         {"name": "other", "distribution": "fs_other", "version": "1.0",
-         "builtin": False, "hooks": ["register_transforms"], "transforms": ["other_t"]},
+         "builtin": False, "hooks": ["register_transforms"], "transforms": ["other_t"],
+         "scopes": {"other_t": "entity"}},
     ]
     result = CliRunner().invoke(cli, ["plugins", "--all", "--json"])
     infos = {i["name"]: i for i in json.loads(result.stdout)}
@@ -661,7 +664,7 @@ def test_plugins_command_text_and_warnings(fresh, site, cli):
     assert result.exit_code == 0
     assert result.stdout == ("good 1.0  (featurestore-plugin-good)\n"
                              "  hooks: register_transforms\n"
-                             "  transforms: good_t\n")
+                             "  transforms: good_t (entity)\n")
     assert result.stderr.startswith("Warning: plugin 'broken' (fs-broken 0.2): failed to import "
                                     "entry point broken = fsp_broken: ModuleNotFoundError")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_frames_audit_and_guard(first_run: tuple[Path, dict]) -> None:  # type: 
     assert prerace.height == results.height == summary["prerace"]["rows"]
     assert prerace.columns[:5] == ["race_id", "driver_id", "track_id", "event_timestamp", "label_finish"]
     assert len(prerace.columns) == 5 + 11
-    assert inrace.height == summary["inrace"]["rows"] > 0 and len(inrace.columns) == 5 + 11 + 18
+    assert inrace.height == summary["inrace"]["rows"] > 0 and len(inrace.columns) == 5 + 11 + 21
     assert summary["audit"]["checked"] > 1000 and summary["audit"]["violations"] == 0
     assert "lap_time_mean_last_10l (tier race)" in summary["leakage_error"]
     for picture in summary["pictures"]:
@@ -56,6 +57,39 @@ def test_previous_finish_matches_a_plain_loop(first_run: tuple[Path, dict]) -> N
         earlier = [r for r in results if r["driver_id"] == row["driver_id"] and r["result_time"] < cutoff]
         expected = max(earlier, key=lambda r: r["result_time"])["finish_position"] if earlier else None
         assert row["prev_finish"] == expected, row
+
+
+def test_field_features_match_a_plain_loop(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    """The in-race field features, recomputed from the season files with loops: the driver's
+    newest lap available before the cutoff, compared with the cars of that lap available then.
+    Live timing (gap to the leader): a lap is available when the car crosses the line. Lap chart
+    (rank, delta to the median): a lap is available once every car completing it has."""
+    out, summary = first_run
+    laps = pl.read_parquet(out / "season" / "race_laps.parquet").to_dicts()
+    by_lap: dict[tuple[int, int], list[dict]] = {}
+    for lap in laps:
+        by_lap.setdefault((lap["race_id"], lap["lap"]), []).append(lap)
+    complete: dict[tuple[int, int], object] = {}
+    for race_id, n in sorted(by_lap):  # laps are published in order
+        done = max(lap["lap_timestamp"] for lap in by_lap[(race_id, n)])
+        complete[(race_id, n)] = max(done, complete.get((race_id, n - 1), done))
+    inrace = pl.read_parquet(summary["inrace"]["path"]).to_dicts()
+    for row in inrace:
+        cutoff = row["event_timestamp"]
+        mine = [lap for lap in laps if lap["driver_id"] == row["driver_id"]
+                and lap["race_id"] == row["race_id"]]
+        live = max((lap for lap in mine if lap["lap_timestamp"] < cutoff),
+                   key=lambda lap: lap["lap_timestamp"])
+        ahead = [o["race_time"] for o in by_lap[(live["race_id"], live["lap"])]
+                 if o["lap_timestamp"] <= live["lap_timestamp"]]
+        assert row["gap_to_leader"] == pytest.approx(live["race_time"] - min(ahead)), row
+        chart = max((lap for lap in mine if complete[(lap["race_id"], lap["lap"])] < cutoff),
+                    key=lambda lap: lap["lap"])
+        field = [o["lap_time"] for o in by_lap[(chart["race_id"], chart["lap"])]]
+        assert row["lap_time_rank_on_lap"] == 1 + sum(t < chart["lap_time"] for t in field), row
+        assert row["lap_time_delta_field_median"] == pytest.approx(
+            chart["lap_time"] - statistics.median(field)), row
+    assert any(row["gap_to_leader"] > 0 for row in inrace)
 
 
 def test_second_run_is_a_noop(first_run: tuple[Path, dict]) -> None:  # type: ignore[type-arg]

@@ -71,7 +71,8 @@ def test_schema(season: dict[str, pl.DataFrame]) -> None:
         "qualifying": {"race_id": i32, "driver_id": i32, "qualifying_position": i32,
                        "best_lap_time": f64, "best_speed_mph": f64, "session_end": TS},
         "race_laps": {"race_id": i32, "driver_id": i32, "lap": i32, "lap_timestamp": TS,
-                      "running_position": i32, "lap_time": f64, "pit": b, "caution": b},
+                      "race_time": f64, "running_position": i32, "lap_time": f64, "pit": b,
+                      "caution": b},
         "results": {"race_id": i32, "driver_id": i32, "start_position": i32,
                     "finish_position": i32, "laps_completed": i32, "laps_led": i32,
                     "status": s, "dnf": b, "result_time": TS},
@@ -147,6 +148,9 @@ def test_lap_timestamps(season: dict[str, pl.DataFrame]) -> None:
     assert (checks.group_by("race_id", "driver_id").agg(pl.col("lap").min())["lap"] == 1).all()
     assert (checks["expected"] == checks["lap_timestamp"]).all()
     assert (checks["lap_timestamp"] > checks["green_flag"]).all()
+    # race_time is the same cumulative sum, in seconds since the green flag
+    since_green = (checks["lap_timestamp"] - checks["green_flag"]).dt.total_microseconds()
+    assert ((checks["race_time"] * 1e6).round().cast(pl.Int64) == since_green).all()
     # the winner's last lap is the checkered flag
     winners = season["results"].filter(pl.col("finish_position") == 1).join(
         laps, left_on=["race_id", "driver_id", "laps_completed"],

@@ -35,7 +35,14 @@ IN_RACE_FEATURES = [
     "lap_time_mean_last_10l", "lap_time_std_last_10l", "lap_time_min_last_10l",
     "lap_time_max_last_10l", "lap_time_mean_last_50l",
     "tyre_age", "lap_time_delta_best", "deg_slope", "slow_lap",
+    "gap_to_leader", "lap_time_rank_on_lap", "lap_time_delta_field_median",
 ]
+# The view of each in-race feature not in lap_form.
+_IN_RACE_VIEW = {
+    **dict.fromkeys(("tyre_age", "lap_time_delta_best", "deg_slope", "slow_lap"), "tyre_falloff"),
+    "gap_to_leader": "field_gap",
+    **dict.fromkeys(("lap_time_rank_on_lap", "lap_time_delta_field_median"), "field_pace"),
+}
 
 
 DEFINITIONS = """\
@@ -240,6 +247,45 @@ group_by = ["race_id"]
 pit_column = "pit"
 caution_column = "caution"
 outputs = ["stint", "tyre_age", "delta_best", "deg_slope", "slow_lap"]
+
+# ---------------------------------------------------------------- race: the field on each lap
+# Field-relative features compare a car with the other cars on the same lap (the `field` plugin,
+# group scope), using only laps already available when the car's own lap is. race_laps is live
+# timing: a car's lap is available as it crosses the line, when the cars ahead on the road have
+# crossed and the ones behind have not. That is all the gap to the leader needs (the leader of a
+# lap crosses first).
+[[views]]
+name = "field_gap"
+source = "race_laps"
+transform = "field"
+tier = "race"
+description = "Gap to the leader on the same lap, from live timing"
+[views.params]
+group_by = ["race_id"]
+at = ["lap"]
+outputs = {{ gap_to_leader = {{ kind = "gap_to_leader", column = "race_time" }} }}
+
+# Comparing lap times with the whole field needs the whole lap: the lap chart publishes a lap once
+# every car that completes it has (lap_complete_at), so each car is compared with all of them.
+[[sources]]
+name = "lap_chart"
+path = "season/race_lap_chart.parquet"
+entity = "driver"
+event_time = "lap_timestamp"
+available_time = "lap_complete_at"
+tier = "race"
+description = "Race laps, each published when every car that completes that lap has"
+
+[[views]]
+name = "field_pace"
+source = "lap_chart"
+transform = "field"
+tier = "race"
+description = "Lap time against the whole field on the same lap"
+[views.params]
+group_by = ["race_id"]
+at = ["lap"]
+outputs = {{ lap_time_rank_on_lap = {{ kind = "rank", column = "lap_time" }}, lap_time_delta_field_median = {{ kind = "delta_median", column = "lap_time" }} }}
 """
 
 _FEATURE_BLOCK = """
@@ -254,7 +300,7 @@ tags = ["in-race"]
 def definitions_text(root: Path) -> str:
     text = DEFINITIONS.format(root=root)
     for name in IN_RACE_FEATURES:
-        view = "tyre_falloff" if name in ("tyre_age", "lap_time_delta_best", "deg_slope", "slow_lap") else "lap_form"
+        view = _IN_RACE_VIEW.get(name, "lap_form")
         text += _FEATURE_BLOCK.format(name=name, view=view)
     text += _FEATURE_BLOCK.format(name="stint", view="tyre_falloff")
     text += """
@@ -300,7 +346,7 @@ class QuickstartResult:
 
 
 def _prepare_sources(season: Path, files: dict[str, Path]) -> None:
-    """Derive the two source files the generator does not write directly."""
+    """Derive the source files the generator does not write directly."""
     quali = pl.read_parquet(files["qualifying"])
     quali.with_columns(
         gap_to_pole=(pl.col("best_lap_time") - pl.col("best_lap_time").min().over("race_id")).round(3)
@@ -314,6 +360,12 @@ def _prepare_sources(season: Path, files: dict[str, Path]) -> None:
     tracks = pl.read_parquet(files["tracks"])
     tracks.with_columns(valid_from=pl.datetime(2000, 1, 1, time_zone="UTC")).write_parquet(
         season / "tracks_static.parquet")
+    # A lap is complete once the last car that completes it has; laps are published in order.
+    complete = (laps.group_by("race_id", "lap").agg(lap_complete_at=pl.col("lap_timestamp").max())
+                .sort("race_id", "lap")
+                .with_columns(pl.col("lap_complete_at").cum_max().over("race_id")))
+    (laps.join(complete, on=["race_id", "lap"])
+     .sort("race_id", "driver_id", "lap").write_parquet(season / "race_lap_chart.parquet"))
     caution = laps.group_by("race_id").agg(caution_share=pl.col("caution").mean())
     (schedule.join(caution, on="race_id")
      .select("track_id", "race_id", "checkered_flag", "caution_share")

@@ -79,6 +79,8 @@ Files and columns
     - ``race_id`` Int32, ``driver_id`` Int32, ``lap`` Int32: 1..laps_completed.
     - ``lap_timestamp`` Datetime: when the car crossed the line to complete the lap, exactly
       ``green_flag`` + the cumulative sum of the car's ``lap_time`` values.
+    - ``race_time`` Float64 seconds: that cumulative sum, the car's elapsed race time at the end
+      of the lap (``lap_timestamp`` - ``green_flag``); the leader of a lap has the smallest.
     - ``running_position`` Int32: the car's rank among all cars completing that lap, by the time
       they crossed the line (1..k, unique per (race_id, lap)); lapped cars rank behind every car
       on the lead lap. laps led = count(running_position == 1).
@@ -361,6 +363,7 @@ def build_season(
         "driver_id": pl.Series(cat("l_driver"), dtype=pl.Int32),
         "lap": pl.Series(cat("l_lap"), dtype=pl.Int32),
         "lap_timestamp": _ts_series(cat("l_ts")),
+        "race_time": pl.Series(cat("l_race_ms") / 1000.0, dtype=pl.Float64),
         "running_position": pl.Series(cat("l_pos"), dtype=pl.Int32),
         "lap_time": pl.Series(cat("l_ms") / 1000.0, dtype=pl.Float64),
         "pit": pl.Series(cat("l_pit"), dtype=pl.Boolean),
@@ -539,7 +542,8 @@ def _simulate_weekend(
         "q_race": np.full(n, race_id), "q_driver": ids, "q_pos": q_pos, "q_ms": q_ms,
         "q_mph": q_mph, "q_end": np.full(n, _epoch_us(q_end), dtype=np.int64),
         "l_race": np.full(car.size, race_id), "l_driver": ids[car], "l_lap": lap + 1,
-        "l_ts": green_us + sim.t_ms[car, lap] * 1000, "l_pos": sim.pos[car, lap],
+        "l_ts": green_us + sim.t_ms[car, lap] * 1000, "l_race_ms": sim.t_ms[car, lap],
+        "l_pos": sim.pos[car, lap],
         "l_ms": sim.lt_ms[car, lap], "l_pit": sim.pit[car, lap],
         "l_caution": sim.caution[lap],
         "r_race": np.full(n, race_id), "r_driver": ids, "r_start": q_pos,
