@@ -270,10 +270,11 @@ def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None
 @click.option("--no-verify", is_flag=True, help="Skip causality verification (warned, recorded).")
 @click.option("--samples", default=8, show_default=True, help="Cut points for causality verification.")
 @click.option("--force", is_flag=True, help="Recompute even when inputs are unchanged.")
+@click.option("--online", is_flag=True, help="Then publish the views to the online store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int, force: bool,
-                as_json: bool) -> None:
+                online: bool, as_json: bool) -> None:
     """Run VIEWS' transforms (all by default), verify causality and write artifacts."""
     from featurestore.materialize import materialize as run
 
@@ -287,10 +288,17 @@ def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int, f
             results = run(c.store, list(views) or None, verify=not no_verify, samples=samples,
                           force=force, progress=progress)
     out = [r.as_dict() for r in results]
+    if online:
+        from featurestore.online import publish
+
+        published = [r.as_dict() for r in publish(c.store, list(views) or None)]
     if as_json:
-        emit_json(out)
+        emit_json({"materialized": out, "published": published} if online else out)
     else:
         print_table(out, ["view", "status", "rows", "verified", "verification", "artifact_id"])
+        if online:
+            print_table(published, ["view", "status", "entities", "changed", "removed"],
+                        title="online store")
 
 
 @cli.command()
@@ -354,7 +362,8 @@ def _register_extra_commands() -> None:
 
     for command in PLUGIN_COMMANDS:
         cli.add_command(command)
-    for module in ("featurestore.cli_retrieve", "featurestore.quickstart.command"):
+    for module in ("featurestore.cli_retrieve", "featurestore.cli_serve",
+                   "featurestore.quickstart.command"):
         try:
             mod = __import__(module, fromlist=["COMMANDS"])
         except ImportError:
