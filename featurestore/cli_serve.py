@@ -46,7 +46,7 @@ def _backend(c: Ctx):  # type: ignore[no-untyped-def]
 
     backend = getattr(c, "_online_backend", None)
     if backend is None:
-        backend = c._online_backend = open_backend(c.store, c.store.online_store)  # type: ignore[attr-defined]
+        backend = c._online_backend = open_backend(c.store)  # type: ignore[attr-defined]
     return backend
 
 

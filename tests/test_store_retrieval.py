@@ -122,12 +122,12 @@ def test_pinned_versions_stay_readable(tmp_path: Path) -> None:
 
 def test_online_latest_values(store: FeatureStore) -> None:
     out = store.get_online_features({"driver_id": [2, 1, 7]}, ["finish", "grid"],
-                                    as_of=dt.datetime(2026, 1, 1, tzinfo=UTC))
+                                    as_of=dt.datetime(2026, 1, 1, tzinfo=UTC), tier="race")
     assert out.to_dicts() == [{"driver_id": 2, "finish": 1, "grid": 3},
                               {"driver_id": 1, "finish": 9, "grid": 12},
                               {"driver_id": 7, "finish": None, "grid": None}]
     early = store.get_online_features([{"driver_id": 1}], ["finish"],
-                                      as_of=dt.datetime(2025, 3, 5, tzinfo=UTC))
+                                      as_of=dt.datetime(2025, 3, 5, tzinfo=UTC), tier="race")
     assert early["finish"].to_list() == [4]
 
 
@@ -164,7 +164,8 @@ def test_cli_retrieve_writes_the_frame(store: FeatureStore, tmp_path: Path) -> N
 def test_online_few_keys_equals_the_join_engine(store: FeatureStore, keys: list[int | None],
                                                 day: int, hour: int) -> None:
     moment = dt.datetime(2025, 2, 27, hour, tzinfo=UTC) + dt.timedelta(days=day)
-    online = store.get_online_features({"driver_id": keys}, ["finish", "grid"], as_of=moment)
+    online = store.get_online_features({"driver_id": keys}, ["finish", "grid"], as_of=moment,
+                                       tier="race")
     query = pl.DataFrame({"driver_id": keys, "event_timestamp": [moment] * len(keys)},
                          schema={"driver_id": pl.Int64, "event_timestamp": pl.Datetime("us", "UTC")})
     engine = store.get_historical_features(query, ["finish", "grid"], tier="race")
@@ -183,7 +184,7 @@ def test_online_ties_go_to_the_later_event(tmp_path: Path) -> None:
              Feature("x", source="s")])
     materialize(s)
     moment = dt.datetime(2025, 3, 5, tzinfo=UTC)
-    online = s.get_online_features({"driver_id": [1, 2]}, ["x"], as_of=moment)
+    online = s.get_online_features({"driver_id": [1, 2]}, ["x"], as_of=moment, tier="race")
     assert online["x"].to_list() == [3.0, None]
     query = pl.DataFrame({"driver_id": [1, 2], "event_timestamp": [moment, moment]})
     assert s.get_historical_features(query, ["x"], tier="race")["x"].to_list() == [3.0, None]

@@ -58,6 +58,6 @@ def reader_for(store: FeatureStore) -> OnlineReader:
     """The store's reader, created on first use and kept until ``store.close()``."""
     reader: OnlineReader | None = getattr(store, "_online_reader", None)
     if reader is None:
-        reader = OnlineReader(store, open_backend(store, getattr(store, "online_store", None)))
+        reader = OnlineReader(store, open_backend(store))
         store._online_reader = reader  # type: ignore[attr-defined]
     return reader

@@ -121,21 +121,26 @@ class OnlineResult:
         schema: dict[str, pl.DataType] = {}
         data: list[list[Any]] = []
         casts = []
+        by_view: dict[str, list[str]] = {}
         for name in self.names:
-            stored, dtype = storage_dtype(self.dtypes[name]), self.dtypes[name]
-            names.append(name)
-            schema[name] = stored
-            data.append(self.values[name])
-            if stored != dtype:
-                casts.append(pl.col(name).cast(dtype))
-            if with_availability:
+            by_view.setdefault(self.views[name], []).append(name)
+        # As the join engine orders them: per view its features, then their availability.
+        for group in by_view.values():
+            for name in group:
+                stored, dtype = storage_dtype(self.dtypes[name]), self.dtypes[name]
+                names.append(name)
+                schema[name] = stored
+                data.append(self.values[name])
+                if stored != dtype:
+                    casts.append(pl.col(name).cast(dtype))
+            for name in group if with_availability else ():
                 column = f"{name}__available_at"
                 names.append(column)
                 schema[column] = pl.Int64()
                 data.append([a if s in (PRESENT, NULL_VALUE) else None for a, s in
                              zip(self.available_at[name], self.statuses[name], strict=True)])
                 casts.append(pl.col(column).cast(pl.Datetime("us", "UTC")))
-            if with_status:
+            for name in group if with_status else ():
                 names.append(f"{name}__status")
                 schema[f"{name}__status"] = pl.String()
                 data.append(self.statuses[name])
@@ -230,7 +235,7 @@ class OnlineReader:
             vp.features.append((row["name"], row))
         tiers = store.registry.tiers()
         default = store.registry.info(DEFAULT_TIER_SETTING)
-        plan = _Plan(time.monotonic(), [r["name"] for r in rows],
+        plan = _Plan(time.monotonic(), [n for vp in views.values() for n, _ in vp.features],
                      {r["name"]: r["tier"] for r in rows}, list(views.values()), tiers, default)
         snapshot = self.backend.read([(vp.name, []) for vp in plan.views])
         for vp in plan.views:

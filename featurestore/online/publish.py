@@ -44,9 +44,10 @@ DEFAULT_FILE = "online.db"
 
 
 def online_store_url(store: FeatureStore, url: str | None = None) -> str:
-    """Which online store to use: ``url``, else ``$FEATURESTORE_ONLINE_STORE``, else the store
-    setting ``setting.online_store``, else the embedded SQLite file ``ROOT/online.db``."""
-    return (url or os.environ.get(ONLINE_STORE_ENV)
+    """Which online store to use: ``url``, else the store's ``online_store`` argument, else
+    ``$FEATURESTORE_ONLINE_STORE``, else the store setting ``setting.online_store``, else the
+    embedded SQLite file ``ROOT/online.db``."""
+    return (url or getattr(store, "online_store", None) or os.environ.get(ONLINE_STORE_ENV)
             or store.registry.info(ONLINE_STORE_SETTING) or "sqlite")
 
 
