@@ -7,6 +7,7 @@ import os
 import random
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,9 @@ def drop_prefix(url: str, prefix: str) -> None:
     client.close()
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis online-store URL with a key prefix of its own, removed after the test."""
+@contextmanager
+def redis_store_url() -> Iterator[str]:
+    """A Redis online-store URL with a key prefix of its own, removed afterwards."""
     base = redis_base_url()
     if base is None:
         pytest.skip(f"no Redis server answers (set {REDIS_ENV} to make this a failure)")
@@ -59,12 +60,13 @@ def redis_url() -> Iterator[str]:
         drop_prefix(base, prefix)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def online_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each online-store test runs on a real SQLite file and on the real Redis server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'online-test.db'}"
-    return request.getfixturevalue("redis_url")
+def online_store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """For the ``online_url`` fixtures: a real SQLite file or the real Redis server."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'online-test.db'}"
+    else:
+        with redis_store_url() as url:
+            yield url
 
 
 def random_laps(seed: int, n_drivers: int = 12) -> pl.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,13 @@ from featurestore.online import (
 from featurestore.online import redis_backend as redis_module
 from featurestore.online.base import PublishBatch
 from featurestore.registry import Registry
-from tests.onlinekit import (  # noqa: F401 - fixtures
-    T0,
-    laps_store,
-    online_url,
-    oracle,
-    random_laps,
-    redis_url,
-)
+from tests.onlinekit import T0, laps_store, online_store_url, oracle, random_laps
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test runs on a real SQLite file and on the real Redis server (own key prefix)."""
+    yield from online_store_url(request.param, tmp_path)
 
 FEATURES = ("x", "n", "label")
 
@@ -340,7 +340,7 @@ def test_registry_is_not_read_per_call(online_url: str, tmp_path: Path) -> None:
     reader.registry_ttl = 3600
     store.get_online_features({"driver_id": [1, 2]}, "lapset", tier="practice")  # warm
     statements: list[str] = []
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    listener = lambda *args: statements.append(args[2])
     event.listen(store.registry.engine, "before_cursor_execute", listener)
     try:
         for i in range(25):

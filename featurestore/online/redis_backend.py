@@ -13,9 +13,9 @@ Keys (``P`` is the prefix, by default ``featurestore:<store id>``)::
 Atomic publish without rewriting unchanged entities: a publish takes a new generation ``g``,
 writes the changed entities' payloads as field ``g`` of their hashes (their old field stays),
 then switches ``P:meta:VIEW`` to ``g`` in one command, and only then deletes the old fields. A
-reader fetches the meta and the entity hashes in one MULTI/EXEC (one snapshot) and takes, per
-entity, the newest field not newer than the meta's generation: before the switch that is the
-old payload, after it the new one. A publish that died before its switch leaves fields newer
+reader runs one Lua script (atomic, so one snapshot, and one round trip) that reads the meta and
+takes, per entity, the newest field not newer than the meta's generation: before the switch
+that is the old payload, after it the new one. A publish that died before its switch leaves fields newer
 than the meta that no reader takes; the next publish removes them (``P:touched``) first.
 """
 
@@ -52,14 +52,31 @@ def split_url(url: str, default_prefix: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-def pick(fields: dict[str, str], gen: int) -> str | None:
-    """The payload a reader of generation ``gen`` sees in an entity hash ("" = removed)."""
-    best, payload = -1, None
-    for name, value in fields.items():
-        g = int(name)
-        if best < g <= gen:
-            best, payload = g, value
-    return payload or None
+# A reader's snapshot, in one atomic script: each view's meta, then for each entity the payload
+# of the newest generation not newer than the meta's ("" marks a removed entity: nil).
+_READ = """
+local nv = tonumber(ARGV[1])
+local out, at = {}, nv + 1
+for v = 1, nv do
+  local meta = redis.call('GET', KEYS[v])
+  out[#out + 1] = meta or false
+  local gen = meta and tonumber(string.match(meta, '"gen":(%d+)')) or -1
+  for _ = 1, tonumber(ARGV[v + 1]) do
+    local payload, best = false, -1
+    if meta then
+      local fields = redis.call('HGETALL', KEYS[at])
+      for j = 1, #fields, 2 do
+        local g = tonumber(fields[j])
+        if g > best and g <= gen then best, payload = g, fields[j + 1] end
+      end
+    end
+    if payload == '' then payload = false end
+    out[#out + 1] = payload
+    at = at + 1
+  end
+end
+return out
+"""
 
 
 class RedisBackend(OnlineBackend):
@@ -79,7 +96,7 @@ class RedisBackend(OnlineBackend):
         netloc = f"{host}:{shown.port}" if shown.port else host
         self.url = urlunsplit(shown._replace(netloc=netloc, query=f"prefix={self.prefix}"))
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
-        self._gens: dict[str, int] = {}  # meta JSON -> its generation (parsed once)
+        self._read = self.client.register_script(_READ)
 
     def _k(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -101,32 +118,20 @@ class RedisBackend(OnlineBackend):
     # ------------------------------------------------------------------ reads
     def read(self, wanted: Sequence[tuple[str, Sequence[str]]]
              ) -> dict[str, tuple[str | None, dict[str, str]]]:
+        keys = [self._k("meta", view) for view, _ in wanted]
+        for view, entity_keys in wanted:
+            keys += [self._k("e", view, k) for k in entity_keys]
+        args = [len(wanted), *[len(k) for _, k in wanted]]
         with self._failures("read"):
-            pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: one snapshot
-            for view, _ in wanted:
-                pipe.get(self._k("meta", view))
-            for view, keys in wanted:
-                for key in keys:
-                    pipe.hgetall(self._k("e", view, key))
-            replies = pipe.execute()
+            replies = self._read(keys=keys, args=args)
         out: dict[str, tuple[str | None, dict[str, str]]] = {}
-        n = len(wanted)
-        i = n
-        for j, (view, keys) in enumerate(wanted):
-            meta_text = replies[j]
-            payloads: dict[str, str] = {}
-            if meta_text is not None:
-                gen = self._gens.get(meta_text)
-                if gen is None:
-                    if len(self._gens) > 256:
-                        self._gens.clear()
-                    gen = self._gens[meta_text] = ViewMeta.from_json(meta_text).gen
-                for key, fields in zip(keys, replies[i:i + len(keys)], strict=True):
-                    if fields:
-                        payload = pick(fields, gen)
-                        if payload is not None:
-                            payloads[key] = payload
-            i += len(keys)
+        i = 0
+        for view, entity_keys in wanted:
+            meta_text = replies[i]
+            i += 1
+            payloads = {k: p for k, p in zip(entity_keys, replies[i:i + len(entity_keys)],
+                                             strict=True) if p is not None}
+            i += len(entity_keys)
             out[view] = (meta_text, payloads)
         return out
 
