@@ -15,7 +15,6 @@ are those of the CLI; the HTTP status follows the class (see ``STATUS``).
 
 # No ``from __future__ import annotations`` here: FastAPI reads the request model's annotations
 # at run time, and the models are defined inside ``create_app`` (pydantic is an optional extra).
-import json
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +49,7 @@ STATUS: dict[type[FeatureStoreError], int] = {
     ArtifactError: 500, PluginError: 500, FeatureStoreError: 500}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ENTITY_TIMESTAMP = "1970-01-01T00:00:00Z"  # what Feast reports for entity key columns
+_MISSING: Any = object()
 
 
 class TooManyKeys(DefinitionError):
@@ -114,6 +114,17 @@ def feast_response(result: "OnlineResult", entities: dict[str, list[Any]],
     """A response in the shape of Feast's feature server, with our additions."""
     names = list(entities)
     results: list[dict[str, Any]] = []
+    stamps: dict[int | None, str | None] = {None: None}  # features of a view share their rows'
+
+    def iso(values: list[int | None]) -> list[str | None]:
+        out = []
+        for v in values:
+            text = stamps.get(v, _MISSING)
+            if text is _MISSING:
+                text = stamps[v] = iso_us(v)
+            out.append(text)
+        return out
+
     for values in entities.values():
         results.append({"values": values, "statuses": [PRESENT] * result.n,
                         "event_timestamps": [_ENTITY_TIMESTAMP] * result.n})
@@ -122,8 +133,8 @@ def feast_response(result: "OnlineResult", entities: dict[str, list[Any]],
         results.append({
             "values": json_values(result.values[name], result.dtypes[name]),
             "statuses": result.statuses[name],
-            "event_timestamps": [iso_us(v) for v in result.event_timestamp[name]],
-            "available_at": [iso_us(v) for v in result.available_at[name]]})
+            "event_timestamps": iso(result.event_timestamp[name]),
+            "available_at": iso(result.available_at[name])})
     return {"metadata": {"feature_names": names, "tier": result.tier,
                          "as_of": iso_us(result.as_of_us), "served_from": result.served_from},
             "results": results}
@@ -139,6 +150,7 @@ def create_app(store: "FeatureStore", *, max_keys: int = DEFAULT_MAX_KEYS,
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
         from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+        from pydantic_core import to_json
         from starlette.concurrency import run_in_threadpool
     except ImportError:
         raise FeatureStoreError("featurestore serve needs FastAPI and uvicorn: "
@@ -265,8 +277,8 @@ def create_app(store: "FeatureStore", *, max_keys: int = DEFAULT_MAX_KEYS,
             # Reading an artifact takes milliseconds: off the loop, so others are served.
             result = await run_in_threadpool(online.lookup, request.entities, features, **kwargs)
         body = feast_response(result, request.entities, request.full_feature_names)
-        return Response(json.dumps(body, default=_json_default, allow_nan=False),
-                        media_type="application/json")
+        # pydantic's Rust encoder: several times faster than json.dumps on these bodies.
+        return Response(to_json(body, fallback=_json_default), media_type="application/json")
 
     @app.get("/health", summary="Liveness and readiness")
     def health() -> JSONResponse:

@@ -117,43 +117,64 @@ class OnlineResult:
     def frame(self, query: pl.DataFrame, *, with_status: bool = False,
               with_availability: bool = False) -> pl.DataFrame:
         """``query`` with one column per feature (plus status / available_at columns)."""
-        names: list[str] = []
-        schema: dict[str, pl.DataType] = {}
-        data: list[list[Any]] = []
-        casts = []
-        by_view: dict[str, list[str]] = {}
-        for name in self.names:
-            by_view.setdefault(self.views[name], []).append(name)
-        # As the join engine orders them: per view its features, then their availability.
-        for group in by_view.values():
-            for name in group:
-                stored, dtype = storage_dtype(self.dtypes[name]), self.dtypes[name]
-                names.append(name)
-                schema[name] = stored
-                data.append(self.values[name])
-                if stored != dtype:
-                    casts.append(pl.col(name).cast(dtype))
-            for name in group if with_availability else ():
-                column = f"{name}__available_at"
-                names.append(column)
-                schema[column] = pl.Int64()
-                data.append([a if s in (PRESENT, NULL_VALUE) else None for a, s in
-                             zip(self.available_at[name], self.statuses[name], strict=True)])
-                casts.append(pl.col(column).cast(pl.Datetime("us", "UTC")))
-            for name in group if with_status else ():
-                names.append(f"{name}__status")
-                schema[f"{name}__status"] = pl.String()
-                data.append(self.statuses[name])
-        clash = [c for c in names if c in query.columns]
+        key = (tuple(self.names), tuple(self.dtypes[n] for n in self.names),
+               tuple(self.views[n] for n in self.names), with_status, with_availability)
+        shape = _SHAPES.get(key)
+        if shape is None:
+            shape = _SHAPES[key] = _frame_shape(self, with_status, with_availability)
+            if len(_SHAPES) > 512:
+                _SHAPES.clear()
+        columns, schema, casts = shape
+        clash = [c for c in schema if c in query.columns]
         if clash:
             raise DataError(f"entity rows: column(s) {', '.join(clash)} clash with requested "
                             "features")
+        data = []
+        for kind, name in columns:
+            if kind == "value":
+                data.append(self.values[name])
+            elif kind == "status":
+                data.append(self.statuses[name])
+            else:
+                data.append([a if s in _SERVED else None for a, s in
+                             zip(self.available_at[name], self.statuses[name], strict=True)])
         # Row-wise construction is one call into polars: far cheaper for the few rows served.
         features = pl.DataFrame(list(zip(*data, strict=True)) if self.n else None,
                                 schema=schema, orient="row")
         if casts:
             features = features.with_columns(casts)
         return pl.concat([query, features], how="horizontal")
+
+
+_SERVED = frozenset((PRESENT, NULL_VALUE))
+_SHAPES: dict[Any, tuple[list[tuple[str, str]], dict[str, pl.DataType], list[pl.Expr]]] = {}
+
+
+def _frame_shape(result: OnlineResult, with_status: bool, with_availability: bool
+                 ) -> tuple[list[tuple[str, str]], dict[str, pl.DataType], list[pl.Expr]]:
+    """Columns, storage schema and casts of ``OnlineResult.frame`` (cached per result shape)."""
+    columns: list[tuple[str, str]] = []
+    schema: dict[str, pl.DataType] = {}
+    casts = []
+    by_view: dict[str, list[str]] = {}
+    for name in result.names:
+        by_view.setdefault(result.views[name], []).append(name)
+    # As the join engine orders them: per view its features, then their availability.
+    for group in by_view.values():
+        for name in group:
+            stored, dtype = storage_dtype(result.dtypes[name]), result.dtypes[name]
+            columns.append(("value", name))
+            schema[name] = stored
+            if stored != dtype:
+                casts.append(pl.col(name).cast(dtype))
+        for name in group if with_availability else ():
+            columns.append(("available_at", name))
+            schema[f"{name}__available_at"] = pl.Int64()
+            casts.append(pl.col(f"{name}__available_at").cast(pl.Datetime("us", "UTC")))
+        for name in group if with_status else ():
+            columns.append(("status", name))
+            schema[f"{name}__status"] = pl.String()
+    return columns, schema, casts
 
 
 def _columns(entities: EntityRows) -> tuple[dict[str, list[Any]], int]:
