@@ -204,8 +204,8 @@ def answers_to_frames(answers: list[bytes], names: list[str]) -> list[pl.DataFra
                     for n in body["metadata"]["feature_names"][1:]]
         for name, result in zip(returned, body["results"][1:], strict=True):
             columns[name] = [None if isinstance(v, str) else v for v in result["values"]]
-        frames.append(pl.DataFrame(columns, schema={KEY: pl.Int64, **dict.fromkeys(names, pl.Float64)})
-                      if set(columns) == {KEY, *names} else pl.DataFrame(columns).select(KEY, *names))
+        overrides = {KEY: pl.Int64, **dict.fromkeys(names, pl.Float64)}
+        frames.append(pl.DataFrame(columns, schema_overrides=overrides).select(KEY, *names))
     return frames
 
 
