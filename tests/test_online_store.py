@@ -440,3 +440,22 @@ def test_an_unmaterialized_feature_is_not_found(online_url: str, tmp_path: Path)
         store.get_online_features({"driver_id": [1]}, ["x"], tier="race")
     with pytest.raises(NotFoundError, match="not registered"):
         store.get_online_features({"driver_id": [1]}, ["nope"], tier="race")
+
+
+def test_a_deleted_feature_is_not_served(online_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from featurestore import schema
+    from featurestore.registry import utcnow
+
+    store = laps_store(tmp_path, random_laps(seed=23), online_store=online_url)
+    materialize(store)
+    publish(store)
+    reader_for(store).registry_ttl = 0
+    assert store.get_online_features({"driver_id": [1]}, ["x"], tier="race").height == 1
+    # What `featurestore delete` records (history kept, every version marked).
+    store.registry.write(lambda c: c.execute(update(schema.features)
+                                             .where(schema.features.c.name == "x")
+                                             .values(deleted_at=utcnow())))
+    with pytest.raises(NotFoundError, match="deleted|not registered"):
+        store.get_online_features({"driver_id": [1]}, ["x"], tier="race")

@@ -132,17 +132,9 @@ def storage_dtype(dtype: pl.DataType) -> pl.DataType:
     if (dtype.is_numeric() and not isinstance(dtype, pl.Decimal)) or dtype == pl.String() \
             or dtype == pl.Boolean():
         return dtype
-    if isinstance(dtype, _STRING_STORED):
-        return pl.String()
-    if isinstance(dtype, pl.List):
-        return pl.List(storage_dtype(dtype.inner))
-    if isinstance(dtype, pl.Array):
-        return pl.Array(storage_dtype(dtype.inner), dtype.shape)
-    if isinstance(dtype, pl.Struct):
-        return pl.Struct({f.name: storage_dtype(f.dtype) for f in dtype.fields})
     if isinstance(dtype, pl.Object):
         raise DataError(f"dtype {dtype} cannot be stored in the online store")
-    return pl.Series(dtype=dtype).to_physical().dtype
+    return pl.Series(dtype=_castable_logical(dtype)).to_physical().dtype
 
 
 def to_storage(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -236,6 +236,9 @@ class OnlineReader:
     def _build_plan(self, features: str | Sequence[str]) -> _Plan:
         store = self.store
         rows = store.resolve_features(features)
+        for row in rows:  # a deleted feature is never served, whatever the registry returns
+            if row.get("deleted_at") is not None:
+                raise NotFoundError(f"feature {row['name']!r} was deleted")
         entities = store.registry.latest("entity")
         views: dict[str, _ViewPlan] = {}
         for row in rows:
@@ -250,7 +253,8 @@ class OnlineReader:
                 versions = frozenset(
                     v["version"] for v in history
                     if v["source"] == row["source"] and v["transform"] == row["transform"]
-                    and (v["transform"] is None or v["params"] == row["params"]))
+                    and (v["transform"] is None or v["params"] == row["params"])
+                    and v.get("deleted_at") is None)
                 vp = views[row["view"]] = _ViewPlan(row["view"], tuple(entity["join_keys"]),
                                                     versions, [])
             vp.features.append((row["name"], row))
