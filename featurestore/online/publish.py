@@ -229,32 +229,39 @@ def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], key
     schema = pl.read_parquet_schema(path)
     columns = [c for c in schema if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)]
     moment_us = int(at.timestamp() * 1_000_000)
-    frame = (pl.scan_parquet(path)
-             .filter(pl.col(AVAILABLE_AT).is_not_null())  # never available: never served
-             .select(*[to_storage(pl.col(k), schema[k]) for k in keys],
-                     pl.col(AVAILABLE_AT).dt.epoch("us").alias("__a"),
-                     pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__e"),
-                     *[to_storage(pl.col(c), schema[c]) for c in columns])
-             .collect(engine="in-memory"))
-    order = [*keys, "__a", "__e"]
+    rows = (pl.scan_parquet(path).with_row_index("__r")  # file order settles full ties
+            .filter(pl.col(AVAILABLE_AT).is_not_null())  # never available: never served
+            .select(*[to_storage(pl.col(k), schema[k]) for k in keys], "__r",
+                    pl.col(AVAILABLE_AT).dt.epoch("us").alias("__a"),
+                    pl.col(EVENT_TIMESTAMP).dt.epoch("us").alias("__e"),
+                    *[to_storage(pl.col(c), schema[c]) for c in columns]))
+    if history is None:
+        kept = rows.with_columns(pl.lit(1, dtype=pl.Int8).alias("__complete"))
+    else:
+        # Per entity, the history-th newest availability before the moment: rows at or after
+        # it are the kept tail (ties there keep a row or two more, which is never wrong). Both
+        # passes stream, so memory follows the kept rows, not the artifact.
+        past = pl.col("__a") < moment_us
+        tails = (rows.filter(past).group_by(keys)
+                 .agg(pl.col("__a").top_k(history).min().alias("__from"),
+                      (pl.len() <= history).cast(pl.Int8).alias("__complete")))
+        kept = (rows.join(tails, on=keys, how="left", nulls_equal=True, maintain_order="left")
+                .filter(~past | pl.col("__from").is_null() | (pl.col("__a") >= pl.col("__from")))
+                .with_columns(pl.col("__complete").fill_null(1))
+                .drop("__from"))
+    frame = kept.collect(engine="streaming")
+    order = [*keys, "__a", "__e", "__r"]
     if not in_order(frame, order):
-        frame = frame.sort(order, maintain_order=True, nulls_last=False)
+        frame = frame.sort(order, nulls_last=False)
     group = pl.struct(keys).rle_id() if len(keys) > 1 else pl.col(keys[0]).rle_id()
     frame = frame.with_columns(group.alias("__g"))
-    if history is not None:
-        index = pl.int_range(pl.len(), dtype=pl.Int64).over("__g")
-        n_before = (pl.col("__a") < moment_us).cast(pl.Int64).sum().over("__g")
-        frame = (frame.with_columns(index.alias("__i"), n_before.alias("__p"))
-                 .filter(pl.col("__i") >= pl.col("__p") - history))
-    else:
-        frame = frame.with_columns(pl.lit(0).alias("__i"))
     hashed = ["__a", "__e", *columns]
     groups = (frame
               .with_columns(pl.struct(hashed).hash(seed=0).alias("__h1"),
                             pl.struct(hashed).hash(seed=7).alias("__h2"))
               .group_by("__g", maintain_order=True)
               .agg(*[pl.col(k).first() for k in keys], pl.col("__h1"), pl.col("__h2"),
-                   (pl.col("__i").min() == 0).cast(pl.Int8).alias("__complete"))
+                   pl.col("__complete").first())
               .select("__g", *keys, "__complete",
                       pl.format("{}.{}.{}", pl.col("__h1").hash(seed=0),
                                 pl.col("__h2").hash(seed=7), "__complete").alias("__digest")))
