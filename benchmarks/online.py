@@ -144,7 +144,8 @@ class ServerProcess:
 
 
 async def _client(host: str, port: int, bodies: list[bytes], deadline: float,
-                  latencies: list[float], answers: list[bytes], keep_every: int) -> None:
+                  latencies: list[float], answers: list[bytes], keep_every: int,
+                  reconnects: list[int]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
     try:
@@ -154,8 +155,15 @@ async def _client(host: str, port: int, bodies: list[bytes], deadline: float,
                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                        % (host.encode(), len(body))) + body
             t = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed this keep-alive connection (a worker recycled): reconnect.
+                writer.close()
+                reconnects[0] += 1
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
             length = 0
             for line in head.split(b"\r\n"):
                 if line[:15].lower() == b"content-length:":
@@ -176,12 +184,14 @@ def http_run(url: str, bodies: list[bytes], clients: int, seconds: float,
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     latencies: list[float] = []
     answers: list[bytes] = []
+    reconnects = [0]
 
     async def main() -> float:
         start = time.perf_counter()
         deadline = start + seconds
         await asyncio.gather(*[_client(host, int(port), bodies[c::clients] or bodies, deadline,
-                                       latencies, answers, keep_every) for c in range(clients)])
+                                       latencies, answers, keep_every, reconnects)
+                               for c in range(clients)])
         return time.perf_counter() - start
 
     try:
@@ -190,6 +200,8 @@ def http_run(url: str, bodies: list[bytes], clients: int, seconds: float,
         elapsed = uvloop.run(main())
     except ImportError:
         elapsed = asyncio.run(main())
+    if reconnects[0]:
+        print(f"  ({reconnects[0]} keep-alive connections closed by the server and reopened)")
     return latencies, len(latencies) / elapsed, answers
 
 
