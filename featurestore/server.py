@@ -152,6 +152,7 @@ def create_app(store: "FeatureStore", *, max_keys: int = DEFAULT_MAX_KEYS,
         from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
         from pydantic_core import to_json
         from starlette.concurrency import run_in_threadpool
+        from starlette.routing import Route
     except ImportError:
         raise FeatureStoreError("featurestore serve needs FastAPI and uvicorn: "
                                 "pip install 'featurestore[serve]'") from None
@@ -279,6 +280,12 @@ def create_app(store: "FeatureStore", *, max_keys: int = DEFAULT_MAX_KEYS,
         body = feast_response(result, request.entities, request.full_feature_names)
         # pydantic's Rust encoder: several times faster than json.dumps on these bodies.
         return Response(to_json(body, fallback=_json_default), media_type="application/json")
+
+    # The same endpoint as a plain Starlette route, matched first: it skips FastAPI's
+    # dependency resolution (about 50 us a request, a fifth of the whole). The FastAPI route
+    # above stays for the OpenAPI schema; errors go through the same exception handlers.
+    app.router.routes.insert(0, Route("/get-online-features", get_online_features,
+                                      methods=["POST"]))
 
     @app.get("/health", summary="Liveness and readiness")
     def health() -> JSONResponse:
