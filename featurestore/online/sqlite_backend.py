@@ -23,6 +23,8 @@ from featurestore.errors import FeatureStoreError
 from featurestore.online.base import MakeBatch, OnlineBackend, ViewMeta
 
 BUSY_TIMEOUT_S = 30.0
+_forks = [0]  # bumped in a forked child: connections opened before the fork are not reused
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _MAX_PARAMS = 30_000  # under SQLite's 32,766 host parameters per statement
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS online_meta (view TEXT PRIMARY KEY, meta TEXT NOT NULL)",
@@ -63,11 +65,11 @@ class SQLiteBackend(OnlineBackend):
         """This thread's connection (reopened after a fork; absent while no file exists)."""
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
+        if conn is None or local.fork != _forks[0]:
             conn = self._connect(create=False)
             if conn is None:
                 return None
-            local.conn, local.pid = conn, os.getpid()
+            local.conn, local.fork = conn, _forks[0]
         return conn
 
     def close(self) -> None:
