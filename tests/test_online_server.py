@@ -46,8 +46,10 @@ class Server:
              "--max-keys", str(MAX_KEYS), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout],  # type: ignore[union-attr]
-                         daemon=True).start()
+        self.reader = threading.Thread(
+            target=lambda: [lines.put(x) for x in self.proc.stdout],  # type: ignore[union-attr]
+            daemon=True)
+        self.reader.start()
         self.lines = lines
         try:
             first = lines.get(timeout=120)
@@ -60,12 +62,10 @@ class Server:
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
+        self.reader.join(timeout=10)  # stdout is closed: the reader ends
         rest = []
-        while True:
-            try:
-                rest.append(self.lines.get(timeout=2))
-            except queue.Empty:
-                break
+        while not self.lines.empty():
+            rest.append(self.lines.get_nowait())
         return code, "".join(rest)
 
 

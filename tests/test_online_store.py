@@ -457,5 +457,5 @@ def test_a_deleted_feature_is_not_served(online_url: str, tmp_path: Path) -> Non
     store.registry.write(lambda c: c.execute(update(schema.features)
                                              .where(schema.features.c.name == "x")
                                              .values(deleted_at=utcnow())))
-    with pytest.raises(NotFoundError, match="deleted|not registered"):
+    with pytest.raises(NotFoundError, match=r"deleted|not registered"):
         store.get_online_features({"driver_id": [1]}, ["x"], tier="race")
