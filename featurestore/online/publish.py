@@ -242,9 +242,11 @@ def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], key
         # it are the kept tail (ties there keep a row or two more, which is never wrong). Both
         # passes stream, so memory follows the kept rows, not the artifact.
         past = pl.col("__a") < moment_us
+        # Collected on its own: in one plan polars would cache the shared scan in memory.
         tails = (rows.filter(past).group_by(keys)
                  .agg(pl.col("__a").top_k(history).min().alias("__from"),
-                      (pl.len() <= history).cast(pl.Int8).alias("__complete")))
+                      (pl.len() <= history).cast(pl.Int8).alias("__complete"))
+                 .collect(engine="streaming").lazy())
         kept = (rows.join(tails, on=keys, how="left", nulls_equal=True, maintain_order="left")
                 .filter(~past | pl.col("__from").is_null() | (pl.col("__a") >= pl.col("__from")))
                 .with_columns(pl.col("__complete").fill_null(1))
