@@ -273,7 +273,7 @@ def test_only_changed_entities_are_rewritten(online_url: str, tmp_path: Path) ->
 
 
 def test_an_older_artifact_never_replaces_a_newer_one(online_url: str, tmp_path: Path) -> None:
-    from featurestore.online.publish import _publish_one
+    from featurestore.online.publishing import _publish_one
 
     data = random_laps(seed=3)
     store = laps_store(tmp_path, data, online_store=online_url)

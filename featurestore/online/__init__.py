@@ -19,7 +19,7 @@ from featurestore.online.base import (
     ViewMeta,
 )
 from featurestore.online.lookup import OnlineReader, OnlineResult
-from featurestore.online.publish import (
+from featurestore.online.publishing import (
     ONLINE_STORE_ENV,
     ONLINE_STORE_SETTING,
     PublishResult,
