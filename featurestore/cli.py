@@ -372,10 +372,12 @@ def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None
 @click.option("--force", is_flag=True, help="Recompute even when inputs are unchanged.")
 @click.option("--strict", is_flag=True,
               help="Fail (exit 6) instead of skipping views whose transform's plugin is missing.")
+@click.option("--online", is_flag=True, help="Then publish the views to the online store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int,
-                budget_text: str | None, force: bool, strict: bool, as_json: bool) -> None:
+                budget_text: str | None, force: bool, strict: bool, online: bool,
+                as_json: bool) -> None:
     """Run VIEWS' transforms (all by default), verify causality and write artifacts.
 
     Causality verification checks every entity's (or group's) first cut, then --samples more,
@@ -399,10 +401,17 @@ def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int,
             results = run(c.store, list(views) or None, verify=not no_verify, samples=samples,
                           budget=budget, force=force, progress=progress, strict=strict)
     out = [r.as_dict() for r in results]
+    if online:
+        from featurestore.online import publish
+
+        published = [r.as_dict() for r in publish(c.store, list(views) or None)]
     if as_json:
-        emit_json(out)
+        emit_json({"materialized": out, "published": published} if online else out)
     else:
         print_table(out, ["view", "status", "rows", "verified", "verification", "artifact_id"])
+        if online:
+            print_table(published, ["view", "status", "entities", "changed", "removed"],
+                        title="online store")
 
 
 def _parse_budget(text: str | None) -> float | None:
@@ -481,7 +490,8 @@ def _register_extra_commands() -> None:
 
     for command in PLUGIN_COMMANDS:
         cli.add_command(command)
-    for module in ("featurestore.cli_retrieve", "featurestore.cli_config", "featurestore.cli_lifecycle",
+    for module in ("featurestore.cli_retrieve", "featurestore.cli_config",
+                   "featurestore.cli_lifecycle", "featurestore.cli_serve",
                    "featurestore.quickstart.command"):
         try:
             mod = __import__(module, fromlist=["COMMANDS"])

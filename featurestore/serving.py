@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -27,13 +27,11 @@ from featurestore.errors import (
 from featurestore.plan import dtype_from_str
 from featurestore.retrieval import (
     ViewFrame,
-    _align_key,
     audit,
     point_in_time_join,
     point_in_time_join_lazy,
 )
-from featurestore.tiers import parse_duration
-from featurestore.transforms import AVAILABLE_AT
+from featurestore.tiers import TierOrder, parse_duration
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -204,83 +202,13 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
                 cutoff_timezone=cutoff_timezone, with_availability=with_availability)
 
 
-def serving_tier(store: FeatureStore, tier: str | None) -> str:
-    """The prediction tier of an online request: ``tier``, else the store's default tier."""
-    chosen = tier or store.default_tier
-    if chosen is None:
-        raise DefinitionError(
-            "online features need the tier of the prediction point: pass tier=... (--tier on "
-            "the command line), or set a store default with `featurestore config default_tier "
-            "TIER` (FeatureStore.set_setting('default_tier', TIER)); tiers in order: "
-            f"{', '.join(store.tiers.names)}")
-    return chosen
-
-
-def get_online_features(store: FeatureStore,
-                        keys: pl.DataFrame | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
-                        features: FeatureRefs, *, as_of: datetime | None = None,
-                        tier: str | None = None, inclusive: bool = False,
-                        allow_unverified: bool = False) -> pl.DataFrame:
-    rows = store.resolve_features(features)
-    store.tiers.check_usable(serving_tier(store, tier), feature_tiers(rows))
-    query = keys if isinstance(keys, pl.DataFrame) else pl.DataFrame(keys)
-    moment = as_of or datetime.now(UTC)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    query = query.with_columns(pl.lit(moment).dt.convert_time_zone("UTC")
-                               .dt.cast_time_unit("us").alias("__as_of"))
-    frames = view_frames(store, rows, allow_unverified=allow_unverified)
-    _check_query(query, frames, "__as_of")
-    if query.height <= ONLINE_FAST_KEYS:
-        return _online_few_keys(query.drop("__as_of"), frames, moment, inclusive)
-    # Only the requested keys' rows are read: the artifacts are sorted by key, so Parquet
-    # statistics let the scan skip every other row group.
-    narrowed = []
-    for vf in frames:
-        key_filter = pl.lit(True)
-        for k in vf.keys:
-            key_filter = key_filter & pl.col(k).is_in(query[k].unique().implode())
-        narrowed.append(ViewFrame(vf.name, vf.frame.filter(key_filter), vf.keys, vf.features,
-                                  vf.query_keys, vf.presorted))
-    out = point_in_time_join(query, narrowed, cutoff="__as_of", inclusive=inclusive)
-    return out.drop("__as_of")
-
-
-ONLINE_FAST_KEYS = 1000
-
-
-def _online_few_keys(query: pl.DataFrame, frames: list[ViewFrame], moment: datetime,
-                     inclusive: bool) -> pl.DataFrame:
-    """The serving path for a few keys: one filtered scan per view, newest row per key.
-
-    Same rule as the join engine, which ``tests/test_store_retrieval.py`` checks: in a view
-    artifact the rows of a key are ordered by (available_at, event_timestamp, ingestion), so
-    among the rows available before ``moment`` the last one in file order is the winner.
-    """
-    out = query
-    for vf in frames:
-        keys = list(vf.keys)
-        schema = vf.frame.collect_schema()
-        key_filter = pl.lit(True)
-        for k in keys:
-            # The join engine's rule: int widths align, but a string never matches an integer
-            # silently (it is an error naming the view and the column).
-            _align_key(vf.name, k, query.schema[k], k, schema[k])
-            wanted = query[k].drop_nulls().unique().cast(schema[k], strict=False).drop_nulls()
-            # A plain list, not an imploded Series: only then does Polars prune row groups
-            # by their statistics (10 ms instead of 110 ms for one key at 10M rows).
-            key_filter = key_filter & pl.col(k).is_in(wanted.to_list())
-        cutoff = moment.astimezone(UTC)
-        available = pl.col(AVAILABLE_AT) <= cutoff if inclusive else pl.col(AVAILABLE_AT) < cutoff
-        columns = list(dict.fromkeys(vf.features.values()))
-        # In-memory engine: its filter keeps file order, which decides ties.
-        rows = (vf.frame.filter(key_filter & available).select(*keys, *columns)
-                .collect(engine="in-memory"))
-        latest = rows.group_by(keys, maintain_order=True).agg(pl.col(c).last() for c in columns)
-        latest = latest.select(*[pl.col(k).cast(query.schema[k], strict=False) for k in keys],
-                               *[pl.col(col).alias(name) for name, col in vf.features.items()])
-        out = out.join(latest, on=keys, how="left", maintain_order="left")
-    return out
+def missing_tier_error(tiers: TierOrder) -> DefinitionError:
+    """What an online request without a tier, in a store without a default tier, is told."""
+    return DefinitionError(
+        "online features need the tier of the prediction point: pass tier=... (--tier on the "
+        "command line), or set a store default with `featurestore config default_tier TIER` "
+        f"(FeatureStore.set_setting('default_tier', TIER)); tiers in order: "
+        f"{', '.join(tiers.names)}")
 
 
 def audit_frame(frame: pl.DataFrame, *, cutoff: str = "event_timestamp", features: Sequence[str],

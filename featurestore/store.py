@@ -83,10 +83,11 @@ class FeatureStore:
     ``FeatureStore(root)`` opens the store, creating the directory and registry when missing.
     The registry is SQLite ``root/registry.db`` unless ``registry_url`` or the
     ``FEATURESTORE_REGISTRY_URL`` environment variable names another SQLAlchemy URL.
+    ``online_store`` names the online store (see ``featurestore.online.online_store_url``).
     """
 
     def __init__(self, root: str | Path = ".", *, registry_url: str | None = None,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", online_store: str | None = None) -> None:
         self.root = Path(root).resolve()
         if self.root.exists() and not self.root.is_dir():
             raise FeatureStoreError(f"store root {self.root} exists and is not a directory")
@@ -96,8 +97,12 @@ class FeatureStore:
         self.compression = compression
         url = registry_url or os.environ.get(REGISTRY_ENV) or f"sqlite:///{self.root / 'registry.db'}"
         self.registry = Registry(url)
+        self.online_store = online_store
 
     def close(self) -> None:
+        reader = self.__dict__.pop("_online_reader", None)
+        if reader is not None:
+            reader.close()
         self.registry.close()
 
     def __enter__(self) -> FeatureStore:
@@ -167,6 +172,9 @@ class FeatureStore:
         from featurestore.settings import write_setting
 
         write_setting(self.registry, key, value)
+        reader = getattr(self, "_online_reader", None)
+        if reader is not None:  # its cached lookups hold the old setting
+            reader.invalidate()
 
     @property
     def default_tier(self) -> str | None:
@@ -590,20 +598,28 @@ class FeatureStore:
 
     def get_online_features(self, keys: pl.DataFrame | Mapping[str, Sequence[Any]]
                             | Sequence[Mapping[str, Any]], features: str | Sequence[str], *,
-                            as_of: datetime | None = None, tier: str | None = None,
-                            allow_unverified: bool = False) -> pl.DataFrame:
-        """Latest values for a few keys: the point-in-time rule with one cutoff (now by default).
+                            tier: str | None = None, as_of: datetime | None = None,
+                            ttl: timedelta | str | None = None, inclusive: bool = False,
+                            allow_unverified: bool = False, with_status: bool = False,
+                            with_availability: bool = False) -> pl.DataFrame:
+        """Feature values for entity keys at one moment (now by default), for serving.
 
-        ``tier`` is the prediction point's tier; without it the store's ``default_tier``
-        setting (``set_setting``) is used, and with neither a ``DefinitionError`` says so. The
-        tier guard refuses later-tier features with ``LeakageError``, as does a view
-        materialized without causality verification unless ``allow_unverified``.
+        The same rules as ``get_historical_features`` with one cutoff for every row: ``tier``
+        is required unless the store setting ``setting.default_tier`` is set; later-tier
+        features and views not causality-verified (unless ``allow_unverified``) raise
+        ``LeakageError`` before any data is read. Values come from the online store when the
+        view was published there (``featurestore publish``), else from its artifact; the
+        answer is the same either way. ``with_status`` adds ``<feature>__status`` (PRESENT,
+        NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE), ``with_availability`` ``<feature>__available_at``.
         """
-        from featurestore.serving import get_online_features
+        from featurestore.online import reader_for
 
-        with reading(self.root):
-            return get_online_features(self, keys, features, as_of=as_of, tier=tier,
-                                       allow_unverified=allow_unverified)
+        query = keys if isinstance(keys, pl.DataFrame) else pl.DataFrame(keys)
+        with reading(self.root):  # an answer from an artifact: gc waits until it is read
+            result = reader_for(self).lookup(query, features, tier=tier, as_of=as_of, ttl=ttl,
+                                             inclusive=inclusive,
+                                             allow_unverified=allow_unverified)
+        return result.frame(query, with_status=with_status, with_availability=with_availability)
 
     def audit(self, frame: pl.DataFrame, features: Sequence[str], *,
               cutoff: str = "event_timestamp", inclusive: bool = False,

@@ -140,6 +140,21 @@ def test_two_versions_get_their_own_columns(tmp_path: Path, registry_url: str) -
         store.get_historical_features(query(), ["finish", "finish@2"], tier="race")
 
 
+def test_two_versions_from_the_online_store(tmp_path: Path, registry_url: str) -> None:
+    from featurestore.online import publish
+
+    store = two_versions(tmp_path, registry_url)
+    publish(store)  # the current view version goes online; finish@1's comes from its artifact
+    moment = dt.datetime(2025, 3, 20, tzinfo=UTC)
+    with pytest.raises(LeakageError, match=r"finish@2 \(tier race\)"):
+        store.get_online_features({"driver_id": [2]}, "both", tier="qualifying", as_of=moment)
+    online = store.get_online_features({"driver_id": [2, 1]}, "both", tier="race", as_of=moment)
+    expected = store.get_historical_features(
+        pl.DataFrame({"driver_id": [2, 1], "event_timestamp": [moment] * 2}), "both", tier="race")
+    assert online.to_dicts() == expected.drop("event_timestamp").to_dicts()
+    assert online.columns == ["driver_id", "finish@2", "finish@1"]
+
+
 def test_a_feature_set_pins_a_version_once(tmp_path: Path, registry_url: str) -> None:
     store = two_versions(tmp_path, registry_url)
     with pytest.raises(DefinitionError, match="feature set 'twice' pins finish@2 twice"):
