@@ -81,6 +81,7 @@ from featurestore.cutplan import (
     default_budget,
     plan_cuts,
 )
+from featurestore.cutsites import sorted_by
 from featurestore.errors import DefinitionError, LeakageError, PluginError
 from featurestore.framediff import first_difference
 from featurestore.transforms import SCOPES, Params, Transform, TransformContext
@@ -349,9 +350,11 @@ class _Check:
             if self.output.height != self.inp.height:
                 raise PluginError(f"{self.what} returned {self.output.height} row(s) for "
                                   f"{self.inp.height} input row(s)")
-            by_ids = self.output.sort(list(self.plan.id_columns), nulls_last=True,
-                                      maintain_order=True)
-            self._aligned = by_ids.select(*self.ids, *self.features)[self.plan.aligner]
+            cols = list(self.plan.id_columns)
+            out = self.output.select(*self.ids, *self.features)
+            if not sorted_by(out, cols):
+                out = out.sort(cols, nulls_last=True, maintain_order=True)
+            self._aligned = out if self.plan.aligner is None else out[self.plan.aligner]
         return self._aligned
 
     def _compare(self, full: pl.DataFrame, truncated: pl.DataFrame,
