@@ -51,7 +51,7 @@ on top of its rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -59,11 +59,15 @@ import polars as pl
 from featurestore.cutsites import (
     CATEGORIES,
     CATEGORY,
+    ENDROW,
     ENT,
+    LAST,
     POS,
     RARITY,
     ROW,
+    ROWS,
     START,
+    UNIT,
     M,
     N,
     entity_blocks,
@@ -84,11 +88,12 @@ RERUN_ROWS = 10_000
 """What one more group rerun costs, in rows of the budget (its fixed overhead)."""
 ISOLATION_SHARE = 0.05
 """Share of the budget (at most half the input) spent on the isolation rerun."""
+ISOLATION_BITS = 6
+"""Exhaustive checks split the units in two this many ways for the isolation reruns."""
 
 CUT = "__fs_cut"
 CUT_ID = "__fs_cut_id"
 PRIORITY = "__fs_priority"
-ROWS = "__fs_rows"
 RERUN = "__fs_rerun"
 _HASH, _IDX = "__fs_hash", "__fs_idx"
 
@@ -131,8 +136,8 @@ class CutPlan:
     units: pl.DataFrame
     """Every unit with its rows: unit columns, ``START``, ``ROWS``."""
     isolation: pl.DataFrame
-    """Units computed alone, untruncated, in the isolation rerun (rows of ``units``; may be
-    empty)."""
+    """Units computed without the others, untruncated, in the isolation reruns: rows of
+    ``units`` with ``RERUN`` (which rerun); may be empty."""
     input_rows: int
     duplicates: bool
     """Whether rows share keys and both times (re-ingested data): then rows are paired by value
@@ -188,30 +193,49 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
     keys, acol, tcol = list(ctx.keys), ctx.available_column, ctx.time_column
     group_columns = list(group_columns)
     tail = [tcol] if tcol in frame.columns and tcol != acol else []
-    rows, blocks, duplicates = entity_blocks(frame, ctx,
-                                              [c for c in group_columns if c not in keys])
-    entities_total = int(blocks.get_column(ENT).sum())
+    rows, blocks, entities, duplicates = entity_blocks(
+        frame, ctx, [c for c in group_columns if c not in keys])
+    entities_total = entities.height
     if scope == "entity":
         units, order_columns = keys, (*keys, acol, *tail)
         order = rows.get_column(ROW)
-        table = blocks
+        # Costs and starts are computed for the cuts that may be checked only (see _choose).
+        table = blocks.select(*keys, pl.col(acol).alias(CUT), CATEGORY, RARITY, UNIT, ENDROW)
+        whole = entities.select(*keys, START, ROWS)
+        cuttable = entities.get_column(M) > 1
+        n_candidates = int((entities.get_column(M) - 1).sum() or 0)
+        exhaustive_rows = int(blocks.filter(pl.col(CATEGORY) != LAST).get_column(ENDROW).sum()
+                              or 0) - int(((entities.get_column(M) - 1)
+                                           * entities.get_column(START)).sum() or 0)
+
+        def costs(kept: pl.DataFrame) -> pl.DataFrame:
+            first_row = entities.get_column(START).gather(kept.get_column(UNIT))
+            return kept.with_columns(first_row.alias(START),
+                                     (pl.col(ENDROW) - first_row).alias(ROWS))
     else:
         units = group_columns
         order_columns = (*group_columns, acol, *[k for k in keys if k not in group_columns],
                          *tail)
         by_group = rows.sort([*group_columns, acol], nulls_last=True, maintain_order=True)
         order = by_group.get_column(ROW)
-        table = group_blocks(by_group, blocks, group_columns, acol)
+        grouped = group_blocks(by_group, blocks, group_columns, acol)
         del by_group
+        last = pl.col(POS) == pl.col(M) - 1
+        table = grouped.select(*units, pl.col(acol).alias(CUT), pl.when(last).then(LAST)
+                               .otherwise(pl.col(CATEGORY)).alias(CATEGORY), RARITY, START,
+                               pl.col(N).alias(ROWS))
+        whole = grouped.filter(last).select(*units, START, pl.col(N).alias(ROWS))
+        cuttable = grouped.filter(pl.col(ENT)).get_column(M) > 1
+        candidates = table.filter(pl.col(CATEGORY) != LAST)
+        n_candidates = candidates.height
+        exhaustive_rows = int(candidates.get_column(ROWS).sum() or 0)
+        del grouped, candidates
+
+        def costs(kept: pl.DataFrame) -> pl.DataFrame:
+            return kept
     rows_planned = rows.height
-    del rows
-    candidates = table.filter(pl.col(POS) < pl.col(M) - 1).select(
-        *units, pl.col(acol).alias(CUT), START, pl.col(N).alias(ROWS), CATEGORY, RARITY)
-    starts = table.filter(pl.col(ENT))
-    units_total, units_cuttable = starts.height, int((starts.get_column(M) > 1).sum())
-    whole = table.filter(pl.col(POS) == pl.col(M) - 1).select(*units, START, pl.col(N)
-                                                                .alias(ROWS))
-    del table, blocks
+    del rows, blocks
+    units_total, units_cuttable = cuttable.len(), int(cuttable.sum())
     id_cols = list(dict.fromkeys([*keys, tcol, acol]))
     identity = pl.int_range(frame.height, dtype=order.dtype, eager=True)
     if sorted_by(frame.select(id_cols), id_cols):  # an ingested snapshot is
@@ -224,9 +248,11 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
             *id_cols, *group_columns).unique().height != frame.select(id_cols).n_unique():
         raise DataError(f"rows that share {', '.join(id_cols)} belong to different groups "
                         f"({', '.join(group_columns)}), so their values cannot be told apart")
-    hashed = candidates.with_columns(hash_columns([*units, CUT], seed).alias(_HASH))
-    chosen = _choose(hashed, units, packing, budget, samples, rows_planned)
-    counts = dict(candidates.group_by(CATEGORY).len().iter_rows())
+    total_cost = exhaustive_rows + RERUN_ROWS * n_candidates
+    hashed = table.with_columns(hash_columns([*units, CUT], seed).alias(_HASH))
+    chosen = _choose(hashed, units, packing, budget, samples, rows_planned, exhaustive_rows,
+                     costs)
+    counts = dict(table.get_column(CATEGORY).value_counts().iter_rows())
     taken = dict(chosen.group_by(CATEGORY).len().iter_rows())
     categories = {name: (int(taken.get(i, 0)), int(counts[i]))
                   for i, name in enumerate(CATEGORIES) if counts.get(i)}
@@ -243,11 +269,11 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         scope=scope, packing=packing, unit_columns=tuple(units), order=order,
         order_columns=order_columns, aligner=aligner, id_columns=tuple(id_cols), pairs=pairs,
         units=whole,
-        isolation=_isolation_units(whole, units, budget, seed), input_rows=frame.height,
+        isolation=_isolation_units(whole, units, budget, seed, room=budget - total_cost),
+        input_rows=frame.height,
         duplicates=duplicates,
         units_total=units_total, units_cuttable=units_cuttable, entities_total=entities_total,
-        candidates=candidates.height,
-        exhaustive_rows=int(candidates.get_column(ROWS).sum() or 0),
+        candidates=n_candidates, exhaustive_rows=exhaustive_rows,
         budget=budget, samples=samples, categories=categories, notes=tuple(notes))
 
 
@@ -255,13 +281,14 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
 
 
 def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float, samples: int,
-            input_rows: int) -> pl.DataFrame:
+            input_rows: int, exhaustive_rows: int,
+            costs: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
     """The checked prefix of the priority order, with ``PRIORITY`` and ``RERUN`` assigned.
 
     Sorting every candidate is the costly part on large inputs, and a prefix rarely goes deep
-    into the ``other`` category (every cut no other category claims): so only its ``k`` first
-    are sorted (a threshold on the hash, which orders it), and ``k`` grows until the prefix
-    stays clear of the cut-off; the result is the prefix of the full order either way.
+    into a large category: so only the ``k`` first of each category are sorted (a threshold on
+    the key that orders the category), and ``k`` grows until the prefix stays clear of every
+    cut-off; the result is the prefix of the full order either way.
     """
     first, other = 0, len(CATEGORIES) - 1
     # One 64-bit key within a category: how rare (18 bits: the share of nulls or changes of the
@@ -269,17 +296,34 @@ def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float,
     hashed = hashed.with_columns(
         ((pl.col(RARITY).clip(0.0, 1.0) * ((1 << 18) - 1)).cast(pl.UInt64) * (1 << 40)
          + pl.col(_HASH) // (1 << 24)).alias(_HASH))
-    total = int(hashed.get_column(ROWS).sum() or 0) + RERUN_ROWS * hashed.height
-    mandatory = int((hashed.get_column(CATEGORY) == first).sum())
-    n_other = int((hashed.get_column(CATEGORY) == other).sum())
+    total = exhaustive_rows + RERUN_ROWS * hashed.height
+    n_of = {c: n for c, n in hashed.get_column(CATEGORY).value_counts().iter_rows()
+            if c != LAST}
+    mandatory = int(n_of.get(first, 0))
     k = max(4096, 4 * (mandatory + samples))
+    cat = pl.col(CATEGORY)
     while True:
-        deep = budget >= total or k >= n_other
-        kept = hashed if deep else hashed.filter(
-            (pl.col(CATEGORY) != other) | (pl.col(_HASH) < (1 << 40) * k // n_other))
-        chosen, reach = _prefix(kept, units, packing, budget, samples, mandatory)
-        sampled = int((kept.get_column(CATEGORY) == other).sum())
-        if deep or reach < sampled:
+        big = [c for c, n in n_of.items() if c != first and n > k]
+        if budget >= total or not big:
+            kept, limits = hashed.filter(cat != LAST), {}
+        else:
+            # "other" is ordered by hash alone, so a threshold on it keeps about k; the others
+            # get the exact k-th key.
+            limits = {c: pl.lit((1 << 40) * k // n_of[c], dtype=pl.UInt64) for c in big
+                      if c == other}
+            exact = [c for c in big if c != other]
+            if exact:
+                kth = hashed.filter(cat.is_in(exact)).group_by(CATEGORY).agg(
+                    pl.col(_HASH).bottom_k(k).max())
+                limits |= {c: pl.lit(v + 1, dtype=pl.UInt64) for c, v in kth.iter_rows()}
+            keep = ~cat.is_in(big) & (cat != LAST)
+            for c, limit in limits.items():
+                keep = keep | ((cat == c) & (pl.col(_HASH) < limit))
+            kept = hashed.filter(keep)
+        chosen = _prefix(costs(kept), units, packing, budget, samples, mandatory)
+        taken = dict(chosen.get_column(CATEGORY).value_counts().iter_rows())
+        held = dict(kept.get_column(CATEGORY).value_counts().iter_rows())
+        if all(taken.get(c, 0) < held.get(c, 0) for c in limits):
             break
         k *= 4
     # The checked prefix, run category by category (first cuts, then rows next to nulls, ...)
@@ -296,8 +340,8 @@ def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float,
 
 
 def _prefix(kept: pl.DataFrame, units: list[str], packing: str, budget: float, samples: int,
-            mandatory: int) -> tuple[pl.DataFrame, int]:
-    """The prefix of ``kept`` in priority order, and how many ``other`` cuts it took.
+            mandatory: int) -> pl.DataFrame:
+    """The prefix of ``kept`` in priority order.
 
     Priority: every ``first`` cut, then round robin over the categories (rank 0 of each, rank 1
     of each, ...), a category's ranks following ``_HASH`` (rarity, then hash).
@@ -306,7 +350,7 @@ def _prefix(kept: pl.DataFrame, units: list[str], packing: str, budget: float, s
     i = pl.int_range(pl.len(), dtype=pl.Int64)
     new = pl.col(CATEGORY).ne_missing(pl.col(CATEGORY).shift(1))
     rank = i - pl.when(new).then(i).forward_fill()
-    ordered = kept.sort(_HASH).with_columns(rank.alias(_IDX)).sort(
+    ordered = kept.sort(CATEGORY, _HASH).with_columns(rank.alias(_IDX)).sort(
         (pl.col(CATEGORY) != first).cast(pl.Int64) * (1 << 40)
         + pl.col(_IDX) * len(CATEGORIES) + pl.col(CATEGORY).cast(pl.Int64))
     rows = pl.col(ROWS).cum_sum()
@@ -318,9 +362,7 @@ def _prefix(kept: pl.DataFrame, units: list[str], packing: str, budget: float, s
             pl.int_range(pl.len(), dtype=pl.Int64)
         cost = rows + RERUN_ROWS * (taken.cum_max() + 1)
     fits = int(ordered.select(cost <= budget).to_series().sum())
-    chosen = ordered.head(max(mandatory + samples, fits))
-    others = chosen.filter(pl.col(CATEGORY) == len(CATEGORIES) - 1).get_column(_IDX)
-    return chosen, int(others.max()) + 1 if others.len() else 0
+    return ordered.head(max(mandatory + samples, fits))
 
 
 def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
@@ -336,15 +378,29 @@ def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
     return stage.rank("dense").cast(pl.Int64).alias(RERUN) - 1
 
 
-def _isolation_units(whole: pl.DataFrame, units: list[str], budget: float,
-                     seed: int) -> pl.DataFrame:
-    """A few units (hash order) to compute alone; never all of them, none when there is one.
+def _isolation_units(whole: pl.DataFrame, units: list[str], budget: float, seed: int,
+                     room: float) -> pl.DataFrame:
+    """Subsets of the units to compute without the others (``RERUN``: which subset).
 
-    ``whole`` has one row per unit with its ``START`` and ``ROWS`` (all its rows).
+    When ``room`` (the budget left by an exhaustive check) allows: the units numbered in hash
+    order and split by each bit of their number, both sides (at most ``2 * ISOLATION_BITS``
+    reruns of about half the input each), so that any two units are computed apart at least once
+    when there are at most 2 ** ISOLATION_BITS of them. Otherwise one subset, units in hash order
+    up to ``ISOLATION_SHARE`` of the budget. Never all units in one subset; nothing when there
+    is one unit.
     """
     if not units or whole.height < 2:
-        return whole.head(0)
+        return whole.head(0).with_columns(pl.lit(0, pl.Int64).alias(RERUN))
     ordered = whole.with_columns(hash_columns(units, seed + 1).alias(_HASH)).sort(_HASH)
+    bits = min(ISOLATION_BITS, max(1, (ordered.height - 1).bit_length()))
+    if room >= bits * int(ordered.get_column(ROWS).sum() or 0):
+        number = pl.int_range(pl.len(), dtype=pl.Int64)
+        sides = [ordered.filter(((number // (1 << b)) % 2) == side).with_columns(
+                 pl.lit(2 * b + side, pl.Int64).alias(RERUN))
+                 for b in range(bits) for side in (0, 1)]
+        return pl.concat([p for p in sides if 0 < p.height < ordered.height]).select(
+            *units, START, ROWS, RERUN)
     cap = min(ISOLATION_SHARE * budget, ordered.get_column(ROWS).sum() / 2)
     take = int((ordered.get_column(ROWS).cum_sum() <= cap).sum())
-    return ordered.head(min(max(take, 1), ordered.height - 1)).select(*units, START, ROWS)
+    return ordered.head(min(max(take, 1), ordered.height - 1)).select(
+        *units, START, ROWS, pl.lit(0, pl.Int64).alias(RERUN))

@@ -32,21 +32,21 @@ HASH_SEED = 0x5EED
 CATEGORY = "__fs_category"
 START = "__fs_start"
 ENT, BLK, POS, M, N, ROW = "__fs_ent", "__fs_blk", "__fs_pos", "__fs_m", "__fs_n", "__fs_row"
-RARITY = "__fs_rarity"
+RARITY, UNIT, ENDROW, FIRST, ROWS = (
+    "__fs_rarity", "__fs_unit", "__fs_endrow", "__fs_first", "__fs_rows")
+LAST = 15
+"""The category code of an entity's last block: no cut (cutting there removes nothing)."""
 _NULL, _CHG, _GAP, _IDX, _DUP, _USUAL = (
     "__fs_null", "__fs_chg", "__fs_gap", "__fs_idx", "__fs_same", "__fs_usual")
 
 
 def entity_blocks(frame: pl.DataFrame, ctx: TransformContext, extra: Sequence[str]
-                   ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
-    """Rows sorted in causal order per entity, and one row per block with its category.
+                  ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, bool]:
+    """Rows sorted in causal order per entity, one row per block, and one row per entity.
 
-    ``rows`` holds the keys, ``available_at``, the ``extra`` columns and ``BLK`` (the row's
-    block index). ``blocks`` holds the keys, ``available_at``, ``ENT`` (the entity's first
-    block), ``N`` (rows up to and including the block), ``POS`` / ``M`` (the block's position
-    among the entity's blocks, and their number), ``START`` (the entity's first row in the
-    sorted rows), ``CATEGORY`` and ``RARITY``. The flag says whether rows share keys and both
-    times.
+    ``rows`` holds the keys, ``available_at``, the ``extra`` columns, ``ROW`` (the row's number
+    in ``frame``) and ``BLK`` (its block's number). ``blocks`` and the entities are described
+    by ``_describe``. The flag says whether rows share keys and both times.
 
     A null or a change is as rare as its column's share of nulls or changes; a block takes the
     rarest of its rows, so that the rarest events come first within their category.
@@ -89,10 +89,11 @@ def entity_blocks(frame: pl.DataFrame, ctx: TransformContext, extra: Sequence[st
     rows = lf.select(*keys, acol, *extra, ROW, ENT, _NULL, chg.alias(_CHG), same.alias(_DUP),
                      pl.col(BLK).alias("__fs_start"),
                      (pl.col(BLK).cast(pl.Int64).cum_sum() - 1).alias(BLK)).collect()
-    # One row per block: its first row. Its size from where the next block starts; its rarest
-    # null and change from the few rows that have one (no group-by over every row).
+    # One row per block: its first row, and the row position after its last. Its rarest null
+    # and change from the few rows that have one (no group-by over every row).
     if bool(rows.get_column("__fs_start").all()):  # one row per block: the usual case
-        blocks = rows.select(*keys, acol, ENT, pl.lit(1, pl.Int64).alias(N), _NULL, _CHG)
+        blocks = rows.select(*keys, acol, ENT, _NULL, _CHG,
+                             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ENDROW))
     else:
         starts = rows.select(pl.int_range(pl.len(), dtype=pl.Int64).alias(_IDX), "__fs_start",
                              *keys, acol, ENT, BLK).filter(pl.col("__fs_start"))
@@ -100,12 +101,77 @@ def entity_blocks(frame: pl.DataFrame, ctx: TransformContext, extra: Sequence[st
         rarest = rare_rows.group_by(BLK).agg(pl.col(_NULL).min(), pl.col(_CHG).min())
         blocks = starts.select(
             *keys, acol, ENT, BLK,
-            (pl.col(_IDX).shift(-1, fill_value=rows.height) - pl.col(_IDX)).alias(N),
-        ).join(rarest, on=BLK, how="left", maintain_order="left")
-    blocks = _sequence(blocks, acol).with_columns(_entity_category()).with_columns(
-        _entity_rarity()).select(*keys, acol, ENT, START, N, POS, M, CATEGORY, RARITY)
+            pl.col(_IDX).shift(-1, fill_value=rows.height).alias(ENDROW),
+        ).join(rarest, on=BLK, how="left", maintain_order="left").drop(BLK)
+    blocks, units = _describe(blocks, keys, acol)
     duplicates = bool(rows.get_column(_DUP).any())
-    return rows.select(*keys, acol, *extra, ROW, BLK), blocks, duplicates
+    return rows.select(*keys, acol, *extra, ROW, BLK), blocks, units, duplicates
+
+
+def _describe(blocks: pl.DataFrame, keys: list[str], acol: str
+              ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Categorise entity blocks (sorted by entity, then ``acol``) with cheap passes only.
+
+    Returns the blocks with ``ENT``, ``UNIT`` (the entity's number), ``ENDROW``, ``CATEGORY``
+    (``LAST`` for an entity's last block, which is no cut) and ``RARITY``; and one row per entity:
+    its keys, ``FIRST`` (first block), ``M`` (blocks), ``START`` (first row), ``ROWS`` (rows).
+    Positions within an entity come from the entity-start flags shifted, never from per-block
+    gathers: on a large input every pass over all blocks counts.
+    """
+    start = pl.col(ENT)
+    # The entity's last block is at most k places later (k = 1, 2, 4).
+    e1 = pl.col(ENT).shift(-1, fill_value=True)
+    e2 = pl.col("__fs_e1") | pl.col(ENT).shift(-2, fill_value=True)
+    e4 = pl.col("__fs_e2") | pl.col(ENT).shift(-3, fill_value=True) \
+        | pl.col(ENT).shift(-4, fill_value=True)
+    unit = (blocks.get_column(ENT).cast(pl.Int64).cum_sum() - 1).alias(UNIT)
+    gap = pl.when(~pl.col("__fs_e1")).then(pl.col(acol).shift(-1) - pl.col(acol))
+    gap = gap.dt.total_microseconds() if blocks.schema[acol].is_temporal() else gap
+    blocks = blocks.with_columns(unit, e1.alias("__fs_e1")).with_columns(
+        gap.cast(pl.Float64).log().alias(_GAP), e2.alias("__fs_e2")).with_columns(
+        pl.col(_GAP).fill_null(0.0).fill_nan(0.0).cum_sum().alias("__fs_l"), e4.alias("__fs_e4"))
+    b = pl.int_range(pl.len(), dtype=pl.Int64)
+    firsts = blocks.select(b.alias(FIRST), *keys, pl.col(ENDROW).shift(1, fill_value=0)
+                           .alias(START), "__fs_l", _GAP).filter(blocks.get_column(ENT))
+    lasts = blocks.select(b.alias("__fs_last"), ENDROW, "__fs_l").filter(
+        blocks.get_column("__fs_e1"))
+    count = lasts.get_column("__fs_last") - firsts.get_column(FIRST) + 1
+    # The entity's typical spacing: the geometric mean of its gaps, which a few long breaks (a
+    # week between races) barely move.
+    log_sum = lasts.get_column("__fs_l") - firsts.get_column("__fs_l") \
+        + firsts.get_column(_GAP).fill_null(0.0).fill_nan(0.0)
+    usual = (log_sum / (count - 1).cast(pl.Float64)).alias(_USUAL)
+    units = firsts.select(*keys, FIRST, START).with_columns(
+        count.alias(M), (lasts.get_column(ENDROW) - firsts.get_column(START)).alias(ROWS))
+    big = (pl.col(_GAP) > usual.gather(blocks.get_column(UNIT)) + math.log(GAP_FACTOR)
+           ).fill_null(False)
+    null, chg = pl.col(_NULL).is_not_null(), pl.col(_CHG).is_not_null()
+    within = {1: ~pl.col("__fs_e1"), 2: ~pl.col("__fs_e2")}
+
+    def ahead(expr: pl.Expr, k: int) -> pl.Expr:  # the same entity's block k places later
+        return within[k] & expr.shift(-k, fill_value=False)
+
+    blocks = blocks.with_columns(big.alias("__fs_big")).with_columns(categorise([
+        ("first", start),
+        ("null", null),
+        ("change", ahead(chg, 1)),
+        ("end", pl.col("__fs_e2")),
+        ("gap", pl.col("__fs_big")),
+        ("null-neighbour", (~start & null.shift(1, fill_value=False)) | ahead(null, 1)),
+        ("change-neighbour", chg),
+        ("end-neighbour", pl.col("__fs_e4")),
+        ("gap-neighbour", ahead(pl.col("__fs_big"), 1) | ahead(pl.col("__fs_big"), 2)),
+        ("second", start.shift(1, fill_value=False)),
+    ], last=pl.col("__fs_e1")))
+    code = {name: i for i, name in enumerate(CATEGORIES)}
+    cat = pl.col(CATEGORY)
+    rarity = (pl.when(cat == code["null"]).then(pl.col(_NULL))
+              .when(cat == code["change"]).then(pl.col(_CHG).shift(-1))
+              .when(cat == code["null-neighbour"]).then(pl.min_horizontal(
+                  pl.col(_NULL).shift(1), pl.col(_NULL).shift(-1)))
+              .when(cat == code["change-neighbour"]).then(pl.col(_CHG))
+              .otherwise(0.0).fill_null(0.0).alias(RARITY))
+    return blocks.select(*keys, acol, ENT, UNIT, ENDROW, CATEGORY, rarity), units
 
 
 def hash_columns(columns: Sequence[str], seed: int) -> pl.Expr:
@@ -174,53 +240,17 @@ def _sequence(blocks: pl.DataFrame, acol: str) -> pl.DataFrame:
     )
 
 
-def _entity_category() -> pl.Expr:
-    """The category code of an entity block (see the module docstring)."""
-    pos, m = pl.col(POS), pl.col(M)
-
-    def ahead(expr: pl.Expr, k: int) -> pl.Expr:  # the same entity's block k places later
-        return pl.when(pos + k < m).then(expr.shift(-k)).otherwise(False)
-
-    def behind(expr: pl.Expr) -> pl.Expr:
-        return pl.when(pos > 0).then(expr.shift(1)).otherwise(False)
-
-    big = (pl.col(_GAP) > pl.col(_USUAL) + math.log(GAP_FACTOR)).fill_null(False)
-    null, chg = pl.col(_NULL).is_not_null(), pl.col(_CHG).is_not_null()
-    return categorise([
-        ("first", pos == 0),
-        ("null", null),
-        ("change", ahead(chg, 1)),
-        ("end", pos >= m - 2),
-        ("gap", big),
-        ("null-neighbour", behind(null) | ahead(null, 1)),
-        ("change-neighbour", chg),
-        ("end-neighbour", pos >= m - 4),
-        ("gap-neighbour", ahead(big, 1) | ahead(big, 2)),
-        ("second", pos == 1),
-    ])
-
-
-def _entity_rarity() -> pl.Expr:
-    """How rare the anchor of a null or change cut is (0 for the other categories)."""
-    pos, m, cat = pl.col(POS), pl.col(M), pl.col(CATEGORY)
-    code = {name: i for i, name in enumerate(CATEGORIES)}
-    nxt = pl.when(pos + 1 < m)
-    prv = pl.when(pos > 0)
-    return (pl.when(cat == code["null"]).then(pl.col(_NULL))
-            .when(cat == code["change"]).then(nxt.then(pl.col(_CHG).shift(-1)))
-            .when(cat == code["null-neighbour"]).then(pl.min_horizontal(
-                prv.then(pl.col(_NULL).shift(1)), nxt.then(pl.col(_NULL).shift(-1))))
-            .when(cat == code["change-neighbour"]).then(pl.col(_CHG))
-            .otherwise(0.0).fill_null(0.0).alias(RARITY))
-
-
-def categorise(conditions: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
-    """The code of the first category whose condition holds, else ``other``: one bit per
-    condition, then the lowest bit set (cheaper than a chain of when/then on large inputs)."""
+def categorise(conditions: Sequence[tuple[str, pl.Expr]], last: pl.Expr | None = None
+               ) -> pl.Expr:
+    """The code of the first category whose condition holds, else ``other`` (``LAST`` where
+    ``last`` holds): one bit per condition, then the lowest bit set (cheaper than a chain of
+    when/then on large inputs)."""
     code = {name: i for i, name in enumerate(CATEGORIES)}
     bits = pl.lit(1 << code["other"], dtype=pl.UInt16)
     for name, cond in conditions:
         bits = bits | (cond.fill_null(False).cast(pl.UInt16) * (1 << code[name]))
+    if last is not None:
+        bits = pl.when(last).then(pl.lit(1 << LAST, dtype=pl.UInt16)).otherwise(bits)
     return bits.bitwise_trailing_zeros().cast(pl.UInt8).alias(CATEGORY)
 
 
@@ -236,8 +266,10 @@ def group_blocks(by_group: pl.DataFrame, blocks: pl.DataFrame, group_columns: li
     new_group = first | pl.any_horizontal(
         [pl.col(c).ne_missing(pl.col(c).shift(1)) for c in group_columns]) if group_columns \
         else first
+    end = CATEGORIES.index("end")
     tagged = by_group.with_columns(
-        blocks.get_column(CATEGORY).gather(by_group.get_column(BLK)),
+        # An entity's last row is an anchor here: cutting its group there removes others' rows.
+        blocks.get_column(CATEGORY).replace(LAST, end).gather(by_group.get_column(BLK)),
         blocks.get_column(RARITY).gather(by_group.get_column(BLK)),
         new_group.alias(ENT),
     ).with_columns((pl.col(ENT) | pl.col(acol).ne_missing(pl.col(acol).shift(1)))

@@ -83,7 +83,8 @@ def test_causality_module_re_exports_the_same_objects():
     assert causality.check_contract is contract.check_contract
     assert causality.first_difference is framediff.first_difference
     assert causality.VerificationReport is verification.VerificationReport
-    for module in ("causality", "contract", "framediff", "cutplan", "verification"):
+    for module in ("causality", "contract", "framediff", "cutplan", "cutsites", "verification",
+                   "verifyreport"):
         lines = (Path(causality.__file__).parent / f"{module}.py").read_text().count("\n")
         assert lines <= 520, f"featurestore/{module}.py has {lines} lines"
 
@@ -151,6 +152,19 @@ def test_cuts_are_placed_where_rare_leaks_hide():
         assert at[driver, times[29]] == "gap"  # the row before the long break
         assert at.get((driver, times[9])) == "null-neighbour"
     assert plan.categories["null"] == (2, 2) and plan.categories["first"] == (2, 2)
+
+
+@pytest.mark.parametrize("samples", [5, 30, 80])
+def test_categories_take_turns(samples):
+    """After the first cuts, categories take turns: none runs ahead of another by more than
+    one cut until it is exhausted, so a common category never starves a rare one."""
+    plan = plan_cuts(laps(null_fraction=0.3, seed=2), CTX, budget=0, samples=samples)
+    assert plan.pairs.height == plan.categories["first"][0] + samples
+    turns = [checked for name, (checked, total) in plan.categories.items() if name != "first"]
+    still_open = [checked for name, (checked, total) in plan.categories.items()
+                  if name != "first" and checked < total]
+    assert still_open and max(still_open) - min(still_open) <= 1
+    assert all(checked <= max(still_open) for checked in turns)
 
 
 def test_the_plan_reuses_across_transforms_and_rejects_another_input():
