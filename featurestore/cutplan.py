@@ -203,6 +203,7 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         table = blocks.select(*keys, pl.col(acol).alias(CUT), CATEGORY, RARITY, UNIT, ENDROW)
         whole = entities.select(*keys, START, ROWS)
         cuttable = entities.get_column(M) > 1
+        whole_cuts = entities.get_column(M) - 1
         n_candidates = int((entities.get_column(M) - 1).sum() or 0)
         exhaustive_rows = int(blocks.filter(pl.col(CATEGORY) != LAST).get_column(ENDROW).sum()
                               or 0) - int(((entities.get_column(M) - 1)
@@ -226,6 +227,7 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
                                pl.col(N).alias(ROWS))
         whole = grouped.filter(last).select(*units, START, pl.col(N).alias(ROWS))
         cuttable = grouped.filter(pl.col(ENT)).get_column(M) > 1
+        whole_cuts = grouped.filter(pl.col(ENT)).get_column(M) - 1
         candidates = table.filter(pl.col(CATEGORY) != LAST)
         n_candidates = candidates.height
         exhaustive_rows = int(candidates.get_column(ROWS).sum() or 0)
@@ -248,10 +250,12 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
             *id_cols, *group_columns).unique().height != frame.select(id_cols).n_unique():
         raise DataError(f"rows that share {', '.join(id_cols)} belong to different groups "
                         f"({', '.join(group_columns)}), so their values cannot be told apart")
-    total_cost = exhaustive_rows + RERUN_ROWS * n_candidates
+    # What checking every candidate costs: its rows, plus one rerun per round when a unit can be
+    # in a rerun once (a unit with m cuts needs m reruns).
+    rounds = int(whole_cuts.max() or 0) if packing == "rounds" else 0
+    total_cost = exhaustive_rows + RERUN_ROWS * rounds
     hashed = table.with_columns(hash_columns([*units, CUT], seed).alias(_HASH))
-    chosen = _choose(hashed, units, packing, budget, samples, rows_planned, exhaustive_rows,
-                     costs)
+    chosen = _choose(hashed, units, packing, budget, samples, rows_planned, total_cost, costs)
     counts = dict(table.get_column(CATEGORY).value_counts().iter_rows())
     taken = dict(chosen.group_by(CATEGORY).len().iter_rows())
     categories = {name: (int(taken.get(i, 0)), int(counts[i]))
@@ -281,7 +285,7 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
 
 
 def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float, samples: int,
-            input_rows: int, exhaustive_rows: int,
+            input_rows: int, total: int,
             costs: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
     """The checked prefix of the priority order, with ``PRIORITY`` and ``RERUN`` assigned.
 
@@ -296,7 +300,6 @@ def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float,
     hashed = hashed.with_columns(
         ((pl.col(RARITY).clip(0.0, 1.0) * ((1 << 18) - 1)).cast(pl.UInt64) * (1 << 40)
          + pl.col(_HASH) // (1 << 24)).alias(_HASH))
-    total = exhaustive_rows + RERUN_ROWS * hashed.height
     n_of = {c: n for c, n in hashed.get_column(CATEGORY).value_counts().iter_rows()
             if c != LAST}
     mandatory = int(n_of.get(first, 0))
