@@ -264,7 +264,7 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         *units, CUT, pl.int_range(pl.len(), dtype=pl.UInt32).alias(CUT_ID),
         pl.col(CATEGORY).replace_strict(list(range(len(CATEGORIES))), list(CATEGORIES),
                                         return_dtype=pl.String),
-        PRIORITY, pl.col(START).cast(pl.Int64), pl.col(ROWS).cast(pl.Int64), pl.col(RERUN).cast(pl.Int64))
+        PRIORITY, *(pl.col(c).cast(pl.Int64) for c in (START, ROWS, RERUN)))
     notes = []
     if units_total and not units_cuttable:
         notes.append(f"every {'entity' if scope == 'entity' else 'group'}'s rows share one "
