@@ -423,3 +423,26 @@ def test_nothing_to_compare_is_recorded_not_verified(tmp_path: Path) -> None:
     assert result.artifact["verified"] is False
     assert result.artifact["verification"].startswith("NOT VERIFIED")
     assert json.loads(result.artifact["verification_report"])["mode"] == "none"
+
+
+def test_views_of_one_source_are_verified_with_the_same_cuts(tmp_path: Path) -> None:
+    from featurestore import FeatureStore
+    from featurestore.materialize import materialize
+
+    write_laps(tmp_path / "laps.parquet", 30)
+    second = DEFS.format() + '''
+[[views]]
+name = "best"
+source = "laps"
+transform = "rolling"
+tier = "race"
+params = { column = "lap_time", windows = [5], aggs = ["min"] }
+'''
+    (tmp_path / "features.toml").write_text(second)
+    store = FeatureStore(tmp_path / "store")
+    store.apply(tmp_path / "features.toml")
+    reports = [json.loads(r.artifact["verification_report"])
+               for r in materialize(store, budget=40, samples=5)]
+    assert len(reports) == 2 and reports[0]["mode"] == "targeted"
+    fields = ("cuts", "cut_times", "first_cut", "last_cut", "categories", "rows_compared")
+    assert [reports[0][f] for f in fields] == [reports[1][f] for f in fields]
