@@ -1,10 +1,12 @@
 """Checks on what a transform returns, under their historical name.
 
-The work lives in three modules, one job each: ``featurestore.contract`` (``check_contract``,
+The work lives in modules with one job each: ``featurestore.contract`` (``check_contract``,
 ``declared_output_schema``: schema, rows, keys and times), ``featurestore.framediff``
 (``first_difference``: comparing two outputs row by row) and ``featurestore.verification``
-(``verify_causality``, ``VerificationReport``), with the cut planning in
-``featurestore.cutplan``. Import from here or from those modules; the names are the same objects.
+(``verify_causality``), with the cut planning in ``featurestore.cutplan`` (``plan_cuts``,
+``CutPlan``) and ``featurestore.cutsites`` (blocks and categories), and the report in
+``featurestore.verifyreport`` (``VerificationReport``). Import from here or from those modules;
+the names are the same objects.
 """
 
 from featurestore.contract import check_contract, declared_output_schema

@@ -17,7 +17,8 @@ share one ``available_at``:
   ``CHANGE_SHARE`` of the time: a pit stop flag, a status), where a rare event is about to happen;
 - ``end``: an entity's last blocks (its data ends next);
 - ``gap``: the block before a gap in ``available_at`` larger than ``GAP_FACTOR`` times the
-  entity's median spacing (a session end, a driver dropping out);
+  entity's typical spacing, the geometric mean of its gaps (a session end, a driver dropping
+  out);
 - ``null-neighbour``, ``change-neighbour``, ``end-neighbour``, ``gap-neighbour``: the blocks next
   to those (before and after a null, holding the change, the next two before the end or a gap);
 - ``second``: the unit's second block;
@@ -28,64 +29,73 @@ last (the rows of the group available at t), and the group's own first and last 
 ``first`` and ``end``.
 
 The priority order is fixed by the data: every ``first`` cut, then round robin over the other
-categories (the first cut of each category, then the second of each, ...), each category in the
-order of a hash of its unit's key values and t (fixed seed). Rare categories are therefore
-exhausted early and no category starves another. Verification checks a *prefix* of that order:
+categories (the first cut of each category, then the second of each, ...). Within a category the
+rarest anchors come first (a null in a column that is seldom null, a change of a column that
+seldom changes), then the order of a hash of the unit's key values and t (fixed seed). Rare
+categories are therefore exhausted early and no category starves another. Verification checks a *prefix* of that order:
 every ``first`` cut, then at least ``samples`` more cuts, then as many as fit in ``budget`` rows
 recomputed in total. A larger ``samples`` or ``budget`` takes a longer prefix of the same order, so
 it never checks less; when the whole order fits, the check is exhaustive.
 
-Entity cuts are packed into few reruns (each (entity, cut) pair becomes its own pseudo-entity, see
-``featurestore.verification``): the reruns take consecutive slices of the prefix, the first small
+Which rerun checks a cut does not change what is checked. The checked cuts run category by
+category (first cuts, then rows next to nulls, ...), so that rare leaks show early. Entity cuts are
+packed into few reruns (each (entity, cut) pair becomes its own pseudo-entity, see
+``featurestore.verification``): consecutive slices of the checked cuts, the first small
 (``FIRST_RERUN_ROWS``) and each next four times larger, so a leak found early costs little. A
-group can appear only once per rerun, so group cuts are packed in rounds: rerun k holds the k-th
-checked cut of every group, and each rerun costs ``RERUN_ROWS`` rows of the budget on top of its
-rows.
+group can appear only once per rerun, so group cuts are packed in rounds (``packing="rounds"``,
+also the fallback for an entity-scope transform that does not keep pseudo-entities apart): rerun
+k holds the k-th checked cut of every unit, and each rerun costs ``RERUN_ROWS`` rows of the budget
+on top of its rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from featurestore.cutsites import (
+    CATEGORIES,
+    CATEGORY,
+    ENDROW,
+    ENT,
+    LAST,
+    POS,
+    RARITY,
+    ROW,
+    ROWS,
+    START,
+    UNIT,
+    M,
+    N,
+    entity_blocks,
+    group_blocks,
+    hash_columns,
+    sorted_by,
+)
 from featurestore.errors import DataError
 from featurestore.transforms import TransformContext
-
-CATEGORIES: tuple[str, ...] = (
-    "first", "null", "change", "end", "gap", "null-neighbour", "change-neighbour",
-    "end-neighbour", "gap-neighbour", "second", "other",
-)
-"""Cut categories, in the order a cut takes the first that applies."""
 
 DEFAULT_SAMPLES = 64
 """Cuts checked after every unit's first cut whatever the budget (``--samples``)."""
 DEFAULT_MIN_BUDGET = 1_000_000
 DEFAULT_BUDGET_FRACTION = 0.1
 """Default budget: ``max(DEFAULT_MIN_BUDGET, DEFAULT_BUDGET_FRACTION * input rows)`` rows."""
-GAP_FACTOR = 2.0
-CHANGE_SHARE = 0.2
 FIRST_RERUN_ROWS = 16_384
 RERUN_ROWS = 10_000
 """What one more group rerun costs, in rows of the budget (its fixed overhead)."""
 ISOLATION_SHARE = 0.05
 """Share of the budget (at most half the input) spent on the isolation rerun."""
-HASH_SEED = 0x5EED
+ISOLATION_BITS = 6
+"""Exhaustive checks split the units in two this many ways for the isolation reruns."""
 
 CUT = "__fs_cut"
 CUT_ID = "__fs_cut_id"
-CATEGORY = "__fs_category"
-START = "__fs_start"
 PRIORITY = "__fs_priority"
-ROWS = "__fs_rows"
 RERUN = "__fs_rerun"
-_ENT, _BLK, _POS, _M, _N, _ROW = (
-    "__fs_ent", "__fs_blk", "__fs_pos", "__fs_m", "__fs_n", "__fs_row")
-_NULL, _CHG, _GAP, _HASH, _IDX, _ENT_ID, _RARITY = (
-    "__fs_null", "__fs_chg", "__fs_gap", "__fs_hash", "__fs_idx", "__fs_ent_id", "__fs_rarity")
-_DUP = "__fs_same"
+_HASH, _IDX = "__fs_hash", "__fs_idx"
 
 
 def default_budget(input_rows: int) -> int:
@@ -112,11 +122,11 @@ class CutPlan:
     order: pl.Series
     """Row numbers of the planned frame (rows with a null ``available_at`` left out), sorted."""
     order_columns: tuple[str, ...]
-    aligner: pl.Series
+    aligner: pl.Series | None
     """For each position of ``order``: the position of the same row among all rows sorted by
-    ``id_columns`` (keys, event time, ``available_at``). Sorting a transform's output that way and
-    gathering ``aligner`` lines it up with ``order`` (rows sharing all three are interchangeable:
-    they share a unit and a cut)."""
+    ``id_columns`` (keys, event time, ``available_at``); None when that is the position itself.
+    Sorting a transform's output that way and gathering ``aligner`` lines it up with ``order``
+    (rows sharing all three are interchangeable: they share a unit and a cut)."""
     id_columns: tuple[str, ...]
     pairs: pl.DataFrame
     """The checked cuts: unit columns, ``CUT``, ``CUT_ID`` (0, 1, ...), ``CATEGORY``,
@@ -126,8 +136,8 @@ class CutPlan:
     units: pl.DataFrame
     """Every unit with its rows: unit columns, ``START``, ``ROWS``."""
     isolation: pl.DataFrame
-    """Units computed alone, untruncated, in the isolation rerun (rows of ``units``; may be
-    empty)."""
+    """Units computed without the others, untruncated, in the isolation reruns: rows of
+    ``units`` with ``RERUN`` (which rerun); may be empty."""
     input_rows: int
     duplicates: bool
     """Whether rows share keys and both times (re-ingested data): then rows are paired by value
@@ -183,42 +193,70 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
     keys, acol, tcol = list(ctx.keys), ctx.available_column, ctx.time_column
     group_columns = list(group_columns)
     tail = [tcol] if tcol in frame.columns and tcol != acol else []
-    numbered = frame.with_row_index(_ROW).filter(pl.col(acol).is_not_null())
-    rows, blocks, duplicates = _entity_blocks(numbered, ctx,
-                                              [c for c in group_columns if c not in keys])
-    entities_total = int(blocks.get_column(_ENT).sum())
+    rows, blocks, entities, duplicates = entity_blocks(
+        frame, ctx, [c for c in group_columns if c not in keys])
+    entities_total = entities.height
     if scope == "entity":
         units, order_columns = keys, (*keys, acol, *tail)
-        order = rows.get_column(_ROW)
-        table = blocks
+        order = rows.get_column(ROW)
+        # Costs and starts are computed for the cuts that may be checked only (see _choose).
+        table = blocks.select(*keys, pl.col(acol).alias(CUT), CATEGORY, RARITY, UNIT, ENDROW)
+        whole = entities.select(*keys, START, ROWS)
+        cuttable = entities.get_column(M) > 1
+        whole_cuts = entities.get_column(M) - 1
+        n_candidates = int((entities.get_column(M) - 1).sum() or 0)
+        exhaustive_rows = int(blocks.filter(pl.col(CATEGORY) != LAST).get_column(ENDROW).sum()
+                              or 0) - int(((entities.get_column(M) - 1)
+                                           * entities.get_column(START)).sum() or 0)
+
+        def costs(kept: pl.DataFrame) -> pl.DataFrame:
+            first_row = entities.get_column(START).gather(kept.get_column(UNIT))
+            return kept.with_columns(first_row.alias(START),
+                                     (pl.col(ENDROW) - first_row).alias(ROWS))
     else:
         units = group_columns
         order_columns = (*group_columns, acol, *[k for k in keys if k not in group_columns],
                          *tail)
         by_group = rows.sort([*group_columns, acol], nulls_last=True, maintain_order=True)
-        order = by_group.get_column(_ROW)
-        table = _group_blocks(by_group, blocks, group_columns, acol)
+        order = by_group.get_column(ROW)
+        grouped = group_blocks(by_group, blocks, group_columns, acol)
         del by_group
-    del rows
-    candidates = table.filter(pl.col(_POS) < pl.col(_M) - 1).select(
-        *units, pl.col(acol).alias(CUT), START, pl.col(_N).alias(ROWS), CATEGORY, _RARITY)
-    starts = table.filter(pl.col(_ENT))
-    units_total, units_cuttable = starts.height, int((starts.get_column(_M) > 1).sum())
-    whole = table.filter(pl.col(_POS) == pl.col(_M) - 1).select(*units, START, pl.col(_N)
-                                                                .alias(ROWS))
-    del table, blocks
+        last = pl.col(POS) == pl.col(M) - 1
+        table = grouped.select(*units, pl.col(acol).alias(CUT), pl.when(last).then(LAST)
+                               .otherwise(pl.col(CATEGORY)).alias(CATEGORY), RARITY, START,
+                               pl.col(N).alias(ROWS))
+        whole = grouped.filter(last).select(*units, START, pl.col(N).alias(ROWS))
+        cuttable = grouped.filter(pl.col(ENT)).get_column(M) > 1
+        whole_cuts = grouped.filter(pl.col(ENT)).get_column(M) - 1
+        candidates = table.filter(pl.col(CATEGORY) != LAST)
+        n_candidates = candidates.height
+        exhaustive_rows = int(candidates.get_column(ROWS).sum() or 0)
+        del grouped, candidates
+
+        def costs(kept: pl.DataFrame) -> pl.DataFrame:
+            return kept
+    rows_planned = rows.height
+    del rows, blocks
+    units_total, units_cuttable = cuttable.len(), int(cuttable.sum())
     id_cols = list(dict.fromkeys([*keys, tcol, acol]))
-    by_ids = frame.select(id_cols).with_row_index(_ROW).sort(
-        id_cols, nulls_last=True, maintain_order=True).get_column(_ROW)
-    aligner = by_ids.arg_sort().gather(order)
+    identity = pl.int_range(frame.height, dtype=order.dtype, eager=True)
+    if sorted_by(frame.select(id_cols), id_cols):  # an ingested snapshot is
+        aligner = None if order.equals(identity) else order
+    else:
+        by_ids = frame.select(id_cols).with_row_index(ROW).sort(
+            id_cols, nulls_last=True, maintain_order=True).get_column(ROW)
+        aligner = by_ids.arg_sort().gather(order)
     if scope == "group" and duplicates and frame.select(
             *id_cols, *group_columns).unique().height != frame.select(id_cols).n_unique():
         raise DataError(f"rows that share {', '.join(id_cols)} belong to different groups "
                         f"({', '.join(group_columns)}), so their values cannot be told apart")
-    hashed = candidates.with_columns(
-        pl.struct([*units, CUT]).hash(seed=HASH_SEED + seed).alias(_HASH))
-    chosen = _choose(hashed, units, packing, budget, samples, numbered.height)
-    counts = dict(candidates.group_by(CATEGORY).len().iter_rows())
+    # What checking every candidate costs: its rows, plus one rerun per round when a unit can be
+    # in a rerun once (a unit with m cuts needs m reruns).
+    rounds = int(whole_cuts.max() or 0) if packing == "rounds" else 0
+    total_cost = exhaustive_rows + RERUN_ROWS * rounds
+    hashed = table.with_columns(hash_columns([*units, CUT], seed).alias(_HASH))
+    chosen = _choose(hashed, units, packing, budget, samples, rows_planned, total_cost, costs)
+    counts = dict(table.get_column(CATEGORY).value_counts().iter_rows())
     taken = dict(chosen.group_by(CATEGORY).len().iter_rows())
     categories = {name: (int(taken.get(i, 0)), int(counts[i]))
                   for i, name in enumerate(CATEGORIES) if counts.get(i)}
@@ -226,7 +264,7 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         *units, CUT, pl.int_range(pl.len(), dtype=pl.UInt32).alias(CUT_ID),
         pl.col(CATEGORY).replace_strict(list(range(len(CATEGORIES))), list(CATEGORIES),
                                         return_dtype=pl.String),
-        PRIORITY, pl.col(START).cast(pl.Int64), pl.col(ROWS).cast(pl.Int64), pl.col(RERUN).cast(pl.Int64))
+        PRIORITY, *(pl.col(c).cast(pl.Int64) for c in (START, ROWS, RERUN)))
     notes = []
     if units_total and not units_cuttable:
         notes.append(f"every {'entity' if scope == 'entity' else 'group'}'s rows share one "
@@ -235,195 +273,89 @@ def plan_cuts(frame: pl.DataFrame, ctx: TransformContext, *, scope: str = "entit
         scope=scope, packing=packing, unit_columns=tuple(units), order=order,
         order_columns=order_columns, aligner=aligner, id_columns=tuple(id_cols), pairs=pairs,
         units=whole,
-        isolation=_isolation_units(whole, units, budget, seed), input_rows=frame.height,
+        isolation=_isolation_units(whole, units, budget, seed, room=budget - total_cost),
+        input_rows=frame.height,
         duplicates=duplicates,
         units_total=units_total, units_cuttable=units_cuttable, entities_total=entities_total,
-        candidates=candidates.height,
-        exhaustive_rows=int(candidates.get_column(ROWS).sum() or 0),
+        candidates=n_candidates, exhaustive_rows=exhaustive_rows,
         budget=budget, samples=samples, categories=categories, notes=tuple(notes))
-
-
-# --------------------------------------------------------------------------- blocks
-
-
-def _entity_blocks(frame: pl.DataFrame, ctx: TransformContext, extra: Sequence[str]
-                   ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
-    """Rows sorted in causal order per entity, and one row per block with its category.
-
-    ``rows`` holds the keys, ``available_at``, the ``extra`` columns and ``_BLK`` (the row's
-    block index). ``blocks`` holds the keys, ``available_at``, ``_ENT`` (the entity's first
-    block), ``_N`` (rows up to and including the block), ``_POS`` / ``_M`` (the block's position
-    among the entity's blocks, and their number), ``START`` (the entity's first row in the
-    sorted rows), ``CATEGORY`` and ``_RARITY``. The flag says whether rows share keys and both
-    times.
-
-    A null or a change is as rare as its column's share of nulls or changes; a block takes the
-    rarest of its rows, so that the rarest events come first within their category.
-    """
-    keys, acol, tcol = list(ctx.keys), ctx.available_column, ctx.time_column
-    ids = {*keys, acol, tcol, _ROW}
-    values = [c for c in frame.columns if c not in ids]
-    changing = [c for c in values if _low_cardinality(frame.schema[c])]
-    tail = [tcol] if tcol in frame.columns and tcol != acol else []
-    n = max(frame.height, 1)
-    null_shares = frame.select(pl.col(c).null_count() for c in values).row(0) if values else ()
-    nullable = [pl.when(pl.col(c).is_null()).then(pl.lit(k / n))
-                for c, k in zip(values, null_shares, strict=True) if k]
-    null = pl.min_horizontal(nullable) if nullable else pl.lit(None, pl.Float64)
-    lf = frame.lazy().select(
-        *keys, acol, *extra, *[pl.col(c).alias(f"__fs_v{i}") for i, c in enumerate(changing)],
-        *tail, _ROW, null.alias(_NULL),
-    ).sort([*keys, acol, *tail], nulls_last=True, maintain_order=True).collect().lazy()
-    first = pl.int_range(pl.len()) == 0
-    new_entity = first | pl.any_horizontal(
-        [pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys]) if keys else first
-    lf = lf.with_columns(new_entity.alias(_ENT)).with_columns(
-        (pl.col(_ENT) | pl.col(acol).ne_missing(pl.col(acol).shift(1))).alias(_BLK))
-    chg: pl.Expr = pl.lit(None, pl.Float64)
-    if changing:
-        moves = [pl.col(f"__fs_v{i}").ne_missing(pl.col(f"__fs_v{i}").shift(1)) & ~pl.col(_ENT)
-                 for i in range(len(changing))]
-        shares = lf.select([m.mean().alias(str(i)) for i, m in enumerate(moves)]).collect().row(0)
-        rare = [pl.when(m).then(pl.lit(s)) for m, s in zip(moves, shares, strict=True)
-                if s and s <= CHANGE_SHARE]
-        if rare:
-            chg = pl.min_horizontal(rare)
-    # Sorted by keys and both times: rows sharing all of them are neighbours.
-    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1))
-                              for c in [*keys, acol, *tail]]) & ~first
-    rows = lf.select(*keys, acol, *extra, _ROW, _ENT, _NULL, chg.alias(_CHG), same.alias(_DUP),
-                     (pl.col(_BLK).cast(pl.Int64).cum_sum() - 1).alias(_BLK)).collect()
-    blocks = rows.group_by(_BLK, maintain_order=True).agg(
-        *[pl.col(k).first() for k in keys], pl.col(acol).first(), pl.col(_ENT).first(),
-        pl.len().alias(_N), pl.col(_NULL).min(), pl.col(_CHG).min())
-    blocks = _sequence(blocks, acol).with_columns(_entity_category()).with_columns(
-        _entity_rarity()).select(*keys, acol, _ENT, START, _N, _POS, _M, CATEGORY, _RARITY)
-    duplicates = bool(rows.get_column(_DUP).any())
-    return rows.select(*keys, acol, *extra, _ROW, _BLK), blocks, duplicates
-
-
-def _low_cardinality(dtype: pl.DataType) -> bool:
-    return dtype == pl.Boolean or dtype == pl.String or dtype.is_integer() or isinstance(
-        dtype, pl.Categorical | pl.Enum)
-
-
-def _sequence(blocks: pl.DataFrame, acol: str) -> pl.DataFrame:
-    """Add ``_POS``, ``_M``, ``_GAP`` (to the unit's next block), ``_ENT_ID``, ``START`` (the
-    unit's first row) and make ``_N`` cumulative within the unit. ``blocks`` is sorted by unit,
-    then ``acol``, with ``_N`` rows each; ``_ENT`` marks each unit's first block."""
-    b = pl.int_range(pl.len(), dtype=pl.Int64)
-    start = pl.col(_ENT)
-    end = start.shift(-1, fill_value=True)
-    n_cum = pl.col(_N).cum_sum()
-    return blocks.with_columns(
-        (b - pl.when(start).then(b).forward_fill()).alias(_POS),
-        (pl.when(end).then(b).backward_fill() - pl.when(start).then(b).forward_fill() + 1
-         ).alias(_M),
-        (n_cum - pl.when(start).then(n_cum - pl.col(_N)).forward_fill()).alias(_N),
-        pl.when(start).then(n_cum - pl.col(_N)).forward_fill().alias(START),
-        pl.when(~end).then(pl.col(acol).shift(-1) - pl.col(acol)).alias(_GAP),
-        start.cum_sum().alias(_ENT_ID),
-    )
-
-
-def _entity_category() -> pl.Expr:
-    """The category code of an entity block (see the module docstring)."""
-    pos, m = pl.col(_POS), pl.col(_M)
-
-    def ahead(expr: pl.Expr, k: int) -> pl.Expr:  # the same entity's block k places later
-        return pl.when(pos + k < m).then(expr.shift(-k)).otherwise(False)
-
-    def behind(expr: pl.Expr) -> pl.Expr:
-        return pl.when(pos > 0).then(expr.shift(1)).otherwise(False)
-
-    usual = pl.col(_GAP).median().over(_ENT_ID)
-    big = (pl.col(_GAP) > usual * GAP_FACTOR).fill_null(False)
-    null, chg = pl.col(_NULL).is_not_null(), pl.col(_CHG).is_not_null()
-    return _categorise([
-        ("first", pos == 0),
-        ("null", null),
-        ("change", ahead(chg, 1)),
-        ("end", pos >= m - 2),
-        ("gap", big),
-        ("null-neighbour", behind(null) | ahead(null, 1)),
-        ("change-neighbour", chg),
-        ("end-neighbour", pos >= m - 4),
-        ("gap-neighbour", ahead(big, 1) | ahead(big, 2)),
-        ("second", pos == 1),
-    ])
-
-
-def _entity_rarity() -> pl.Expr:
-    """How rare the anchor of a null or change cut is (0 for the other categories)."""
-    pos, m, cat = pl.col(_POS), pl.col(_M), pl.col(CATEGORY)
-    code = {name: i for i, name in enumerate(CATEGORIES)}
-    nxt = pl.when(pos + 1 < m)
-    prv = pl.when(pos > 0)
-    return (pl.when(cat == code["null"]).then(pl.col(_NULL))
-            .when(cat == code["change"]).then(nxt.then(pl.col(_CHG).shift(-1)))
-            .when(cat == code["null-neighbour"]).then(pl.min_horizontal(
-                prv.then(pl.col(_NULL).shift(1)), nxt.then(pl.col(_NULL).shift(-1))))
-            .when(cat == code["change-neighbour"]).then(pl.col(_CHG))
-            .otherwise(0.0).fill_null(0.0).alias(_RARITY))
-
-
-def _categorise(conditions: Sequence[tuple[str, pl.Expr]]) -> pl.Expr:
-    """The code of the first category whose condition holds, else ``other``."""
-    code = {name: i for i, name in enumerate(CATEGORIES)}
-    expr = pl.lit(code["other"], dtype=pl.UInt8)
-    for name, cond in reversed(conditions):
-        expr = pl.when(cond).then(pl.lit(code[name], dtype=pl.UInt8)).otherwise(expr)
-    return expr.alias(CATEGORY)
-
-
-def _group_blocks(by_group: pl.DataFrame, blocks: pl.DataFrame, group_columns: list[str],
-                  acol: str) -> pl.DataFrame:
-    """One row per (group, ``available_at``), as ``_sequence`` describes, with its category.
-
-    ``by_group`` holds the rows sorted by group, then ``acol``. A cut keeps the group's rows
-    available at or before t; it takes the best category of the entity blocks those rows at t
-    belong to, or the group's own ``first`` / ``end``.
-    """
-    first = pl.int_range(pl.len()) == 0
-    new_group = first | pl.any_horizontal(
-        [pl.col(c).ne_missing(pl.col(c).shift(1)) for c in group_columns]) if group_columns \
-        else first
-    tagged = by_group.with_columns(
-        blocks.get_column(CATEGORY).gather(by_group.get_column(_BLK)),
-        blocks.get_column(_RARITY).gather(by_group.get_column(_BLK)),
-        new_group.alias(_ENT),
-    ).with_columns((pl.col(_ENT) | pl.col(acol).ne_missing(pl.col(acol).shift(1)))
-                   .cast(pl.Int64).cum_sum().alias("__fs_gblk"))
-    g = tagged.group_by("__fs_gblk", maintain_order=True).agg(
-        *[pl.col(c).first() for c in group_columns], pl.col(acol).first(),
-        pl.col(_ENT).first(), pl.len().alias(_N), pl.col(CATEGORY).min(),
-        pl.col(_RARITY).sort_by(CATEGORY).first())
-    g = _sequence(g, acol)
-    own = _categorise([("first", pl.col(_POS) == 0), ("end", pl.col(_POS) >= pl.col(_M) - 2)])
-    return g.with_columns(
-        pl.when(own < pl.col(CATEGORY)).then(0.0).otherwise(pl.col(_RARITY)).alias(_RARITY),
-        pl.min_horizontal(CATEGORY, own).alias(CATEGORY))
 
 
 # --------------------------------------------------------------------------- choosing
 
 
 def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float, samples: int,
-            input_rows: int) -> pl.DataFrame:
-    """The checked prefix of the priority order, with ``RERUN`` assigned."""
+            input_rows: int, total: int,
+            costs: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+    """The checked prefix of the priority order, with ``PRIORITY`` and ``RERUN`` assigned.
+
+    Sorting every candidate is the costly part on large inputs, and a prefix rarely goes deep
+    into a large category: so only the ``k`` first of each category are sorted (a threshold on
+    the key that orders the category), and ``k`` grows until the prefix stays clear of every
+    cut-off; the result is the prefix of the full order either way.
+    """
+    first, other = 0, len(CATEGORIES) - 1
+    # One 64-bit key within a category: how rare (18 bits: the share of nulls or changes of the
+    # column), then the hash.
+    hashed = hashed.with_columns(
+        ((pl.col(RARITY).clip(0.0, 1.0) * ((1 << 18) - 1)).cast(pl.UInt64) * (1 << 40)
+         + pl.col(_HASH) // (1 << 24)).alias(_HASH))
+    n_of = {c: n for c, n in hashed.get_column(CATEGORY).value_counts().iter_rows()
+            if c != LAST}
+    mandatory = int(n_of.get(first, 0))
+    k = max(4096, 4 * (mandatory + samples))
+    cat = pl.col(CATEGORY)
+    while True:
+        big = [c for c, n in n_of.items() if c != first and n > k]
+        if budget >= total or not big:
+            kept, limits = hashed.filter(cat != LAST), {}
+        else:
+            # "other" is ordered by hash alone, so a threshold on it keeps about k; the others
+            # get the exact k-th key.
+            limits = {c: pl.lit((1 << 40) * k // n_of[c], dtype=pl.UInt64) for c in big
+                      if c == other}
+            exact = [c for c in big if c != other]
+            if exact:
+                kth = hashed.filter(cat.is_in(exact)).group_by(CATEGORY).agg(
+                    pl.col(_HASH).bottom_k(k).max())
+                limits |= {c: pl.lit(v + 1, dtype=pl.UInt64) for c, v in kth.iter_rows()}
+            keep = ~cat.is_in(big) & (cat != LAST)
+            for c, limit in limits.items():
+                keep = keep | ((cat == c) & (pl.col(_HASH) < limit))
+            kept = hashed.filter(keep)
+        chosen = _prefix(costs(kept), units, packing, budget, samples, mandatory)
+        taken = dict(chosen.get_column(CATEGORY).value_counts().iter_rows())
+        held = dict(kept.get_column(CATEGORY).value_counts().iter_rows())
+        if all(taken.get(c, 0) < held.get(c, 0) for c in limits):
+            break
+        k *= 4
+    # The checked prefix, run category by category (first cuts, then rows next to nulls, ...)
+    # so that rare leaks show in the first, small reruns.
+    chosen = chosen.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(PRIORITY)).sort(
+        CATEGORY, PRIORITY)
+    if packing == "pseudo":
+        chosen = chosen.with_columns(_stages(chosen.get_column(ROWS).cum_sum(), input_rows))
+    else:
+        chosen = chosen.with_columns(
+            (pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else
+             pl.int_range(pl.len(), dtype=pl.Int64)).alias(RERUN))
+    return chosen.select(*units, CUT, CATEGORY, PRIORITY, START, ROWS, RERUN)
+
+
+def _prefix(kept: pl.DataFrame, units: list[str], packing: str, budget: float, samples: int,
+            mandatory: int) -> pl.DataFrame:
+    """The prefix of ``kept`` in priority order.
+
+    Priority: every ``first`` cut, then round robin over the categories (rank 0 of each, rank 1
+    of each, ...), a category's ranks following ``_HASH`` (rarity, then hash).
+    """
     first = 0
-    # Rank within the category (rarest first, then by hash), then round robin: one sort key.
     i = pl.int_range(pl.len(), dtype=pl.Int64)
     new = pl.col(CATEGORY).ne_missing(pl.col(CATEGORY).shift(1))
     rank = i - pl.when(new).then(i).forward_fill()
-    key = ((pl.col(CATEGORY) != first).cast(pl.Int64) * (1 << 40) + rank * len(CATEGORIES)
-           + pl.col(CATEGORY).cast(pl.Int64))
-    # One 64-bit sort key: category, then how rare (a dense rank: few distinct values), then hash.
-    within = (pl.col(CATEGORY).cast(pl.UInt64) * (1 << 58)
-              + pl.col(_RARITY).rank("dense").cast(pl.UInt64).clip(0, (1 << 18) - 1) * (1 << 40)
-              + pl.col(_HASH) // (1 << 24))
-    ordered = hashed.sort(within).sort(key)
-    mandatory = int((ordered.get_column(CATEGORY) == first).sum())
+    ordered = kept.sort(CATEGORY, _HASH).with_columns(rank.alias(_IDX)).sort(
+        (pl.col(CATEGORY) != first).cast(pl.Int64) * (1 << 40)
+        + pl.col(_IDX) * len(CATEGORIES) + pl.col(CATEGORY).cast(pl.Int64))
     rows = pl.col(ROWS).cum_sum()
     if packing == "pseudo":
         cost = rows
@@ -432,18 +364,8 @@ def _choose(hashed: pl.DataFrame, units: list[str], packing: str, budget: float,
         taken = pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else \
             pl.int_range(pl.len(), dtype=pl.Int64)
         cost = rows + RERUN_ROWS * (taken.cum_max() + 1)
-    fits = int((ordered.select(cost <= budget).to_series()).sum())
-    # The checked prefix, run category by category (first cuts, then rows next to nulls, ...)
-    # so that rare leaks show in the first, small reruns.
-    chosen = ordered.head(max(mandatory + samples, fits)).with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias(PRIORITY)).sort(CATEGORY, PRIORITY)
-    if packing == "pseudo":
-        chosen = chosen.with_columns(_stages(chosen.get_column(ROWS).cum_sum(), input_rows))
-    else:
-        chosen = chosen.with_columns(
-            (pl.int_range(pl.len(), dtype=pl.Int64).over(units) if units else
-             pl.int_range(pl.len(), dtype=pl.Int64)).alias(RERUN))
-    return chosen.select(*units, CUT, CATEGORY, PRIORITY, START, ROWS, RERUN)
+    fits = int(ordered.select(cost <= budget).to_series().sum())
+    return ordered.head(max(mandatory + samples, fits))
 
 
 def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
@@ -459,16 +381,29 @@ def _stages(cost: pl.Series, input_rows: int) -> pl.Series:
     return stage.rank("dense").cast(pl.Int64).alias(RERUN) - 1
 
 
-def _isolation_units(whole: pl.DataFrame, units: list[str], budget: float,
-                     seed: int) -> pl.DataFrame:
-    """A few units (hash order) to compute alone; never all of them, none when there is one.
+def _isolation_units(whole: pl.DataFrame, units: list[str], budget: float, seed: int,
+                     room: float) -> pl.DataFrame:
+    """Subsets of the units to compute without the others (``RERUN``: which subset).
 
-    ``whole`` has one row per unit with its ``START`` and ``ROWS`` (all its rows).
+    When ``room`` (the budget left by an exhaustive check) allows: the units numbered in hash
+    order and split by each bit of their number, both sides (at most ``2 * ISOLATION_BITS``
+    reruns of about half the input each), so that any two units are computed apart at least once
+    when there are at most 2 ** ISOLATION_BITS of them. Otherwise one subset, units in hash order
+    up to ``ISOLATION_SHARE`` of the budget. Never all units in one subset; nothing when there
+    is one unit.
     """
     if not units or whole.height < 2:
-        return whole.head(0)
-    ordered = whole.with_columns(
-        pl.struct(units).hash(seed=HASH_SEED + seed + 1).alias(_HASH)).sort(_HASH)
+        return whole.head(0).with_columns(pl.lit(0, pl.Int64).alias(RERUN))
+    ordered = whole.with_columns(hash_columns(units, seed + 1).alias(_HASH)).sort(_HASH)
+    bits = min(ISOLATION_BITS, max(1, (ordered.height - 1).bit_length()))
+    if room >= bits * int(ordered.get_column(ROWS).sum() or 0):
+        number = pl.int_range(pl.len(), dtype=pl.Int64)
+        sides = [ordered.filter(((number // (1 << b)) % 2) == side).with_columns(
+                 pl.lit(2 * b + side, pl.Int64).alias(RERUN))
+                 for b in range(bits) for side in (0, 1)]
+        return pl.concat([p for p in sides if 0 < p.height < ordered.height]).select(
+            *units, START, ROWS, RERUN)
     cap = min(ISOLATION_SHARE * budget, ordered.get_column(ROWS).sum() / 2)
     take = int((ordered.get_column(ROWS).cum_sum() <= cap).sum())
-    return ordered.head(min(max(take, 1), ordered.height - 1)).select(*units, START, ROWS)
+    return ordered.head(min(max(take, 1), ordered.height - 1)).select(
+        *units, START, ROWS, pl.lit(0, pl.Int64).alias(RERUN))

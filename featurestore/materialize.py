@@ -107,6 +107,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                                 f"{', '.join(sorted(registered)) or '(none)'}")
     names = runnable_views(store, registered, names, explicit=bool(views), strict=strict)
     results = []
+    plans: dict[tuple[Any, ...], Any] = {}  # cut plans by input snapshot: views share them
     for i, name in enumerate(names):
         if progress:
             progress(f"materialize {name}", i, len(names))
@@ -169,11 +170,14 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             if verify:
                 from featurestore.verification import verify_causality
 
-                if verify_input is None:
+                plan = None
+                if verify_input is None:  # the whole snapshot: its plan serves every view of it
                     verify_input = pl.read_parquet(snapshot_path)
+                    plan = _shared_plan(plans, verify_input, ctx, transform, params, src_row,
+                                        samples, budget)
                 report = verify_causality(transform, params, verify_input, ctx, samples=samples,
                                           budget=budget, view=name, plugin=plugin_name or "",
-                                          output=verify_output)
+                                          output=verify_output, plan=plan)
                 verification = f"{scope}{report}"
                 verified, report_json = report.verified, json.dumps(report.as_dict())
                 if not report.verified:
@@ -223,6 +227,26 @@ def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.Laz
     # check_contract collects the output once and returns it: the transform runs only once.
     return check_contract(transform, params, frame if ids is None else ids, result, ctx,
                           plugin=plugin or "", view=view, input_schema=input_schema)
+
+
+def _shared_plan(plans: dict[tuple[Any, ...], Any], frame: pl.DataFrame, ctx: TransformContext,
+                 transform: Transform, params: Any, src_row: dict[str, Any], samples: int,
+                 budget: float | None) -> Any:
+    """The cut plan for a source snapshot, made once per materialization and scope: it depends
+    on the rows only, so views of the same source share it. None when it cannot be made here
+    (verification then reports the problem itself)."""
+    from featurestore.cutplan import plan_cuts
+
+    try:
+        groups = tuple(transform.group_columns(params)) if transform.scope == "group" else ()
+        key = (src_row["id"], ctx, transform.scope, groups, samples, budget)
+        if key not in plans:
+            plans.clear()  # one snapshot's plan at a time: plans hold row numbers
+            plans[key] = plan_cuts(frame, ctx, scope=transform.scope, group_columns=groups,
+                                   budget=budget, samples=samples)
+        return plans[key]
+    except Exception:
+        return None
 
 
 def _validate_hooks(view: str, transform: str, params: Any, frame: pl.DataFrame) -> None:

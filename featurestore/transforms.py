@@ -9,9 +9,10 @@ output columns it declared up front through ``output_columns``.
 The contract a transform keeps (checked by the core and by ``featurestore.testing``):
 - row preserving: one output row per input row, keys and event times unchanged;
 - causal: the value of an output row depends only on input rows whose ``available_at`` is at or
-  before the row's own ``available_at``, and only on rows of its own entity (scope ``entity``) or
-  of the entities that share its values of the declared group columns (scope ``group``: every car
-  on the same lap of the same race, for field-relative features);
+  before the row's own ``available_at``, and only on rows of its own entity (scope ``entity``:
+  every column of ``ctx.keys``) or on rows, of any entity, that share its values of the declared
+  group columns (scope ``group``: every car on the same lap of the same race, for
+  field-relative features);
 - declared schema: output columns and dtypes are those ``output_columns`` returned;
 - deterministic: the same input and params give the same output.
 """

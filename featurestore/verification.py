@@ -27,12 +27,19 @@ rests on that premise, and the premise is checked, not assumed:
 - each pseudo-entity sits next to rows its entity never sees in the full run (other entities'
   copies, cut elsewhere), so a transform that reads other entities' rows almost always shows a
   difference there;
-- an *isolation* rerun computes a few entities alone, untruncated, with the original keys, and
-  compares them with the full run, which exposes reads across entities that packing cannot
-  (a count of all entities, say);
+- *isolation* reruns compute subsets of the entities without the others, untruncated, with the
+  original keys, and compare them with the full run, which exposes reads across entities that
+  packing cannot (a count of all entities, say): a few entities within 5 % of the budget, or,
+  when the check is exhaustive and the budget left allows, the entities split in two by each
+  bit of their number, so that
+  any two of up to 64 entities are computed apart at least once;
 - a difference is confirmed by rerunning that one entity, truncated, with the original keys; its
   cause is named: later rows of the entity (a leak), or other entities' rows (the transform
-  "mixes entities", which the entity scope forbids).
+  "mixes entities", which the entity scope forbids). A difference that does not reproduce alone,
+  or a rerun output without the added key column, means the transform does not keep entities
+  apart by every column of ``ctx.keys``: the same cuts are then checked with the original keys,
+  one cut per entity per rerun (``packing="rounds"``), which needs no premise beyond the entity
+  scope itself.
 
 Group scope
 -----------
@@ -41,8 +48,8 @@ A group-scope transform reads the rows that share its row's values of the group 
 available after t. Truncating the whole input at t and looking at group g is the same as running
 g's rows available at or before t on their own, so several groups, each truncated at its own cut,
 share a rerun (a group appears once per rerun: the transform decides how groups are formed, so
-they cannot be relabelled). The premise is checked the same way: an isolation rerun computes a
-few groups alone, and a difference is confirmed on its group alone. A transform that reads a later
+they cannot be relabelled). The premise is checked the same way: isolation reruns compute subsets
+of the groups without the others, and a difference is confirmed on its group alone. A transform that reads a later
 row of another entity of its group (a field median over the whole lap or race rather than over the
 rows available so far) is refused.
 
@@ -53,10 +60,9 @@ truncated values; the ``LeakageError`` carries them as attributes. A failing rer
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -75,104 +81,18 @@ from featurestore.cutplan import (
     CUT,
     CUT_ID,
     DEFAULT_SAMPLES,
+    RERUN,
     ROWS,
     START,
     CutPlan,
     default_budget,
     plan_cuts,
 )
+from featurestore.cutsites import sorted_by
 from featurestore.errors import DefinitionError, LeakageError, PluginError
 from featurestore.framediff import first_difference
 from featurestore.transforms import SCOPES, Params, Transform, TransformContext
-
-
-@dataclass(frozen=True)
-class VerificationReport:
-    """What ``verify_causality`` checked. It returns only when nothing leaked; ``verified`` is
-    False when nothing could be compared (no rows, no feature, or no cut removes a row)."""
-
-    transform: str
-    plugin: str
-    view: str
-    features: tuple[str, ...]
-    scope: str
-    group_columns: tuple[str, ...]
-    mode: str
-    """``exhaustive`` (every candidate cut), ``targeted`` (a prefix of the priority order) or
-    ``none`` (nothing to cut)."""
-    cuts: int
-    """(entity or group, cut) pairs checked."""
-    cut_times: int
-    """Distinct cut times among them."""
-    first_cut: datetime | None
-    last_cut: datetime | None
-    units_checked: int
-    """Entities (entity scope) or groups (group scope) cut at least once."""
-    units_total: int
-    units_cuttable: int
-    """Units with at least two distinct ``available_at`` values: the others cannot be cut."""
-    entities_total: int
-    candidates: int
-    """Cuts an exhaustive check makes."""
-    exhaustive_rows: int
-    """Rows an exhaustive check recomputes."""
-    rows_compared: int
-    """Truncated-run rows compared with the full run."""
-    rows_recomputed: int
-    """Input rows the reruns processed in total (isolation rerun included)."""
-    input_rows: int
-    reruns: int
-    budget: float
-    samples: int
-    categories: Mapping[str, tuple[int, int]]
-    """Per category: (cuts checked, candidates)."""
-    isolation_units: int
-    isolation_rows: int
-    seconds: float
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def verified(self) -> bool:
-        """Whether any row was compared: a verification that compared nothing proves nothing."""
-        return self.rows_compared > 0
-
-    @property
-    def units(self) -> str:
-        return "entities" if self.scope == "entity" else "groups"
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values (times in ISO 8601, an unlimited budget as None)."""
-        return {
-            "verified": self.verified, "mode": self.mode, "scope": self.scope,
-            "group_columns": list(self.group_columns), "transform": self.transform,
-            "plugin": self.plugin, "features": list(self.features), "cuts": self.cuts,
-            "cut_times": self.cut_times,
-            "first_cut": self.first_cut.isoformat() if self.first_cut else None,
-            "last_cut": self.last_cut.isoformat() if self.last_cut else None,
-            "units": self.units, "units_checked": self.units_checked,
-            "units_total": self.units_total, "units_cuttable": self.units_cuttable,
-            "entities_total": self.entities_total, "candidates": self.candidates,
-            "exhaustive_rows": self.exhaustive_rows, "rows_compared": self.rows_compared,
-            "rows_recomputed": self.rows_recomputed, "input_rows": self.input_rows,
-            "reruns": self.reruns,
-            "budget_rows": None if math.isinf(self.budget) else int(self.budget),
-            "samples": self.samples,
-            "categories": {k: {"checked": c, "candidates": n}
-                           for k, (c, n) in self.categories.items()},
-            "isolation": {"units": self.isolation_units, "rows": self.isolation_rows},
-            "seconds": round(self.seconds, 3), "notes": list(self.notes),
-        }
-
-    def __str__(self) -> str:
-        if not self.verified:
-            why = "; ".join(self.notes) or "nothing was compared"
-            return f"NOT VERIFIED: causality of {self.transform!r} could not be checked: {why}"
-        budget = "unlimited" if math.isinf(self.budget) else f"{int(self.budget):,}"
-        return (f"causality verified ({self.mode}, {self.scope} scope): {self.cuts:,} cut(s) on "
-                f"{self.units_checked:,} of {self.units_total:,} {self.units}, "
-                f"{self.rows_compared:,} row(s) compared, {self.rows_recomputed:,} recomputed in "
-                f"{self.reruns} rerun(s) (budget {budget} rows; exhaustive: "
-                f"{self.candidates:,} cut(s), {self.exhaustive_rows:,} rows)")
+from featurestore.verifyreport import VerificationReport
 
 
 def verify_causality(
@@ -242,10 +162,13 @@ def verify_causality(
             for k in range(plan.reruns):
                 check.rerun(k)
         except _Unpacked as exc:
-            # Same cuts, same order; each rerun now holds at most one cut per entity.
-            plan = plan_cuts(inp, ctx, scope=scope, budget=plan.budget, samples=plan.samples,
-                             seed=seed, packing="rounds")
-            check.plan = plan
+            # The same cuts again, each rerun holding at most one cut per entity; what the packed
+            # reruns compared does not count.
+            units = list(plan.unit_columns)
+            rank = pl.int_range(pl.len(), dtype=pl.Int64)
+            plan = replace(plan, packing="rounds", pairs=plan.pairs.with_columns(
+                (rank.over(units) if units else rank).alias(RERUN)))
+            check.plan, check.compared = plan, 0
             notes.append(f"the transform does not keep rows apart by every column of ctx.keys "
                          f"({exc}), so each rerun checked one cut per entity")
             for k in range(plan.reruns):
@@ -349,9 +272,11 @@ class _Check:
             if self.output.height != self.inp.height:
                 raise PluginError(f"{self.what} returned {self.output.height} row(s) for "
                                   f"{self.inp.height} input row(s)")
-            by_ids = self.output.sort(list(self.plan.id_columns), nulls_last=True,
-                                      maintain_order=True)
-            self._aligned = by_ids.select(*self.ids, *self.features)[self.plan.aligner]
+            cols = list(self.plan.id_columns)
+            out = self.output.select(*self.ids, *self.features)
+            if not sorted_by(out, cols):
+                out = out.sort(cols, nulls_last=True, maintain_order=True)
+            self._aligned = out if self.plan.aligner is None else out[self.plan.aligner]
         return self._aligned
 
     def _compare(self, full: pl.DataFrame, truncated: pl.DataFrame,
@@ -409,15 +334,20 @@ class _Check:
         return out
 
     def isolation(self) -> None:
-        alone = self.plan.isolation
-        if alone.height == 0:
-            return
-        rows, full = self._gather(alone)
-        out = self._rerun(rows, self.ctx, "on part of its input (isolation check)")
-        self.isolation_units, self.isolation_rows = alone.height, rows.height
-        diff = self._compare(full, out, self.ids)
-        if diff is not None:
-            self._raise(diff, cut=None, cause=self._mixing())
+        """Compute subsets of the units without the others; a difference means the transform
+        reads outside its entity (or group)."""
+        subsets = self.plan.isolation
+        for k in range(int(subsets.get_column(RERUN).max() or 0) + 1 if subsets.height else 0):
+            alone = subsets.filter(pl.col(RERUN) == k)
+            if alone.height == 0:
+                continue
+            rows, full = self._gather(alone)
+            out = self._rerun(rows, self.ctx, "on part of its input (isolation check)")
+            self.isolation_units = subsets.select(self.plan.unit_columns).n_unique()
+            self.isolation_rows += rows.height
+            diff = self._compare(full, out, self.ids)
+            if diff is not None:
+                self._raise(diff, cut=None, cause=self._mixing())
 
     def _mixing(self) -> str:
         if self.entity:

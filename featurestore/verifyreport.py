@@ -1,0 +1,105 @@
+"""What a causality verification checked: ``VerificationReport``, recorded on the artifact.
+
+``featurestore.verification.verify_causality`` returns it; the materializer stores ``str(report)``
+in ``artifacts.verification`` and ``report.as_dict()`` as JSON in ``artifacts.verification_report``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """What ``verify_causality`` checked. It returns only when nothing leaked; ``verified`` is
+    False when nothing could be compared (no rows, no feature, or no cut removes a row)."""
+
+    transform: str
+    plugin: str
+    view: str
+    features: tuple[str, ...]
+    scope: str
+    group_columns: tuple[str, ...]
+    mode: str
+    """``exhaustive`` (every candidate cut), ``targeted`` (a prefix of the priority order) or
+    ``none`` (nothing to cut)."""
+    cuts: int
+    """(entity or group, cut) pairs checked."""
+    cut_times: int
+    """Distinct cut times among them."""
+    first_cut: datetime | None
+    last_cut: datetime | None
+    units_checked: int
+    """Entities (entity scope) or groups (group scope) cut at least once."""
+    units_total: int
+    units_cuttable: int
+    """Units with at least two distinct ``available_at`` values: the others cannot be cut."""
+    entities_total: int
+    candidates: int
+    """Cuts an exhaustive check makes."""
+    exhaustive_rows: int
+    """Rows an exhaustive check recomputes."""
+    rows_compared: int
+    """Truncated-run rows compared with the full run."""
+    rows_recomputed: int
+    """Input rows the reruns processed in total (isolation rerun included)."""
+    input_rows: int
+    reruns: int
+    budget: float
+    samples: int
+    categories: Mapping[str, tuple[int, int]]
+    """Per category: (cuts checked, candidates)."""
+    isolation_units: int
+    isolation_rows: int
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def verified(self) -> bool:
+        """Whether any row was compared: a verification that compared nothing proves nothing."""
+        return self.rows_compared > 0
+
+    @property
+    def units(self) -> str:
+        return "entities" if self.scope == "entity" else "groups"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (times in ISO 8601, an unlimited budget as None)."""
+        return {
+            "verified": self.verified, "mode": self.mode, "scope": self.scope,
+            "group_columns": list(self.group_columns), "transform": self.transform,
+            "plugin": self.plugin, "features": list(self.features), "cuts": self.cuts,
+            "cut_times": self.cut_times,
+            "first_cut": self.first_cut.isoformat() if self.first_cut else None,
+            "last_cut": self.last_cut.isoformat() if self.last_cut else None,
+            "units": self.units, "units_checked": self.units_checked,
+            "units_total": self.units_total, "units_cuttable": self.units_cuttable,
+            "entities_total": self.entities_total, "candidates": self.candidates,
+            "exhaustive_rows": self.exhaustive_rows, "rows_compared": self.rows_compared,
+            "rows_recomputed": self.rows_recomputed, "input_rows": self.input_rows,
+            "reruns": self.reruns,
+            "budget_rows": None if math.isinf(self.budget) else int(self.budget),
+            "samples": self.samples,
+            "categories": {k: {"checked": c, "candidates": n}
+                           for k, (c, n) in self.categories.items()},
+            "isolation": {"units": self.isolation_units, "rows": self.isolation_rows},
+            "seconds": round(self.seconds, 3), "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        if not self.verified:
+            why = "; ".join(self.notes) or "nothing was compared"
+            return f"NOT VERIFIED: causality of {self.transform!r} could not be checked: {why}"
+        budget = "unlimited" if math.isinf(self.budget) else f"{int(self.budget):,}"
+        return (f"causality verified ({self.mode}, {self.scope} scope): {self.cuts:,} cut(s) on "
+                f"{self.units_checked:,} of {self.units_total:,} {self.units}, "
+                f"{self.rows_compared:,} row(s) compared, {self.rows_recomputed:,} recomputed in "
+                f"{self.reruns} rerun(s) (budget {budget} rows; exhaustive: "
+                f"{self.candidates:,} cut(s), {self.exhaustive_rows:,} rows)")
+
+
+__all__ = ["VerificationReport"]
