@@ -61,7 +61,7 @@ truncated values; the ``LeakageError`` carries them as attributes. A failing rer
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -178,7 +178,7 @@ def verify_causality(
     cut_values = pairs.get_column(CUT)
     return VerificationReport(
         transform=transform.name, plugin=plugin, view=view, features=tuple(features),
-        scope=scope, group_columns=tuple(groups), mode=plan.mode if pairs.height else "none",
+        scope=scope, group_columns=tuple(groups), mode=_mode(plan, pairs, check, inp, features),
         cuts=pairs.height, cut_times=cut_values.n_unique() if pairs.height else 0,
         first_cut=cut_values.min() if pairs.height else None,  # type: ignore[arg-type]
         last_cut=cut_values.max() if pairs.height else None,  # type: ignore[arg-type]
@@ -194,6 +194,20 @@ def verify_causality(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _mode(plan: CutPlan, pairs: pl.DataFrame, check: _Check, inp: pl.DataFrame,
+          features: Sequence[str]) -> str:
+    """How the verdict was reached (``VerificationReport.mode``)."""
+    if pairs.height:
+        return plan.mode
+    if not inp.height or not features or plan.units_cuttable:
+        return "none"
+    # No entity (or group) has two availability times: within one, every row may read every
+    # other. Only reading across them could leak, which is what the isolation reruns compare.
+    if inp.get_column(check.ctx.available_column).n_unique() == 1:
+        return "trivial"
+    return "isolation" if check.isolation_rows else "none"
 
 
 def _group_columns(transform: Transform, params: Params, schema: Mapping[str, pl.DataType],

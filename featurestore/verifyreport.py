@@ -15,8 +15,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class VerificationReport:
-    """What ``verify_causality`` checked. It returns only when nothing leaked; ``verified`` is
-    False when nothing could be compared (no rows, no feature, or no cut removes a row)."""
+    """What ``verify_causality`` checked. It returns only when nothing leaked; ``verified`` says
+    whether that is a proof (see the property)."""
 
     transform: str
     plugin: str
@@ -26,7 +26,10 @@ class VerificationReport:
     group_columns: tuple[str, ...]
     mode: str
     """``exhaustive`` (every candidate cut), ``targeted`` (a prefix of the priority order) or
-    ``none`` (nothing to cut)."""
+    ``isolation`` (no entity or group has two ``available_at`` values, so no cut removes a row of
+    it: only reading outside the entity or group could leak, which the isolation reruns check),
+    ``trivial`` (every input row shares one ``available_at``: no value can depend on a later row)
+    or ``none`` (nothing checked)."""
     cuts: int
     """(entity or group, cut) pairs checked."""
     cut_times: int
@@ -60,8 +63,12 @@ class VerificationReport:
 
     @property
     def verified(self) -> bool:
-        """Whether any row was compared: a verification that compared nothing proves nothing."""
-        return self.rows_compared > 0
+        """Whether the check proves something: truncated rows were compared with the full run,
+        or (no entity or group can be cut) the isolation reruns compared rows, or every row
+        shares one ``available_at``. A verification that compared nothing proves nothing."""
+        if self.rows_compared > 0 or self.mode == "trivial":
+            return True
+        return self.mode == "isolation" and self.isolation_rows > 0
 
     @property
     def units(self) -> str:
@@ -94,6 +101,14 @@ class VerificationReport:
         if not self.verified:
             why = "; ".join(self.notes) or "nothing was compared"
             return f"NOT VERIFIED: causality of {self.transform!r} could not be checked: {why}"
+        if self.mode == "trivial":
+            return (f"causality verified (trivial, {self.scope} scope): all {self.input_rows:,} "
+                    "input rows share one available_at, so no value can depend on a later row")
+        if self.mode == "isolation":
+            return (f"causality verified (isolation, {self.scope} scope): no one of the "
+                    f"{self.units_total:,} {self.units} has two available_at values, so no cut "
+                    f"removes a row of it; {self.isolation_units:,} of them computed apart from "
+                    f"the others gave the same values ({self.isolation_rows:,} rows)")
         budget = "unlimited" if math.isinf(self.budget) else f"{int(self.budget):,}"
         return (f"causality verified ({self.mode}, {self.scope} scope): {self.cuts:,} cut(s) on "
                 f"{self.units_checked:,} of {self.units_total:,} {self.units}, "

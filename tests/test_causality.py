@@ -155,14 +155,27 @@ def test_null_key_is_an_entity_like_any_other():
 
 
 def test_nothing_to_cut():
+    # Every row shares one available_at: every row may read every other, so nothing can leak
+    # (even a "next value" is known as soon as the row is); that is a proof, not a sample.
     one_time = laps().with_columns(pl.lit(datetime(2024, 1, 1, tzinfo=UTC))
                                    .cast(pl.Datetime("us", "UTC")).alias("available_at"))
     report = verify_causality(LEAKY["next_value"], {}, one_time, CTX)
-    assert report.cuts == 0 and report.rows_compared == 0 and report.mode == "none"
-    assert not report.verified and "no cut removes a row" in report.notes[0]
-    assert str(report).startswith("NOT VERIFIED")
+    assert report.cuts == 0 and report.rows_compared == 0 and report.mode == "trivial"
+    assert report.verified and "no cut removes a row" in report.notes[0]
+    assert str(report).startswith("causality verified (trivial")
+    # One available_at per entity, a different one for each: only reading other entities'
+    # rows could leak, and the isolation reruns check exactly that.
+    per_entity = laps().with_columns(
+        (pl.lit(datetime(2024, 1, 1, tzinfo=UTC)).cast(pl.Datetime("us", "UTC"))
+         + pl.duration(days=pl.col("driver_id").fill_null(0))).alias("available_at"))
+    report = verify_causality(LEAKY["next_value"], {}, per_entity, CTX)
+    assert report.mode == "isolation" and report.verified and report.isolation_rows > 0
+    assert str(report).startswith("causality verified (isolation")
+    with pytest.raises(LeakageError, match="other entities' rows are removed"):
+        verify_causality(LEAKY["whole_column_normalisation"], {}, per_entity, CTX)
     report = verify_causality(CAUSAL, {}, laps().head(0), CTX)
     assert report.cuts == 0 and report.reruns == 0 and not report.verified
+    assert report.mode == "none" and str(report).startswith("NOT VERIFIED")
     assert any("no rows" in note for note in report.notes)
 
 
@@ -279,7 +292,7 @@ def test_exhaustive_verification_agrees_with_brute_force(frame, name, seed):
     expected = naive_leak(transform, frame, CTX)
     try:
         report = verify_causality(transform, {}, frame, CTX, budget=math.inf, seed=seed)
-        assert report.mode in ("exhaustive", "none")
+        assert report.mode in ("exhaustive", "isolation", "trivial", "none")
         found, message = False, ""
     except LeakageError as exc:
         found, message = True, str(exc)

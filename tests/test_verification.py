@@ -410,19 +410,25 @@ def test_samples_zero_is_a_usage_error_and_samples_never_check_less(project: Pat
     assert cuts == sorted(cuts) and cuts[0] < cuts[-1]
 
 
-def test_nothing_to_compare_is_recorded_not_verified(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stagger", "mode"), [(False, "trivial"), (True, "isolation")])
+def test_one_row_per_entity_is_verified(tmp_path: Path, stagger: bool, mode: str) -> None:
     from featurestore import FeatureStore
     from featurestore.materialize import materialize
 
     write_laps(tmp_path / "laps.parquet", 1)  # one row per driver: no cut removes a row
+    if stagger:  # each driver's row at its own time: only reading other drivers could leak
+        laps = pl.read_parquet(tmp_path / "laps.parquet")
+        laps.with_columns(pl.col("t") + pl.duration(minutes=pl.col("driver_id"))).write_parquet(
+            tmp_path / "laps.parquet")
     (tmp_path / "features.toml").write_text(DEFS.format())
     store = FeatureStore(tmp_path / "store")
     store.apply(tmp_path / "features.toml")
-    with pytest.warns(UserWarning, match="NOT VERIFIED"):
-        [result] = materialize(store)
-    assert result.artifact["verified"] is False
-    assert result.artifact["verification"].startswith("NOT VERIFIED")
-    assert json.loads(result.artifact["verification_report"])["mode"] == "none"
+    [result] = materialize(store)
+    report = json.loads(result.artifact["verification_report"])
+    assert result.artifact["verified"] is True and report["mode"] == mode
+    assert result.artifact["verification"].startswith(f"causality verified ({mode}")
+    if stagger:
+        assert report["isolation"]["rows"] > 0
 
 
 def test_views_of_one_source_are_verified_with_the_same_cuts(tmp_path: Path) -> None:
