@@ -47,3 +47,26 @@ class NotFoundError(FeatureStoreError):
     """A named entity, source, feature, view, artifact or feature set is not registered."""
 
     exit_code = 7
+
+
+class UsageError(FeatureStoreError):
+    """An option's value cannot be used: a registry URL that is not a URL, a bad store path."""
+
+    exit_code = 2
+
+
+class StoreMismatchError(UsageError):
+    """The registry opened is not the store's own: its store id differs from the store root's.
+
+    Exit code 2 (usage): the fix is to point ``--store`` and ``--registry`` at the same store.
+    """
+
+
+class NoStoreError(NotFoundError):
+    """There is no store at the root given (a read verb never creates one)."""
+
+
+class ReadOnlyStoreError(FeatureStoreError):
+    """A write was asked of a store (registry or folder) this user can only read."""
+
+    exit_code = 1

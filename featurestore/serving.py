@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from featurestore.artifacts import verify_artifact
+from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
 from featurestore.errors import DataError, NotFoundError
 from featurestore.plan import dtype_from_str
@@ -60,8 +61,13 @@ def _artifact_for(store: FeatureStore, feature: dict[str, Any],
 
 
 def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
-                verify_checksums: bool = False) -> list[ViewFrame]:
-    """One ``ViewFrame`` per artifact the requested features live in, in request order."""
+                verify_checksums: bool = False, paths: list[Path] | None = None) -> list[ViewFrame]:
+    """One ``ViewFrame`` per artifact the requested features live in, in request order.
+
+    Every artifact is checked against its recorded checksum first (a per-user cache makes
+    repeat reads cost a ``stat``; ``verify_checksums`` rehashes regardless). ``paths``, when
+    given, receives each artifact's file, for error messages.
+    """
     groups: dict[int, tuple[dict[str, Any], dict[str, str], str]] = {}
     cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for feat in features:
@@ -69,7 +75,9 @@ def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
         groups.setdefault(art["id"], (art, {}, feat["entity"]))[1][feat["name"]] = feat["column_name"]
     frames = []
     for art, mapping, entity_name in groups.values():
-        path = verify_artifact(store.root, art, checksum=verify_checksums)
+        path = verify_artifact(store.root, art, trust_cache=not verify_checksums)
+        if paths is not None:
+            paths.append(path)
         entity = store.registry.get("entity", entity_name)
         frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
@@ -100,11 +108,13 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
                             ) -> pl.DataFrame | pl.LazyFrame:
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, {r["name"]: r["tier"] for r in rows})
-    frames = view_frames(store, rows, verify_checksums=verify_checksums)
+    paths: list[Path] = []
+    frames = view_frames(store, rows, verify_checksums=verify_checksums, paths=paths)
     _check_query(entity_df, frames, cutoff)
     join = point_in_time_join_lazy if lazy else point_in_time_join
-    return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+    with reading_artifacts(paths):
+        return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+                    cutoff_timezone=cutoff_timezone, with_availability=with_availability)
 
 
 def get_online_features(store: FeatureStore,
@@ -120,10 +130,17 @@ def get_online_features(store: FeatureStore,
         moment = moment.replace(tzinfo=UTC)
     query = query.with_columns(pl.lit(moment).dt.convert_time_zone("UTC")
                                .dt.cast_time_unit("us").alias("__as_of"))
-    frames = view_frames(store, rows)
+    paths: list[Path] = []
+    frames = view_frames(store, rows, paths=paths)
     _check_query(query, frames, "__as_of")
-    if query.height <= ONLINE_FAST_KEYS:
-        return _online_few_keys(query.drop("__as_of"), frames, moment, inclusive)
+    with reading_artifacts(paths):
+        if query.height <= ONLINE_FAST_KEYS:
+            return _online_few_keys(query.drop("__as_of"), frames, moment, inclusive)
+        return _online_many_keys(query, frames, inclusive)
+
+
+def _online_many_keys(query: pl.DataFrame, frames: list[ViewFrame],
+                      inclusive: bool) -> pl.DataFrame:
     # Only the requested keys' rows are read: the artifacts are sorted by key, so Parquet
     # statistics let the scan skip every other row group.
     narrowed = []
