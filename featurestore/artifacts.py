@@ -39,7 +39,7 @@ def read_only_error(path: Path, exc: OSError) -> ReadOnlyStoreError:
 
 
 @contextmanager
-def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
+def writers_lock(root: Path, *, exclusive: bool = False, create: bool = True) -> Iterator[None]:
     """Hold the store's file lock: shared for writers, exclusive for ``doctor``.
 
     A writer holds it (shared: writers never wait for each other) from creating its temporary
@@ -48,6 +48,7 @@ def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
     decides what is an orphan and removes it, so it can never delete a file a live writer is
     about to register. The kernel drops the lock when a process dies (even by SIGKILL), so a
     crashed writer never blocks ``doctor``. A no-op where ``fcntl`` is missing (Windows).
+    ``create=False`` (a reader's ``doctor``) never creates the lock file or ``data/``.
     """
     try:
         import fcntl
@@ -55,20 +56,25 @@ def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
         yield
         return
     data = root / "data"
-    try:
-        data.mkdir(parents=True, exist_ok=True)
-        fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if exc.errno not in _READ_ONLY_ERRNOS:
-            raise
-        if not exclusive:
-            raise read_only_error(data / LOCK_FILE, exc) from None
-        # A store this user can only read: `doctor` still waits for live writers (flock works
-        # on a descriptor opened for reading). No lock file: no writer ever ran, none runs now.
-        if not (data / LOCK_FILE).exists():
+    lock = data / LOCK_FILE
+    fd = None
+    if create:
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_ERRNOS:
+                raise
+            if not exclusive:
+                raise read_only_error(lock, exc) from None
+    if fd is None:
+        # A reader's `doctor`, or a store this user can only read: it still waits for live
+        # writers (flock works on a descriptor opened for reading). No lock file: no writer
+        # ever ran, so none runs now.
+        if not lock.exists():
             yield
             return
-        fd = os.open(data / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield

@@ -69,7 +69,8 @@ def run_doctor(store: FeatureStore, *, fix: bool = False, checksums: bool = True
     problems += _reference_problems(store)
     problems += _registry_consistency(store, rows)
     unverified = _unverified_views(store)
-    with writers_lock(store.root, exclusive=True):  # no write is between file and row now
+    # No write is between file and row while doctor holds this.
+    with writers_lock(store.root, exclusive=True, create=fix):
         # Re-read the rows: an artifact registered since the check above is not an orphan.
         now = store.registry.artifacts()
         temps, unregistered = _orphans(store, now)
