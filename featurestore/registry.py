@@ -108,14 +108,19 @@ def _sqlite_read_only_creator(path: Path) -> Callable[[], sqlite3.Connection]:
 
     def connect() -> sqlite3.Connection:
         writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
-        conn = open_uri("mode=rw" if writable else "mode=ro")
         try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn
+            conn = open_uri("mode=rw" if writable else "mode=ro")
         except sqlite3.OperationalError:
-            conn.close()
             if writable:
                 raise
+        else:
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if writable:
+                    raise
         wal = path.with_name(path.name + "-wal")
         if wal.exists() and wal.stat().st_size > 0:
             raise ReadOnlyStoreError(
