@@ -231,13 +231,15 @@ _FILE_FAULTS = ("parquet", "thrift", "decompress", "out of spec", "zstd", "snapp
                 "brotli", "gzip", "page", "footer", "magic", "buffer", "eof", "utf-8", "utf8")
 
 
-def _engine_read_fault(exc: BaseException) -> bool:
-    if type(exc).__name__ == "PanicException":  # pyo3's, a BaseException: a Rust panic
-        return True
+def engine_read_fault(exc: BaseException) -> str | None:
+    """``"<type>: <first line>"`` when ``exc`` is the engine failing on a file's bytes, else None."""
+    fault = type(exc).__name__ == "PanicException"  # pyo3's, a BaseException: a Rust panic
     if isinstance(exc, pl.exceptions.ComputeError | OSError):
         text = str(exc).lower()
-        return any(word in text for word in _FILE_FAULTS)
-    return False
+        fault = any(word in text for word in _FILE_FAULTS)
+    if not fault:
+        return None
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
 @contextmanager
@@ -255,12 +257,12 @@ def reading_artifacts(paths: Sequence[Path | str]) -> Iterator[None]:
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:
-        if not _engine_read_fault(exc):
+        fault = engine_read_fault(exc)
+        if fault is None:
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         names = ", ".join(str(p) for p in paths)
-        raise ArtifactError(f"reading {names} failed ({type(exc).__name__}: {first}); the file "
-                            "may be damaged: run `featurestore doctor`") from None
+        raise ArtifactError(f"reading {names} failed ({fault}); the file may be damaged: run "
+                            "`featurestore doctor`") from None
 
 
 def temp_files(root: Path) -> list[Path]:

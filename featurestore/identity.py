@@ -193,7 +193,8 @@ def open_store(root: Path, registry_url: str | None, *, create: bool,
         if ident is None and db is not None and not db.exists():
             raise NoStoreError(f"no store at {root}: no {IDENTITY_FILE} and no registry "
                                f"{db}; create one with `featurestore init`")
-    if ident is not None and db is not None and not db.exists() and explicit:
+    own_registry = ident is not None and db == sqlite_file(ident.registry_url or default_url(root))
+    if ident is not None and db is not None and not db.exists() and not own_registry:
         raise StoreMismatchError(
             f"registry {db} does not exist, and it is not the registry of store {root}: that "
             f"is {ident.describe_registry(root)} (store {ident.store_id})")

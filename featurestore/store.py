@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from featurestore import schema
 from featurestore.artifacts import (
     WrittenArtifact,
+    engine_read_fault,
     file_checksum,
     reading_artifacts,
     verify_artifact,
@@ -207,12 +208,15 @@ class FeatureStore:
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],
                        expected_schema=src["schema"])
         try:
-            with reading_artifacts([path]):
-                df = lf.collect(engine="streaming")
-        except ArtifactError:
-            raise DataError(f"{path}: source {name!r} is not a readable Parquet dataset (the "
-                            "Parquet reader failed on it)") from None
-        except pl.exceptions.ComputeError as exc:
+            df = lf.collect(engine="streaming")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic on damaged bytes is a BaseException
+            fault = engine_read_fault(exc)
+            if fault is not None:
+                raise DataError(f"{path}: cannot read as Parquet ({fault})") from None
+            if not isinstance(exc, pl.exceptions.ComputeError):
+                raise
             raise DataError(f"{path}: cannot convert times of source {name!r}: "
                             f"{str(exc).splitlines()[0]}") from None
         df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],

@@ -8,9 +8,12 @@ as -6), and its own stdout and stderr.
 
     python tests/forkcli.py JOBS.json RESULTS.json
 
-Each job is ``{"file": path, "pos": int, "runs": [{"argv": [...], "out": stdout path,
-"err": stderr path}, ...]}``: the driver XORs the byte at ``pos`` of ``file`` with 0xFF, runs
-the invocations, and puts the original byte back. Each result is ``{"pos", "codes"}``.
+JOBS.json is ``{"warmup": argv, "jobs": [...]}``. The warm-up invocation runs in the driver
+itself (a verb that reads only the registry, e.g. ``list --json``: it loads what every child
+would load again, and starts no engine thread). Each job is ``{"file": path, "pos": int,
+"runs": [{"argv": [...], "out": stdout path, "err": stderr path}, ...]}``: the driver XORs the
+byte at ``pos`` of ``file`` with 0xFF, runs the invocations, and puts the original byte back.
+Each result is ``{"pos", "codes"}``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,17 @@ def main() -> None:
 
     cli._register_extra_commands()
     with open(jobs_path) as fh:
-        jobs = json.load(fh)
+        spec = json.load(fh)
+    saved = os.dup(1)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    try:
+        if cli.main(spec["warmup"]) != 0:
+            raise SystemExit(f"warm-up {spec['warmup']} failed")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+    jobs = spec["jobs"]
     results = []
     for job in jobs:
         with open(job["file"], "r+b") as fh:

@@ -107,7 +107,8 @@ def test_one_flipped_byte_at_50_positions_never_yields_a_wrong_value(
                 {"argv": built["online"], "out": str(tmp_path / f"o{pos}.out"),
                  "err": str(tmp_path / f"o{pos}.err")}]
         jobs.append({"file": str(path), "pos": pos, "runs": runs})
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    warmup = ["--store", str(built["root"]), "list", "--json"]
+    (tmp_path / "jobs.json").write_text(json.dumps({"warmup": warmup, "jobs": jobs}))
     driver = Path(__file__).with_name("forkcli.py")
     proc = subprocess.run([sys.executable, str(driver), str(tmp_path / "jobs.json"),
                            str(tmp_path / "results.json")], env=cli_env(), capture_output=True,

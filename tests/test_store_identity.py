@@ -157,6 +157,8 @@ def test_a_lost_registry_db_is_never_replaced_by_an_empty_one(tmp_path: Path) ->
         assert "has lost its registry" in one_error_line(proc.stderr)
     with pytest.raises(NotFoundError, match="has lost its registry"):
         FeatureStore(root)
+    with pytest.raises(NotFoundError, match="has lost its registry"):  # named explicitly: same
+        FeatureStore(root, registry_url=f"sqlite:///{root / 'registry.db'}")
     assert not (root / "registry.db").exists()
     assert data_files(root) == before
 
