@@ -67,7 +67,10 @@ def _is_known(key: str) -> bool:
     if key in _memory:
         return True
     marker = _marker(key)
-    return marker is not None and marker.exists()
+    try:
+        return marker is not None and marker.exists()
+    except OSError:  # a cache folder this user may not read (HOME of another user, ...)
+        return False
 
 
 def _remember(key: str) -> None:

@@ -84,8 +84,8 @@ class Reader:
             for p in [top, *top.rglob("*")] if top.is_dir() else [top]:
                 p.chmod(stat.S_IMODE(p.stat().st_mode) | 0o200)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = cli_env(HOME=str(self.home))
+    def run(self, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = cli_env(HOME=str(home or self.home))
         env.pop("FEATURESTORE_CACHE_DIR", None)  # the reader's own ~/.cache
         cli = [sys.executable, "-m", "featurestore", *args]
         if self.kind == "setpriv":
@@ -180,6 +180,9 @@ def test_a_read_only_store_serves_every_read_verb_and_writes_nothing(
             assert proc.returncode == 0, f"{reader.kind} {verb}: {proc.stderr}"
             assert comparable(proc.stdout) == expected[verb], verb
         assert pl.read_parquet(theirs).equals(mine)
+        # A checksum cache this user cannot even look into (HOME of another user): no cache.
+        proc = reader.run(*read_verbs(root, entities, theirs)["online"], home=Path("/root"))
+        assert proc.returncode == 0 and comparable(proc.stdout) == expected["online"], proc.stderr
         where = str(root / "registry.db") if store_registry is None else str(root)
         for verb in (["apply"], ["materialize", "--force"], ["ingest", "--force"],
                      ["doctor", "--fix"]):
