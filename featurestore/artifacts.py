@@ -218,9 +218,12 @@ def _schema_hint(path: Path, expected: dict[str, str]) -> str:
     wrong, and the engine's reader may abort the process on some of them.
     """
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        actual = schema_dict(pl.from_arrow(pq.read_schema(path).empty_table()).schema)  # type: ignore[union-attr]
+        # from_batches, not Schema.empty_table: that one imports pandas (half a second).
+        empty = pa.Table.from_batches([], schema=pq.read_schema(path))
+        actual = schema_dict(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
     except Exception:
         return ""
     diffs = _schema_diffs(expected, actual)

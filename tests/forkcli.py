@@ -12,7 +12,7 @@ JOBS.json is ``{"warmup": argv, "jobs": [...]}``. The warm-up invocation runs in
 itself (a verb that reads only the registry, e.g. ``list --json``: it loads what every child
 would load again, and starts no engine thread). Each job is ``{"file": path, "pos": int,
 "runs": [{"argv": [...], "out": stdout path, "err": stderr path}, ...]}``: the driver XORs the
-byte at ``pos`` of ``file`` with 0xFF, runs the invocations, and puts the original byte back.
+byte at ``pos`` of ``file`` with 0xFF, runs the invocations (side by side: they only read), and puts the original byte back.
 Each result is ``{"pos", "codes"}``.
 """
 
@@ -26,7 +26,7 @@ import time
 TIMEOUT = 120.0
 
 
-def run_child(argv: list[str], out: str, err: str) -> int:
+def start_child(argv: list[str], out: str, err: str) -> int:
     pid = os.fork()
     if pid == 0:  # the child: the CLI, then exit without running the parent's cleanup
         code = 1
@@ -42,7 +42,10 @@ def run_child(argv: list[str], out: str, err: str) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    deadline = time.monotonic() + TIMEOUT
+    return pid
+
+
+def wait_child(pid: int, deadline: float) -> int:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -56,6 +59,8 @@ def run_child(argv: list[str], out: str, err: str) -> int:
 
 def main() -> None:
     jobs_path, results_path = sys.argv[1:3]
+    import pyarrow.parquet  # noqa: F401 - what a refused read imports to explain itself
+
     import featurestore.cli as cli
 
     cli._register_extra_commands()
@@ -79,7 +84,10 @@ def main() -> None:
             fh.seek(job["pos"])
             fh.write(bytes([original[0] ^ 0xFF]))
         try:
-            codes = [run_child(r["argv"], r["out"], r["err"]) for r in job["runs"]]
+            # A job's invocations only read: they run side by side.
+            pids = [start_child(r["argv"], r["out"], r["err"]) for r in job["runs"]]
+            deadline = time.monotonic() + TIMEOUT
+            codes = [wait_child(pid, deadline) for pid in pids]
         finally:
             with open(job["file"], "r+b") as fh:
                 fh.seek(job["pos"])
