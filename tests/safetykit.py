@@ -42,6 +42,14 @@ view = "form"
 [[features]]
 name = "finish_max_last_10"
 view = "form"
+
+[[features]]
+name = "finish_max_last_3"
+view = "form"
+
+[[features]]
+name = "finish_mean_last_10"
+view = "form"
 """
 
 DRIVERS = 30

@@ -24,7 +24,7 @@ from featurestore import checksums as checksum_cache
 from featurestore.artifacts import reading_artifacts, verify_artifact
 from tests.safetykit import build_store, cli_env, fs, ok, one_error_line, write_entities
 
-FEATURES = "finish_mean_last_3,finish_max_last_10"
+FEATURES = "finish_mean_last_3,finish_max_last_10,finish_max_last_3,finish_mean_last_10"
 N_POSITIONS = 50
 
 

@@ -25,6 +25,7 @@ from featurestore.registry import Registry
 from tests.safetykit import build_store, cli_env, fs, json_out, ok, one_error_line, write_project
 
 N_ARTIFACTS = 3  # the source snapshot, the column view `results`, the rolling view `form`
+N_FEATURES = 5
 
 
 def data_files(root: Path) -> dict[str, str]:
@@ -83,7 +84,8 @@ def test_without_registry_the_cli_uses_the_recorded_one(tmp_path: Path, registry
     root = tmp_path / "store"
     build_store(root, registry_url)
     listed = json_out(ok(fs("--store", str(root), "list", "features", "--json")))
-    assert {f["name"] for f in listed} == {"finish", "finish_mean_last_3", "finish_max_last_10"}
+    assert {f["name"] for f in listed} == {"finish", "finish_mean_last_3", "finish_max_last_10",
+                                           "finish_max_last_3", "finish_mean_last_10"}
     assert not (root / "registry.db").exists()  # the SQLite default was never opened
 
 
@@ -232,7 +234,7 @@ def test_a_store_made_before_identities_is_adopted_on_its_first_write(
     forget_identity(root, registry_url)
     # Reads work and adopt nothing.
     listed = json_out(ok(fs("--store", str(root), "--registry", registry_url, "list", "--json")))
-    assert len(listed) == 3
+    assert len(listed) == N_FEATURES
     assert not (root / IDENTITY_FILE).exists()
     registry = Registry(registry_url)
     assert registry.info(STORE_ID) is None
@@ -242,7 +244,7 @@ def test_a_store_made_before_identities_is_adopted_on_its_first_write(
     assert registry.info(STORE_ID) == ident["store_id"]
     registry.close()
     with FeatureStore.open(root) as adopted:  # the recorded registry from now on
-        assert adopted.store_id == ident["store_id"] and len(adopted.list("feature")) == 3
+        assert adopted.store_id == ident["store_id"] and len(adopted.list("feature")) == N_FEATURES
 
 
 def test_a_default_store_made_before_identities_is_adopted_too(tmp_path: Path) -> None:
