@@ -8,11 +8,11 @@ artifact, which was never touched, stays current.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,16 +21,25 @@ from typing import Any
 
 import polars as pl
 
+from featurestore.checksums import checksum_mismatch, file_checksum
 from featurestore.definitions import COMPRESSIONS
-from featurestore.errors import ArtifactError
+from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
+
+__all__ = ["file_checksum", "reading_artifacts", "verify_artifact", "write_parquet_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
-_CHUNK = 4 << 20
+_READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def read_only_error(path: Path, exc: OSError) -> ReadOnlyStoreError:
+    """The error for a write refused by the file system: names the path and the reason."""
+    return ReadOnlyStoreError(f"cannot write {path}: {exc.strerror or exc}; the store is "
+                              "read-only for this user (write verbs need write access)")
 
 
 @contextmanager
-def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
+def writers_lock(root: Path, *, exclusive: bool = False, create: bool = True) -> Iterator[None]:
     """Hold the store's file lock: shared for writers, exclusive for ``doctor``.
 
     A writer holds it (shared: writers never wait for each other) from creating its temporary
@@ -39,6 +48,7 @@ def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
     decides what is an orphan and removes it, so it can never delete a file a live writer is
     about to register. The kernel drops the lock when a process dies (even by SIGKILL), so a
     crashed writer never blocks ``doctor``. A no-op where ``fcntl`` is missing (Windows).
+    ``create=False`` (a reader's ``doctor``) never creates the lock file or ``data/``.
     """
     try:
         import fcntl
@@ -46,8 +56,25 @@ def writers_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
         yield
         return
     data = root / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = data / LOCK_FILE
+    fd = None
+    if create:
+        try:
+            data.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_ERRNOS:
+                raise
+            if not exclusive:
+                raise read_only_error(lock, exc) from None
+    if fd is None:
+        # A reader's `doctor`, or a store this user can only read: it still waits for live
+        # writers (flock works on a descriptor opened for reading). No lock file: no writer
+        # ever ran, so none runs now.
+        if not lock.exists():
+            yield
+            return
+        fd = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -69,15 +96,6 @@ def confine(root: Path, relative: str | Path) -> Path:
     if full.suffix != ".parquet":
         raise ArtifactError(f"artifact path {str(relative)!r} must end in .parquet")
     return full
-
-
-def file_checksum(path: Path) -> str:
-    """``sha256:<hex>`` of the file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def schema_dict(schema: pl.Schema | dict[str, pl.DataType]) -> dict[str, str]:
@@ -120,11 +138,13 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
     final = confine(root, relative)
     if final.exists():
         raise ArtifactError(f"artifact {relative} already exists; artifacts are never overwritten")
-    if not final.parent.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
     tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     try:
+        if not final.parent.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
+        # Created here first, so a refused write is an OSError naming the path.
+        open(tmp, "xb").close()
         frame.write_parquet(tmp, compression=compression, statistics=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -132,6 +152,11 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
         size = tmp.stat().st_size
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _READ_ONLY_ERRNOS:
+            raise read_only_error(Path(exc.filename or final.parent), exc) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -144,33 +169,103 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
                            frame.height, lo, hi, checksum, size, compression)
 
 
-def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True) -> Path:
+def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
+                    trust_cache: bool = True) -> Path:
     """Check an artifact file against its registry row; return its path or raise ``ArtifactError``.
 
-    Always checks existence, size and schema (from the Parquet footer); with ``checksum`` also
-    rehashes the whole file.
+    Checks existence and size, then (with ``checksum``) the recorded sha256, and only then reads
+    the schema from the Parquet footer with the engine that will read the data: no byte of a
+    damaged file reaches that reader, whose failures on garbage include aborting the process.
+    A verified checksum is remembered per user (``featurestore.checksums``), so repeat reads
+    cost a ``stat``; ``trust_cache=False`` rehashes anyway (``doctor``, ``artifacts --verify``).
     """
     path = confine(root, row["path"])
     label = f"artifact {row['id']} ({row['kind']} {row['name']!r}, {row['path']})"
-    if not path.exists():
-        raise ArtifactError(f"{label}: file is missing")
+    expected = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
     try:
-        actual = schema_dict(pl.read_parquet_schema(path))
+        size = path.stat().st_size
+        if row.get("size_bytes") and size != row["size_bytes"]:
+            raise ArtifactError(f"{label}: size is {size} bytes, the registry recorded "
+                                f"{row['size_bytes']}{_schema_hint(path, expected)}")
+        got = checksum_mismatch(path, row["checksum"], trust_cache=trust_cache) if checksum else None
+    except FileNotFoundError:
+        raise ArtifactError(f"{label}: file is missing") from None
+    except PermissionError as exc:
+        raise ArtifactError(f"{label}: cannot read {path}: {exc.strerror}") from None
+    if got is not None:
+        raise ArtifactError(f"{label}: checksum {got} differs from the recorded "
+                            f"{row['checksum']}{_schema_hint(path, expected)}")
+    try:
+        with reading_artifacts([path]):
+            actual = schema_dict(pl.read_parquet_schema(path))
     except Exception as exc:
         raise ArtifactError(f"{label}: not a readable Parquet file ({exc})") from None
-    expected = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
-    if actual != expected:
-        diffs = [f"{c}: registry {expected.get(c, 'absent')} vs file {actual.get(c, 'absent')}"
-                 for c in sorted(set(actual) | set(expected)) if actual.get(c) != expected.get(c)]
-        raise ArtifactError(f"{label}: schema differs from the registry: {'; '.join(diffs)}")
-    size = path.stat().st_size
-    if row.get("size_bytes") and size != row["size_bytes"]:
-        raise ArtifactError(f"{label}: size is {size} bytes, the registry recorded {row['size_bytes']}")
-    if checksum:
-        got = file_checksum(path)
-        if got != row["checksum"]:
-            raise ArtifactError(f"{label}: checksum {got} differs from the recorded {row['checksum']}")
+    diffs = _schema_diffs(expected, actual)
+    if diffs:
+        raise ArtifactError(f"{label}: schema differs from the registry: {diffs}")
     return path
+
+
+def _schema_diffs(expected: dict[str, str], actual: dict[str, str]) -> str:
+    return "; ".join(f"{c}: registry {expected.get(c, 'absent')} vs file {actual.get(c, 'absent')}"
+                     for c in sorted(set(actual) | set(expected)) if actual.get(c) != expected.get(c))
+
+
+def _schema_hint(path: Path, expected: dict[str, str]) -> str:
+    """Why a file that failed its checksum differs, when its footer still says (a rewrite).
+
+    Read with pyarrow, whose reader reports garbage as an exception: these bytes are known to be
+    wrong, and the engine's reader may abort the process on some of them.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # from_batches, not Schema.empty_table: that one imports pandas (half a second).
+        empty = pa.Table.from_batches([], schema=pq.read_schema(path))
+        actual = schema_dict(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
+    except Exception:
+        return ""
+    diffs = _schema_diffs(expected, actual)
+    return f"; schema differs from the registry: {diffs}" if diffs else ""
+
+
+_FILE_FAULTS = ("parquet", "thrift", "decompress", "out of spec", "zstd", "snappy", "lz4",
+                "brotli", "gzip", "page", "footer", "magic", "buffer", "eof", "utf-8", "utf8")
+
+
+def engine_read_fault(exc: BaseException) -> str | None:
+    """``"<type>: <first line>"`` when ``exc`` is the engine failing on a file's bytes, else None."""
+    fault = type(exc).__name__ == "PanicException"  # pyo3's, a BaseException: a Rust panic
+    if isinstance(exc, pl.exceptions.ComputeError | OSError):
+        text = str(exc).lower()
+        fault = any(word in text for word in _FILE_FAULTS)
+    if not fault:
+        return None
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+@contextmanager
+def reading_artifacts(paths: Sequence[Path | str]) -> Iterator[None]:
+    """Turn an engine failure while reading these files into ``ArtifactError`` naming them.
+
+    Files are checked against their checksums before they are read, so this is the last line:
+    a file changed under a running read, or a reader bug. A Rust panic (pyo3's
+    ``PanicException`` derives from ``BaseException``) never reaches the user as a traceback.
+    """
+    try:
+        yield
+    except FeatureStoreError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        fault = engine_read_fault(exc)
+        if fault is None:
+            raise
+        names = ", ".join(str(p) for p in paths)
+        raise ArtifactError(f"reading {names} failed ({fault}); the file may be damaged: run "
+                            "`featurestore doctor`") from None
 
 
 def temp_files(root: Path) -> list[Path]:

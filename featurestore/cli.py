@@ -170,18 +170,37 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
+# Verbs that only read: they open an existing store read-only and never create or write
+# anything (no store there: exit 7). Every other verb that touches the store may create it.
+READ_VERBS = frozenset({"list", "show", "retrieve", "online", "artifacts", "doctor", "plugins",
+                        "serve"})
+# Verbs that write to a store that must exist already: they never create one (exit 7).
+EXISTING_VERBS = frozenset({"delete", "gc", "publish", "unpublish", "config"})
+
+
 class Ctx:
-    def __init__(self, root: str, registry_url: str | None) -> None:
+    def __init__(self, root: str, registry_url: str | None, verb: str | None = None) -> None:
         self.root = root
         self.registry_url = registry_url
+        self.verb = verb
         self._store: Any = None
 
     @property
     def store(self) -> Any:
+        """The store as the running verb needs it: read-only for ``READ_VERBS``, else opened
+        (and created when missing) for writing."""
         if self._store is None:
-            from featurestore.store import FeatureStore
+            self._store = self.open(write=self.verb not in READ_VERBS,
+                                    create=self.verb not in EXISTING_VERBS)
+        return self._store
 
-            self._store = FeatureStore(self.root, registry_url=self.registry_url)
+    def open(self, *, write: bool, create: bool = False) -> Any:
+        """Open the store: read-only (never creating), or for writing (creating with ``create``)."""
+        from featurestore.store import FeatureStore
+
+        if self._store is None:
+            self._store = FeatureStore(self.root, registry_url=self.registry_url,
+                                       create=write and create, read_only=not write)
         return self._store
 
 
@@ -197,7 +216,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.pass_context
 def cli(ctx: click.Context, root: str, registry_url: str | None) -> None:
     """featurestore: a plugin-based, leakage-safe feature store."""
-    ctx.obj = Ctx(root, registry_url)
+    ctx.obj = Ctx(root, registry_url, ctx.invoked_subcommand)
 
 
 @cli.command()
@@ -208,17 +227,19 @@ def init(c: Ctx, root: str | None, as_json: bool) -> None:
     """Create a store (registry and data directory) at ROOT or --store."""
     from featurestore.store import DEFINITIONS_FILE, FeatureStore
 
-    store = FeatureStore(root or c.root, registry_url=c.registry_url)
+    store = FeatureStore(root or c.root, registry_url=c.registry_url, read_only=False)
     defs = store.root / DEFINITIONS_FILE
     created = not defs.exists()
     if created:
         defs.write_text(TEMPLATE, encoding="utf-8")
-    info = {"root": str(store.root), "registry": store.registry.safe_url,
-            "definitions": str(defs), "definitions_created": created, "tiers": store.tiers.names}
+    info = {"root": str(store.root), "store_id": store.store_id,
+            "registry": store.registry.safe_url, "definitions": str(defs),
+            "definitions_created": created, "tiers": store.tiers.names}
     if as_json:
         emit_json(info)
     else:
-        click.echo(f"Store ready at {store.root}\n  registry:    {info['registry']}\n"
+        click.echo(f"Store ready at {store.root}\n  store id:    {store.store_id}\n"
+                   f"  registry:    {info['registry']}\n"
                    f"  definitions: {defs}{' (template written)' if created else ''}\n"
                    f"  tiers:       {' < '.join(info['tiers'])}")
 
@@ -299,7 +320,7 @@ def artifacts(c: Ctx, as_json: bool, verify: bool) -> None:
     if verify:
         for row in rows:
             try:
-                verify_artifact(c.store.root, row)
+                verify_artifact(c.store.root, row, trust_cache=False)
                 row["status"] = "ok"
             except ArtifactError as exc:
                 row["status"] = str(exc)
@@ -430,21 +451,34 @@ def _parse_budget(text: str | None) -> float | None:
 
 
 @cli.command()
-@click.option("--fix", is_flag=True, help="Remove orphaned temporary files (never registered data).")
+@click.option("--fix", is_flag=True, help="Delete temporary files of interrupted writes and move "
+              "unregistered artifact files to ROOT/quarantine/ (never deletes data).")
 @click.option("--no-checksums", is_flag=True, help="Skip rehashing files (faster).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def doctor(c: Ctx, fix: bool, no_checksums: bool, as_json: bool) -> None:
-    """Verify artifacts and registry consistency; exit 0 only when all is well."""
-    report = c.store.doctor(fix=fix, checksums=not no_checksums)
+    """Verify artifacts and registry consistency; exit 0 only when all is well.
+
+    Only reads unless --fix. The store must exist, and its registry must be its own (the store
+    id in ROOT/featurestore.json): doctor never checks a store against another registry.
+    """
+    store = c.open(write=fix)
+    report = store.doctor(fix=fix, checksums=not no_checksums)
     if as_json:
         emit_json(report)
     else:
         click.echo(f"{report['artifacts_checked']} artifacts checked")
         for p in report["problems"]:
             click.echo(f"problem: {p}")
+        moved = {q["path"]: q["to"] for q in report["quarantined"]}
         for o in report["orphans"]:
-            click.echo(f"{'removed' if fix else 'orphan'}: {o}")
+            if o in moved:
+                click.echo(f"quarantined: {o} -> {moved[o]}")
+            else:
+                click.echo(f"{'removed' if fix else 'orphan'}: {o}")
+        for u in report["unverified"]:
+            click.echo(f"unverified: view {u['view']} (artifact {u['artifact_id']}): "
+                       f"{u['verification']}")
         click.echo("ok" if report["ok"] else "NOT ok")
     if not report["ok"]:
         sys.exit(5)
@@ -541,7 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:
+    except GeneratorExit:
+        raise
+    except BaseException as exc:  # pyo3's PanicException (a Rust panic) is a BaseException
         if os.environ.get("FEATURESTORE_DEBUG"):
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""

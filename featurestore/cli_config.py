@@ -29,11 +29,13 @@ def config(c: Ctx, key: str | None, value: str | None, unset: bool, as_json: boo
 
     if unset and (key is None or value is not None):
         raise click.UsageError("--unset takes a KEY and no VALUE")
+    writing = value is not None or unset
+    store = c.open(write=writing, create=False)  # showing settings is a read: never a new store
     if key is not None:
         key = setting_name(key)
-        if value is not None or unset:
-            c.store.set_setting(key, None if unset else value)
-    current = c.store.settings()
+        if writing:
+            store.set_setting(key, None if unset else value)
+    current = store.settings()
     shown = {key: current[key]} if key is not None else current
     if as_json:
         emit_json(shown)

@@ -50,7 +50,8 @@ class NotFoundError(FeatureStoreError):
 
 
 class UsageError(FeatureStoreError):
-    """A command-line option or argument has a value that cannot be used (format, type, path)."""
+    """A command-line option or argument has a value that cannot be used (format, type, path,
+    a registry URL that is not a URL)."""
 
     exit_code = 2
 
@@ -72,3 +73,20 @@ class DependentsError(DefinitionError):
     def __init__(self, message: str, dependents: list[object] | None = None) -> None:
         super().__init__(message)
         self.dependents = dependents or []
+
+
+class StoreMismatchError(UsageError):
+    """The registry opened is not the store's own: its store id differs from the store root's.
+
+    Exit code 2 (usage): the fix is to point ``--store`` and ``--registry`` at the same store.
+    """
+
+
+class NoStoreError(NotFoundError):
+    """There is no store at the root given (a read verb never creates one)."""
+
+
+class ReadOnlyStoreError(FeatureStoreError):
+    """A write was asked of a store (registry or folder) this user can only read."""
+
+    exit_code = 1

@@ -128,7 +128,8 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             "transform": view["transform"], "plugin_version": plugin_version,
             "params": view["params"], "verify": verify}).encode()).hexdigest()
         latest = store.registry.latest_artifact("view", name)
-        if not force and latest and latest["input_fingerprint"] == fingerprint:
+        if (not force and latest and latest["input_fingerprint"] == fingerprint
+                and store.intact(latest, rebuilding="rebuilding the view")):
             results.append(MaterializeResult(name, "up-to-date", latest))
             continue
         t0 = time.perf_counter()
@@ -276,8 +277,8 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
         return None
     try:
         old_src = store.artifact(latest["input_artifact_id"])
-        old_snapshot = pl.read_parquet(verify_artifact(store.root, old_src, checksum=False))
-        old_out = pl.read_parquet(verify_artifact(store.root, latest, checksum=False))
+        old_snapshot = pl.read_parquet(verify_artifact(store.root, old_src))
+        old_out = pl.read_parquet(verify_artifact(store.root, latest))
     except (ArtifactError, NotFoundError):
         return None  # the seed is gone or damaged: recompute in full
     return old_snapshot, old_out

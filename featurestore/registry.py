@@ -9,18 +9,45 @@ locked" never reaches a user unless the lock outlives every retry.
 from __future__ import annotations
 
 import json
+import os
 import random
+import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 from featurestore import migrations, schema
-from featurestore.errors import DeletedError, FeatureStoreError, NotFoundError
+from featurestore.errors import (
+    DeletedError,
+    FeatureStoreError,
+    NotFoundError,
+    ReadOnlyStoreError,
+    UsageError,
+)
 from featurestore.tiers import DEFAULT_TIERS, Tier, TierOrder
 
 T = TypeVar("T")
@@ -52,17 +79,98 @@ _PG_WRITE_LOCK = text("SELECT set_config('lock_timeout', :timeout, true), "
                       "coalesce(current_schema(), '')))")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the connection settings the registry relies on."""
+def parse_url(url: str) -> URL:
+    """The parsed registry URL; ``UsageError`` (exit 2) when it is not a usable SQLAlchemy URL."""
+    example = "e.g. sqlite:///path/to/registry.db or postgresql+psycopg://user@host/db"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        raise UsageError(f"registry URL {url!r} is not a SQLAlchemy URL ({example})") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise UsageError(f"registry URL {parsed.render_as_string(hide_password=True)!r}: unknown "
+                         f"database kind {parsed.drivername!r} ({example})") from None
+    return parsed
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The database file of a SQLite URL (absolute), or None (another database, or in memory)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).resolve()
+
+
+def _sqlite_read_only_creator(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that never write, and never create the database file.
+
+    A user who may write the file reads through an ordinary connection with ``query_only``
+    (``mode=rw``: never creates), which also lets the last connection checkpoint and remove the
+    WAL files as usual. Otherwise ``mode=ro``, which still sees what a concurrent writer commits;
+    but a WAL database opens that way only when its ``-shm`` file exists or can be created, and
+    in a folder the user cannot write, after the last writer closed, it cannot: then
+    ``immutable=1`` (no locking, WAL ignored) is the only way in, safe only when the WAL holds
+    nothing, so otherwise refuse rather than serve a stale registry.
+    """
+    uri = "file:" + urllib.parse.quote(str(path))
+    timeout = BUSY_TIMEOUT_MS / 1000
+
+    def open_uri(query: str) -> sqlite3.Connection:
+        return sqlite3.connect(f"{uri}?{query}", uri=True, timeout=timeout,
+                               check_same_thread=False)
+
+    def connect() -> sqlite3.Connection:
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+        try:
+            conn = open_uri("mode=rw" if writable else "mode=ro")
+        except sqlite3.OperationalError:
+            if writable:
+                raise
+        else:
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if writable:
+                    raise
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise ReadOnlyStoreError(
+                f"registry {path} cannot be read by this user: its write-ahead log {wal} holds "
+                "changes and the folder is read-only; ask its owner to run any featurestore "
+                "command there (that checkpoints the log), or give read access to the -shm file")
+        return open_uri("mode=ro&immutable=1")
+
+    return connect
+
+
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine with the connection settings the registry relies on.
+
+    ``read_only``: connections refuse writes (SQLite opened ``mode=ro``, PostgreSQL sessions
+    ``READ ONLY``), so a reader can never change or create anything.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        db = sqlite_file(url)
+        if read_only and db is not None:
+            engine = create_engine("sqlite://", creator=_sqlite_read_only_creator(db))
+        else:
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE is ours.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            if read_only:
+                cur.execute("PRAGMA query_only=1")
+            else:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -79,26 +187,69 @@ def make_engine(url: str) -> Engine:
         # Reads get snapshot isolation: under the default READ COMMITTED every statement of a
         # read transaction would see a newer state, so a reader could find a feature set whose
         # features it had just read as absent (half an apply). Writes: see Registry.write.
-        return create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ")
-    return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, isolation_level="REPEATABLE READ")
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    if read_only:
+        @event.listens_for(engine, "connect")
+        def _read_only_session(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()
+    return engine
+
+
+def _read_only_failure(exc: BaseException) -> str | None:
+    """The database's words when a write failed because this user may not write; else None."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in ("25006", "42501"):  # read-only transaction, privilege
+        return str(orig).strip().splitlines()[0]
+    msg = str(orig if orig is not None else exc).strip()
+    low = msg.lower()
+    if any(s in low for s in ("readonly database", "read-only", "read only", "query_only")):
+        return msg.splitlines()[0]
+    return None
 
 
 class Registry:
     """Typed access to the registry tables. Open it with a SQLAlchemy URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, migrate: bool = True) -> None:
+        """Open the registry at ``url``.
+
+        ``migrate`` (default) brings its schema to the newest version, creating it in an empty
+        database. ``read_only`` opens connections that cannot write (and never migrates).
+        """
         self.url = url
+        self.read_only = read_only
+        parsed = parse_url(url)
+        self.safe_url = parsed.render_as_string(hide_password=True)
+        self.sqlite_file = sqlite_file(parsed)
         try:
-            self.engine = make_engine(url)
-            self.write(self._migrate)
+            self.engine = make_engine(url, read_only=read_only)
+            if migrate and not read_only:
+                self.migrate()
         except FeatureStoreError:
             raise
         except Exception as exc:
-            raise FeatureStoreError(f"cannot open registry {self.safe_url}: {exc}") from None
+            first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+            raise FeatureStoreError(f"cannot open registry {self.safe_url}: {first}") from None
 
     @property
-    def safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+    def location(self) -> str:
+        """The registry's file (SQLite) or its URL without the password: what messages name."""
+        return str(self.sqlite_file) if self.sqlite_file is not None else self.safe_url
+
+    def schema_version(self) -> int:
+        """The registry's schema version; 0 for an empty database."""
+        with self.read() as conn:
+            return migrations.current_version(conn)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version (one transaction); no write when it is."""
+        if self.schema_version() != migrations.LATEST:
+            self.write(self._migrate)
 
     def _migrate(self, conn: Connection) -> None:
         migrations.migrate(conn)
@@ -147,6 +298,11 @@ class Registry:
                             conn.execute(_PG_WRITE_LOCK, {"timeout": f"{BUSY_TIMEOUT_MS}ms"})
                         return fn(conn)
             except (OperationalError, IntegrityError, DBAPIError) as exc:
+                refused = _read_only_failure(exc)
+                if refused is not None:
+                    raise ReadOnlyStoreError(
+                        f"registry {self.location} is read-only for this user ({refused}); "
+                        "nothing was written") from None
                 if not _is_retryable(exc):
                     raise
                 if attempt == MAX_ATTEMPTS:

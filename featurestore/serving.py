@@ -11,11 +11,12 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from featurestore.artifacts import verify_artifact
+from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
 from featurestore.errors import (
     DataError,
@@ -122,17 +123,22 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
 
 
 def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
-                verify_checksums: bool = False, allow_unverified: bool = False) -> list[ViewFrame]:
+                verify_checksums: bool = False, allow_unverified: bool = False,
+                paths: list[Path] | None = None) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
-    ``allow_unverified``.
+    ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
+    per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
+    regardless). ``paths``, when given, receives each artifact's file, for error messages.
     """
     groups = served_artifacts(store, features)
     check_verified([art for art, _, _ in groups], allow_unverified)
     frames = []
     for art, mapping, entity_name in groups:
-        path = verify_artifact(store.root, art, checksum=verify_checksums)
+        path = verify_artifact(store.root, art, trust_cache=not verify_checksums)
+        if paths is not None:
+            paths.append(path)
         entity = store.registry.get("entity", entity_name)
         frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
@@ -189,8 +195,9 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
                             strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
+    paths: list[Path] = []
     frames = view_frames(store, rows, verify_checksums=verify_checksums,
-                         allow_unverified=allow_unverified)
+                         allow_unverified=allow_unverified, paths=paths)
     _check_query(entity_df, frames, cutoff)
     if not lazy:
         # The eager engine collects the query anyway; a lazy plan is not run twice for a count.
@@ -198,8 +205,9 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
             entity_df = entity_df.collect()
         _check_nulls(entity_df, frames, cutoff, strict)
     join = point_in_time_join_lazy if lazy else point_in_time_join
-    return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+    with reading_artifacts(paths):
+        return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+                    cutoff_timezone=cutoff_timezone, with_availability=with_availability)
 
 
 def missing_tier_error(tiers: TierOrder) -> DefinitionError:

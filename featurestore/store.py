@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +18,9 @@ from sqlalchemy import Connection, select
 from featurestore import schema
 from featurestore.artifacts import (
     WrittenArtifact,
-    confine,
+    engine_read_fault,
     file_checksum,
-    temp_files,
+    reading_artifacts,
     verify_artifact,
     write_parquet_atomic,
     writers_lock,
@@ -42,8 +41,8 @@ from featurestore.errors import (
     DataError,
     DefinitionError,
     DeletedError,
-    FeatureStoreError,
     NotFoundError,
+    ReadOnlyStoreError,
 )
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
 from featurestore.readers import ensure_lock_files, reading
@@ -56,8 +55,6 @@ if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
-# How _artifact_relpath names files: what doctor may call an orphan when no registry row names it.
-_ARTIFACT_NAME = re.compile(r"^v\d+-\d{8}T\d{6}-[0-9a-f]{8}\.parquet$")
 DEFINITIONS_FILE = "features.toml"
 Progress = Callable[[str, int, int], None]
 DeclLike = Definitions | str | Path | Iterable[Entity | Source | View | Feature | FeatureSet]
@@ -78,26 +75,48 @@ def _issue(plan: Plan) -> None:
 
 
 class FeatureStore:
-    """A feature store rooted at a directory: ``registry.db`` plus Parquet under ``data/``.
+    """A feature store rooted at a directory: ``featurestore.json``, a registry, Parquet under ``data/``.
 
-    ``FeatureStore(root)`` opens the store, creating the directory and registry when missing.
-    The registry is SQLite ``root/registry.db`` unless ``registry_url`` or the
-    ``FEATURESTORE_REGISTRY_URL`` environment variable names another SQLAlchemy URL.
-    ``online_store`` names the online store (see ``featurestore.online.online_store_url``).
+    ``FeatureStore(root)`` opens the store, creating the directory and registry when missing
+    (``create=False``, or ``FeatureStore.open(root)``, only opens: no store there is
+    ``NoStoreError``). The registry is the one the root's ``featurestore.json`` records (SQLite
+    ``root/registry.db`` by default) unless ``registry_url`` or the ``FEATURESTORE_REGISTRY_URL``
+    environment variable names another SQLAlchemy URL; either way it must be this store's own
+    registry (same store id), else ``StoreMismatchError``. ``read_only=True`` opens without
+    writing anything (no migration either); the default, None, opens read-only exactly when
+    this user cannot write the registry. Writes to a read-only store raise
+    ``ReadOnlyStoreError`` naming the path. ``online_store`` names the online store (see
+    ``featurestore.online.online_store_url``).
     """
 
     def __init__(self, root: str | Path = ".", *, registry_url: str | None = None,
-                 compression: str = "zstd", online_store: str | None = None) -> None:
+                 compression: str = "zstd", create: bool = True,
+                 read_only: bool | None = None, online_store: str | None = None) -> None:
+        from featurestore.identity import open_store
+
         self.root = Path(root).resolve()
-        if self.root.exists() and not self.root.is_dir():
-            raise FeatureStoreError(f"store root {self.root} exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
         if compression not in COMPRESSIONS:
             raise DefinitionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
         self.compression = compression
-        url = registry_url or os.environ.get(REGISTRY_ENV) or f"sqlite:///{self.root / 'registry.db'}"
-        self.registry = Registry(url)
+        opened = open_store(self.root, registry_url or os.environ.get(REGISTRY_ENV) or None,
+                            create=create and not read_only, read_only=read_only)
+        self.registry = opened.registry
+        self.store_id = opened.store_id
+        self.read_only = opened.read_only
         self.online_store = online_store
+
+    @classmethod
+    def open(cls, root: str | Path = ".", *, registry_url: str | None = None,
+             read_only: bool | None = None, compression: str = "zstd",
+             online_store: str | None = None) -> FeatureStore:
+        """Open an existing store; never creates one (``NoStoreError`` when there is none)."""
+        return cls(root, registry_url=registry_url, compression=compression, create=False,
+                   read_only=read_only, online_store=online_store)
+
+    def _require_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(f"cannot {what}: store {self.root} is open read-only "
+                                     f"(registry {self.registry.location})")
 
     def close(self) -> None:
         reader = self.__dict__.pop("_online_reader", None)
@@ -145,6 +164,7 @@ class FeatureStore:
             plan = self.plan(defs, prune=prune)
             _issue(plan)
             return plan
+        self._require_writable("apply definitions")
 
         def txn(conn: Connection) -> Plan:
             plan = build_plan(conn, self.registry, defs, self.root, prune=prune)
@@ -278,7 +298,14 @@ class FeatureStore:
                        expected_schema=src["schema"])
         try:
             df = lf.collect(engine="streaming")
-        except pl.exceptions.ComputeError as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic on damaged bytes is a BaseException
+            fault = engine_read_fault(exc)
+            if fault is not None:
+                raise DataError(f"{path}: cannot read as Parquet ({fault})") from None
+            if not isinstance(exc, pl.exceptions.ComputeError):
+                raise
             raise DataError(f"{path}: cannot convert times of source {name!r}: "
                             f"{str(exc).splitlines()[0]}") from None
         df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
@@ -308,7 +335,8 @@ class FeatureStore:
             fingerprint = self._source_fingerprint(src)
             latest = self.registry.latest_artifact("source", name)
             if (not force and latest and latest["input_fingerprint"] == fingerprint
-                    and latest["object_version"] == src["version"]):
+                    and latest["object_version"] == src["version"]
+                    and self.intact(latest, rebuilding="re-snapshotting the source")):
                 results.append({"name": name, "status": "up-to-date", "artifact": latest})
                 continue
             df = self.read_source(name)
@@ -330,6 +358,7 @@ class FeatureStore:
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None,
                          verification_report: str = "{}") -> dict[str, Any]:
+        self._require_writable(f"write an artifact of {kind} {name!r}")
         relpath = self._artifact_relpath(kind, name, version)
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
@@ -386,109 +415,44 @@ class FeatureStore:
 
     def load_artifact(self, artifact_id: int, *, lazy: bool = False,
                       verify_checksum: bool = True) -> pl.DataFrame | pl.LazyFrame:
-        """Read an artifact after checking its schema (and checksum) against the registry."""
+        """Read an artifact after checking its checksum (remembered per user, so cheap after
+        the first read) and schema against the registry."""
         if lazy:  # read after this returns: no reader's lock can cover it
             return pl.scan_parquet(verify_artifact(self.root, self.artifact(artifact_id),
                                                    checksum=verify_checksum))
         with reading(self.root):
             row = self.artifact(artifact_id)
-            return pl.read_parquet(verify_artifact(self.root, row, checksum=verify_checksum))
+            path = verify_artifact(self.root, row, checksum=verify_checksum)
+            with reading_artifacts([path]):
+                return pl.read_parquet(path)
+
+    def intact(self, row: dict[str, Any], *, rebuilding: str | None = None) -> bool:
+        """Whether an artifact's file is there and matches its registry row.
+
+        With ``rebuilding`` (what the caller does instead) a damaged or missing file is warned
+        about, so ``ingest`` and ``materialize`` never call a lost artifact up to date.
+        """
+        try:
+            verify_artifact(self.root, row)
+        except ArtifactError as exc:
+            if rebuilding:
+                warnings.warn(f"{exc}: {rebuilding}", stacklevel=3)
+            return False
+        return True
 
     def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
         """The newest ingested snapshot of a source (ingesting first when inputs changed):
         its artifact row and the checked path of its Parquet file."""
         [result] = self.ingest([name])
         row = result["artifact"]
-        return row, verify_artifact(self.root, row, checksum=False)
+        return row, verify_artifact(self.root, row)
 
     # ------------------------------------------------------------------ integrity
     def doctor(self, *, fix: bool = False, checksums: bool = True) -> dict[str, Any]:
-        """Check every artifact against the registry and the registry's own references.
+        """Check every artifact and the registry; see ``featurestore.doctor.run_doctor``."""
+        from featurestore.doctor import run_doctor
 
-        Returns ``{"ok": bool, "problems": [...], "orphans": [...], "removed": [...]}``. Orphans
-        are what an interrupted write leaves: temporary files, and files named like artifacts
-        (``data/<kind>s/<name>/v<version>-<stamp>-<id>.parquet``) that no registry row names.
-        Nothing else under ``data/`` is ever an orphan (a source file kept there is the user's).
-        With ``fix`` orphans are removed; registered data is never touched. ``ok`` is true when
-        there is no problem and no orphan is left.
-        """
-        problems: list[str] = []
-        rows = self.registry.artifacts()
-        for row in rows:
-            try:
-                verify_artifact(self.root, row, checksum=checksums)
-            except ArtifactError as exc:
-                problems.append(str(exc))
-        latest = {k: self.registry.latest(k) for k in schema.VERSIONED}
-        tier_names = set(self.tiers.names)
-        for name, src in latest["source"].items():
-            if src["entity"] not in latest["entity"]:
-                problems.append(f"source {name!r} refers to missing entity {src['entity']!r}")
-            if src["tier"] not in tier_names:
-                problems.append(f"source {name!r} has unknown tier {src['tier']!r}")
-        for name, view in latest["view"].items():
-            if view["source"] not in latest["source"]:
-                problems.append(f"view {name!r} refers to missing source {view['source']!r}")
-        for name, feat in latest["feature"].items():
-            if feat["view"] not in latest["view"]:
-                problems.append(f"feature {name!r} refers to missing view {feat['view']!r}")
-            if feat["tier"] not in tier_names:
-                problems.append(f"feature {name!r} has unknown tier {feat['tier']!r}")
-        for name, fs in latest["feature_set"].items():
-            for ref in fs["features"]:
-                try:
-                    self.registry.get("feature", ref["name"], ref["version"])
-                except NotFoundError:
-                    problems.append(f"feature set {name!r} pins missing feature "
-                                    f"{ref['name']}@{ref['version']}")
-        problems += self._registry_consistency(rows)
-        with writers_lock(self.root, exclusive=True):  # no write is between file and row now
-            # Re-read the rows: an artifact registered since the check above is not an orphan.
-            registered = set()
-            for r in self.registry.artifacts():
-                with contextlib.suppress(ArtifactError):  # a bad path: reported above already
-                    registered.add(confine(self.root, r["path"]))
-            sources = {Path(absolute_source_path(s["path"], self.root)).resolve()
-                       for s in self.registry.latest("source").values()}
-            orphans = temp_files(self.root)
-            data_dir = self.root / "data"
-            if data_dir.exists():
-                orphans += [p for p in sorted(data_dir.rglob("*.parquet"))
-                            if _ARTIFACT_NAME.match(p.name) and p.resolve() not in registered
-                            and p.resolve() not in sources and p not in orphans]
-            removed = []
-            if fix:
-                for p in orphans:
-                    p.unlink(missing_ok=True)
-                    removed.append(str(p))
-        return {"ok": not problems and (not orphans or fix), "problems": problems,
-                "orphans": [str(p) for p in orphans], "removed": removed,
-                "artifacts_checked": len(rows)}
-
-    def _registry_consistency(self, artifacts: Sequence[dict[str, Any]]) -> list[str]:
-        """The registry's own invariants: schema version, version numbering, artifact owners."""
-        from sqlalchemy import select
-
-        from featurestore.migrations import LATEST, current_version
-
-        problems = []
-        with self.registry.read() as conn:
-            version = current_version(conn)
-            if version != LATEST:
-                problems.append(f"registry schema version is {version}, expected {LATEST}")
-            versions: dict[tuple[str, str], list[int]] = {}
-            for kind, table in schema.VERSIONED.items():
-                for name, v in conn.execute(select(table.c.name, table.c.version)):
-                    versions.setdefault((kind, name), []).append(v)
-        for (kind, name), found in sorted(versions.items()):
-            if sorted(found) != list(range(1, len(found) + 1)):
-                problems.append(f"{kind} {name!r} has versions {sorted(found)}, expected 1..n")
-        for row in artifacts:
-            if row["kind"] in schema.VERSIONED and \
-                    row["object_version"] not in versions.get((row["kind"], row["name"]), []):
-                problems.append(f"artifact {row['id']} ({row['path']}) belongs to {row['kind']} "
-                                f"{row['name']!r} v{row['object_version']}, which is not registered")
-        return problems
+        return run_doctor(self, fix=fix, checksums=checksums)
 
     # ------------------------------------------------------------------ retrieval helpers
     def resolve_features(self, features: str | Sequence[str]) -> list[dict[str, Any]]:

@@ -32,6 +32,12 @@ def _pg_base_url() -> str | None:
     return url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _checksum_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Verified-checksum markers of the test run go to a temporary folder, not ~/.cache."""
+    os.environ.setdefault("FEATURESTORE_CACHE_DIR", str(tmp_path_factory.mktemp("checksums")))
+
+
 @pytest.fixture(scope="session")
 def pg_base_url() -> str | None:
     return _pg_base_url()

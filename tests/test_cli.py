@@ -117,6 +117,7 @@ def test_bad_definitions_give_one_line_and_a_code(project: Path, defs: str, code
 
 
 def test_not_found_exit_code(project: Path) -> None:
+    run("init", cwd=project)  # `show` only reads: it never creates the store
     proc = run("show", "nothing", cwd=project, check_code=7)
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("Warning:")]
     assert errors == ["Error: nothing named 'nothing' is registered"]

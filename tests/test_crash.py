@@ -17,7 +17,8 @@ counts from when the temporary file appears). Then it checks:
   file not yet registered (killed between the rename and the commit).
 
 Every few kill points the real ``featurestore doctor`` lists exactly those orphans (exit 5),
-``doctor --fix`` removes exactly them (exit 0) and every registered artifact still verifies.
+``doctor --fix`` clears exactly them (exit 0: temporary files deleted, unregistered finished
+files moved to ``quarantine/``) and every registered artifact still verifies.
 """
 
 from __future__ import annotations
@@ -178,7 +179,13 @@ def doctor_cycle(root: Path, url: str, tally: Tally) -> None:
         fixed = subprocess.run(cli(root, url, "doctor", "--fix", "--json"), env=cli_env(),
                                capture_output=True, text=True, timeout=300)
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-        assert {Path(p) for p in json.loads(fixed.stdout)["removed"]} == tally.orphans
+        done = json.loads(fixed.stdout)
+        # Temporary files are deleted; finished but unregistered files are moved aside.
+        assert {Path(p) for p in done["removed"]} == {
+            p for p in tally.orphans if p.name.startswith(TMP_PREFIX)}
+        assert {Path(q["path"]) for q in done["quarantined"]} == {
+            p for p in tally.orphans if not p.name.startswith(TMP_PREFIX)}
+        assert all(Path(q["to"]).exists() for q in done["quarantined"])
         assert not any(p.exists() for p in tally.orphans)
         again = subprocess.run(cli(root, url, "doctor", "--json"), env=cli_env(),
                                capture_output=True, text=True, timeout=300)

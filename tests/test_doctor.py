@@ -100,20 +100,24 @@ def test_deleted_artifact(store: FeatureStore) -> None:
     assert store.registry.latest_artifact("view", "results") == art  # the row is kept
 
 
-def test_orphans_are_reported_then_removed_and_nothing_else(store: FeatureStore) -> None:
+def test_orphans_are_reported_then_temp_removed_unregistered_quarantined(store: FeatureStore) -> None:
     before = checksums(store.root)
     folder = store.root / "data" / "views" / "results"
     temp = folder / f"{TMP_PREFIX}0123abcd.parquet"
     temp.write_bytes(b"half a parquet file")
     unregistered = folder / "v1-20250101T000000-deadbeef.parquet"  # renamed, never committed
     shutil.copy(store.root / view_artifact(store)["path"], unregistered)
+    content = unregistered.read_bytes()
     code, report = doctor(store)
     assert code == 5 and report["problems"] == []
     assert sorted(report["orphans"]) == sorted([str(temp), str(unregistered)])
     code, fixed = doctor(store, "--fix")
     assert code == 0 and fixed["ok"]
-    assert sorted(fixed["removed"]) == sorted([str(temp), str(unregistered)])
-    assert not temp.exists() and not unregistered.exists()
+    # Only the temporary file is provably doctor's own: deleted. The other is moved, not lost.
+    assert fixed["removed"] == [str(temp)]
+    moved = store.root / "quarantine" / unregistered.relative_to(store.root)
+    assert fixed["quarantined"] == [{"path": str(unregistered), "to": str(moved)}]
+    assert not temp.exists() and not unregistered.exists() and moved.read_bytes() == content
     assert checksums(store.root) == before  # every registered file untouched
     assert doctor(store)[0] == 0
 

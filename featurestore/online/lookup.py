@@ -487,12 +487,14 @@ class OnlineReader:
     def _from_artifact(self, vp: _ViewPlan, layout: _Layout | None, rows: list[int],
                        columns: dict[str, list[Any]], t: int, inclusive: bool,
                        ttl_us: int | None, allow_unverified: bool, result: OnlineResult) -> None:
-        from featurestore.artifacts import verify_artifact
+        from featurestore.artifacts import reading_artifacts, verify_artifact
         from featurestore.retrieval import ViewFrame, point_in_time_join
 
         art = self._artifact(vp, layout)
         self._check_verified(vp, bool(art["verified"]), allow_unverified)
-        path = verify_artifact(self.store.root, art, checksum=False)
+        # Checksum first (remembered per user, so a stat after the first read): no byte of a
+        # damaged file may reach the Parquet reader, which can abort the process on garbage.
+        path = verify_artifact(self.store.root, art)
         schema = {k: dtype_from_str(v) for k, v in art["schema"].items()}
         names = [name for name, _ in vp.features]
         n = result.n
@@ -519,9 +521,11 @@ class OnlineReader:
             key_filter = key_filter & pl.col(k).is_in(wanted.to_list())  # prunes row groups
         mapping = {name: row["column_name"] for name, row in vp.features}
         mapping[_EVENT] = EVENT_TIMESTAMP
-        joined = point_in_time_join(
-            frame, [ViewFrame(vp.name, scan.filter(key_filter), vp.keys, mapping, presorted=True)],
-            cutoff=_CUTOFF, inclusive=inclusive, with_availability=True)
+        with reading_artifacts([path]):
+            joined = point_in_time_join(
+                frame, [ViewFrame(vp.name, scan.filter(key_filter), vp.keys, mapping,
+                                  presorted=True)],
+                cutoff=_CUTOFF, inclusive=inclusive, with_availability=True)
         avail = joined.select(pl.col(f"{_EVENT}__available_at").dt.epoch("us")).to_series().to_list()
         event = joined.select(pl.col(_EVENT).dt.epoch("us")).to_series().to_list()
         stale_before = None if ttl_us is None else t - ttl_us

@@ -1,0 +1,107 @@
+"""File checksums, and a cache of verified ones so repeat reads skip the rehash.
+
+Every artifact is checked against its recorded sha256 before a value from it is served. Hashing
+a large artifact costs about a second per GB, so a successful check is remembered: an empty
+marker file in the *user's* cache folder (``$FEATURESTORE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/featurestore``, else ``~/.cache/featurestore``), named by a hash of
+
+    device, inode, size, mtime (ns), ctime (ns), expected checksum
+
+A marker therefore outlives the process that wrote it, and works on a store the user can only
+read (nothing is written under the store root). Any write to the file changes its ctime, which
+no user can set back, and a replaced or restored file has a new inode, so a marker can never
+vouch for bytes that were not hashed. A deleted artifact (``featurestore gc``) simply leaves a
+marker that matches nothing. ``FEATURESTORE_CACHE_DIR=`` (empty) keeps markers in memory only.
+
+Racy files: file times have a coarse granularity (a clock tick, or a second or two on some
+file systems), so a write landing in the same tick as the last one would not change ctime. A
+check is remembered only when the file's last change is more than ``RACY_SECONDS`` older than
+the moment hashing started, so a later write is always seen. (The same problem and fix as Git's
+"racily clean" index entries.) Consequence: the first read soon after an artifact is written
+hashes it; the markers start to help from the next read on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+CACHE_ENV = "FEATURESTORE_CACHE_DIR"
+RACY_SECONDS = 2.0
+_CHUNK = 4 << 20
+_memory: set[str] = set()
+_disk_failed: set[Path] = set()
+
+
+def file_checksum(path: Path) -> str:
+    """``sha256:<hex>`` of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def cache_dir() -> Path | None:
+    """Where verified-checksum markers live, or None for memory only."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return Path(configured) if configured.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "featurestore"
+
+
+def _key(st: os.stat_result, expected: str) -> str:
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{expected}"
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+def _marker(key: str) -> Path | None:
+    base = cache_dir()
+    return None if base is None else base / "verified" / key[:2] / key
+
+
+def _is_known(key: str) -> bool:
+    if key in _memory:
+        return True
+    marker = _marker(key)
+    try:
+        return marker is not None and marker.exists()
+    except OSError:  # a cache folder this user may not read (HOME of another user, ...)
+        return False
+
+
+def _remember(key: str) -> None:
+    _memory.add(key)
+    marker = _marker(key)
+    if marker is None or marker.parents[2] in _disk_failed:
+        return
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        # An unwritable cache (read-only home, a service user) only costs speed.
+        _disk_failed.add(marker.parents[2])
+
+
+def checksum_mismatch(path: Path, expected: str, *, trust_cache: bool = True) -> str | None:
+    """None when ``path`` hashes to ``expected``, else the checksum it does have.
+
+    With ``trust_cache`` a remembered verification of this very file (same inode, size, times)
+    answers without reading it. ``FileNotFoundError`` propagates.
+    """
+    before = os.stat(path)
+    key = _key(before, expected)
+    if trust_cache and _is_known(key):
+        return None
+    started = time.time()
+    actual = file_checksum(path)
+    if actual != expected:
+        return actual
+    after = os.stat(path)
+    last_change = max(after.st_mtime, after.st_ctime)
+    if _key(after, expected) == key and started - last_change > RACY_SECONDS:
+        _remember(key)
+    return None
