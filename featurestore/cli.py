@@ -21,8 +21,8 @@ from typing import Any
 import click
 
 from featurestore import __version__
-from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.errors import FeatureStoreError
+from featurestore.verifyreport import DEFAULT_SAMPLES
 
 KINDS = {"entities": "entity", "sources": "source", "views": "view", "features": "feature",
          "feature-sets": "feature_set", "artifacts": "artifact", "tiers": "tier"}

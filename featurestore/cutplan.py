@@ -77,12 +77,12 @@ from featurestore.cutsites import (
 )
 from featurestore.errors import DataError
 from featurestore.transforms import TransformContext
+from featurestore.verifyreport import (
+    DEFAULT_BUDGET_FRACTION,
+    DEFAULT_MIN_BUDGET,
+    DEFAULT_SAMPLES,
+)
 
-DEFAULT_SAMPLES = 64
-"""Cuts checked after every unit's first cut whatever the budget (``--samples``)."""
-DEFAULT_MIN_BUDGET = 1_000_000
-DEFAULT_BUDGET_FRACTION = 0.1
-"""Default budget: ``max(DEFAULT_MIN_BUDGET, DEFAULT_BUDGET_FRACTION * input rows)`` rows."""
 FIRST_RERUN_ROWS = 16_384
 RERUN_ROWS = 10_000
 """What one more group rerun costs, in rows of the budget (its fixed overhead)."""

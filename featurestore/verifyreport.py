@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The verification defaults live here, with the report and away from polars, so that the CLI
+# can show them in --help without loading the engine.
+DEFAULT_SAMPLES = 64
+"""Cuts checked after every unit's first cut whatever the budget (``--samples``)."""
+DEFAULT_MIN_BUDGET = 1_000_000
+DEFAULT_BUDGET_FRACTION = 0.1
+"""Default budget: ``max(DEFAULT_MIN_BUDGET, DEFAULT_BUDGET_FRACTION * input rows)`` rows."""
+
 
 @dataclass(frozen=True)
 class VerificationReport:

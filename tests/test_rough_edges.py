@@ -101,7 +101,7 @@ def test_tables_never_cut_names_at_80_columns(project: Path) -> None:
     assert_whole(run(project, "artifacts").stdout, [source])
     assert_whole(run(project, "retrieve", "--entities", "q.parquet", "--features", ",".join(features),
                      "--tier", "race", "-o", "out.parquet").stdout, features)
-    assert_whole(run(project, "online", "--key", "driver_id=1", "--features", ",".join(features),
+    assert_whole(run(project, "online", "--tier", "race", "--key", "driver_id=1", "--features", ",".join(features),
                      "--as-of", "2025-03-01").stdout, features)
     # The free-text description wraps between words: every word is there, none cut.
     described = run(project, "list", "features").stdout
