@@ -47,7 +47,11 @@ def main(argv: list[str]) -> int:
     ensure_env()
     command, rest = argv[0], argv[1:]
     if command == "test":
-        return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT)
+        # Two workers by default (pytest-xdist): most tests wait on subprocesses, PostgreSQL or
+        # the disk, so the suite takes about half as long; `-n 0` runs it in one process.
+        workers = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) \
+            else ["-n", "2"]
+        return subprocess.call([str(PY), "-m", "pytest", *workers, *rest], cwd=ROOT)
     return subprocess.call([str(BIN / "featurestore"), "quickstart", *rest], cwd=ROOT)
 
 
