@@ -25,7 +25,8 @@ from featurestore.checksums import checksum_mismatch, file_checksum
 from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
 
-__all__ = ["file_checksum", "reading_artifacts", "verify_artifact", "write_parquet_atomic"]
+__all__ = ["artifact_files", "file_checksum", "reading_artifacts", "verify_artifact",
+           "write_parquet_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
@@ -96,6 +97,13 @@ def confine(root: Path, relative: str | Path) -> Path:
     if full.suffix != ".parquet":
         raise ArtifactError(f"artifact path {str(relative)!r} must end in .parquet")
     return full
+
+
+def artifact_files(root: Path, row: dict[str, Any]) -> list[Path]:
+    """The Parquet files holding an artifact's rows, in row order: every reader (the Polars
+    engine, other engines, ``doctor``) lists them here and nowhere else. Not verified: see
+    ``verify_artifact``."""
+    return [confine(root, row["path"])]
 
 
 def schema_dict(schema: pl.Schema | dict[str, pl.DataType]) -> dict[str, str]:
