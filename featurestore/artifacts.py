@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.checksums import checksum_mismatch, file_checksum
+from featurestore.checksums import checksum_mismatch, file_checksum, write_hashed
 from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
 
@@ -151,12 +151,13 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
         if not final.parent.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
-        # Created here first, so a refused write is an OSError naming the path.
+        # Created here first, so a refused write is an OSError naming the path; hashed as it
+        # is written, so the checksum costs no second read of the file.
         open(tmp, "xb").close()
-        frame.write_parquet(tmp, compression=compression, statistics=True)
+        checksum = write_hashed(tmp, lambda p: frame.write_parquet(
+            p, compression=compression, statistics=True))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        checksum = file_checksum(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, final)
         _fsync_dir(final.parent)

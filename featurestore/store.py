@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select
 from featurestore import schema
 from featurestore.artifacts import (
     WrittenArtifact,
+    confine,
     engine_read_fault,
     file_checksum,
     reading_artifacts,
@@ -49,7 +50,7 @@ from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import Registry, utcnow
 from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
 from featurestore.tiers import TierOrder
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.transforms import EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
@@ -309,8 +310,7 @@ class FeatureStore:
             raise DataError(f"{path}: cannot convert times of source {name!r}: "
                             f"{str(exc).splitlines()[0]}") from None
         df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
-                           on_duplicate=src["on_duplicate"])
-        df = df.sort([*keys, EVENT_TIMESTAMP, AVAILABLE_AT], maintain_order=True)
+                           on_duplicate=src["on_duplicate"])  # and sorts by keys, event time
         return causal_fill(df, keys, src["fills"])
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
@@ -331,22 +331,26 @@ class FeatureStore:
         results = []
         for i, name in enumerate(names):
             progress(f"ingest {name}", i, len(names))
-            src = registered[name]
-            fingerprint = self._source_fingerprint(src)
-            latest = self.registry.latest_artifact("source", name)
-            if (not force and latest and latest["input_fingerprint"] == fingerprint
-                    and latest["object_version"] == src["version"]
-                    and self.intact(latest, rebuilding="re-snapshotting the source")):
-                results.append({"name": name, "status": "up-to-date", "artifact": latest})
-                continue
-            df = self.read_source(name)
-            row = self._record_artifact("source", name, src["version"], df,
-                                        fingerprint=fingerprint, transform=None, plugin=None,
-                                        plugin_version=None, params={"fills": src["fills"]},
-                                        verified=True, verification="source snapshot")
-            results.append({"name": name, "status": "ingested", "artifact": row})
+            results.append(self._ingest_one(name, registered[name], force=force)[0])
         progress("ingest", len(names), len(names))
         return results
+
+    def _ingest_one(self, name: str, src: dict[str, Any], *, force: bool = False
+                    ) -> tuple[dict[str, Any], pl.DataFrame | None]:
+        """One source's ``ingest`` result, with the snapshot's rows when they were just
+        written (None when the snapshot was up to date and so not read)."""
+        fingerprint = self._source_fingerprint(src)
+        latest = self.registry.latest_artifact("source", name)
+        if (not force and latest and latest["input_fingerprint"] == fingerprint
+                and latest["object_version"] == src["version"]
+                and self.intact(latest, rebuilding="re-snapshotting the source")):
+            return {"name": name, "status": "up-to-date", "artifact": latest}, None
+        df = self.read_source(name)
+        row = self._record_artifact("source", name, src["version"], df,
+                                    fingerprint=fingerprint, transform=None, plugin=None,
+                                    plugin_version=None, params={"fills": src["fills"]},
+                                    verified=True, verification="source snapshot")
+        return {"name": name, "status": "ingested", "artifact": row}, df
 
     def _artifact_relpath(self, kind: str, name: str, version: int) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -443,9 +447,24 @@ class FeatureStore:
     def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
         """The newest ingested snapshot of a source (ingesting first when inputs changed):
         its artifact row and the checked path of its Parquet file."""
-        [result] = self.ingest([name])
+        row, path, _ = self.fresh_snapshot(name)
+        return row, path
+
+    def fresh_snapshot(self, name: str) -> tuple[dict[str, Any], Path, pl.DataFrame | None]:
+        """``source_snapshot`` plus the snapshot's rows when this call wrote it (else None).
+
+        A snapshot written just now is not hashed again: its checksum was taken from the bytes
+        as they were written, and the rows are still in memory, so a caller that needs them
+        reads nothing back.
+        """
+        if name not in self.registry.latest("source"):
+            [result] = self.ingest([name])  # raises the usual not-registered / deleted error
+            return result["artifact"], verify_artifact(self.root, result["artifact"]), None
+        result, frame = self._ingest_one(name, self.registry.latest("source")[name])
         row = result["artifact"]
-        return row, verify_artifact(self.root, row)
+        if frame is None:
+            return row, verify_artifact(self.root, row), None
+        return row, confine(self.root, row["path"]), frame
 
     # ------------------------------------------------------------------ integrity
     def doctor(self, *, fix: bool = False, checksums: bool = True) -> dict[str, Any]:
