@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from featurestore.artifacts import reading_artifacts, verify_artifact
+from featurestore.artifacts import artifact_files, reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
 from featurestore.errors import (
     DataError,
@@ -140,7 +140,8 @@ def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
         if paths is not None:
             paths.append(path)
         entity = store.registry.get("entity", entity_name)
-        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
+        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(
+                                    artifact_files(store.root, art)),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
 

@@ -19,11 +19,12 @@ from featurestore import schema
 from featurestore.artifacts import (
     WrittenArtifact,
     confine,
-    engine_read_fault,
     file_checksum,
     reading_artifacts,
+    remove_artifact_path,
     verify_artifact,
     write_parquet_atomic,
+    write_parts_atomic,
     writers_lock,
 )
 from featurestore.definitions import (
@@ -39,7 +40,6 @@ from featurestore.definitions import (
 )
 from featurestore.errors import (
     ArtifactError,
-    DataError,
     DefinitionError,
     DeletedError,
     NotFoundError,
@@ -48,7 +48,14 @@ from featurestore.errors import (
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import Registry, utcnow
-from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
+from featurestore.sourcedata import (
+    causal_fill,
+    normalize,
+    resolve_files,
+    scan,
+    source_read_errors,
+    validate_rows,
+)
 from featurestore.tiers import TierOrder
 from featurestore.transforms import EVENT_TIMESTAMP
 
@@ -288,8 +295,8 @@ class FeatureStore:
             digest.update(f"{f}:{file_checksum(Path(f))}".encode())
         return "sha256:" + digest.hexdigest()
 
-    def read_source(self, name: str) -> pl.DataFrame:
-        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+    def source_frame(self, name: str) -> tuple[pl.LazyFrame, dict[str, Any], list[str], str]:
+        """A source's rows in store layout, lazily, unvalidated: (frame, source row, keys, path)."""
         src = self.registry.get("source", name)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
         lag = self.tiers.get(src["tier"]).lag
@@ -297,18 +304,13 @@ class FeatureStore:
         lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],
                        expected_schema=src["schema"])
-        try:
+        return lf, src, keys, path
+
+    def read_source(self, name: str) -> pl.DataFrame:
+        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+        lf, src, keys, path = self.source_frame(name)
+        with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a Rust panic on damaged bytes is a BaseException
-            fault = engine_read_fault(exc)
-            if fault is not None:
-                raise DataError(f"{path}: cannot read as Parquet ({fault})") from None
-            if not isinstance(exc, pl.exceptions.ComputeError):
-                raise
-            raise DataError(f"{path}: cannot convert times of source {name!r}: "
-                            f"{str(exc).splitlines()[0]}") from None
         df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
                            on_duplicate=src["on_duplicate"])  # and sorts by keys, event time
         return causal_fill(df, keys, src["fills"])
@@ -345,18 +347,24 @@ class FeatureStore:
                 and latest["object_version"] == src["version"]
                 and self.intact(latest, rebuilding="re-snapshotting the source")):
             return {"name": name, "status": "up-to-date", "artifact": latest}, None
-        df = self.read_source(name)
-        row = self._record_artifact("source", name, src["version"], df,
-                                    fingerprint=fingerprint, transform=None, plugin=None,
-                                    plugin_version=None, params={"fills": src["fills"]},
-                                    verified=True, verification="source snapshot")
+        from featurestore.buckets import bucketed_source, source_buckets
+
+        n = source_buckets(self, src)
+        with bucketed_source(self, name, n) as parts:
+            df = self.read_source(name) if parts is None else None
+            row = self._record_artifact("source", name, src["version"],
+                                        df if parts is None else parts,
+                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        plugin_version=None, params={"fills": src["fills"]},
+                                        verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df
 
     def _artifact_relpath(self, kind: str, name: str, version: int) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return f"data/{kind}s/{name}/v{version}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
 
-    def _record_artifact(self, kind: str, name: str, version: int, df: pl.DataFrame, *,
+    def _record_artifact(self, kind: str, name: str, version: int,
+                         df: pl.DataFrame | Iterable[pl.DataFrame], *,
                          fingerprint: str, transform: str | None, plugin: str | None,
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
@@ -367,9 +375,15 @@ class FeatureStore:
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             try:
-                written = write_parquet_atomic(self.root, relpath, df,
-                                               compression=self.compression,
-                                               time_column=EVENT_TIMESTAMP)
+                # A frame is one file; an iterable of frames is a bucketed artifact, one part
+                # each, written as they come (one bucket in memory at a time).
+                written = (write_parquet_atomic(self.root, relpath, df,
+                                                compression=self.compression,
+                                                time_column=EVENT_TIMESTAMP)
+                           if isinstance(df, pl.DataFrame) else
+                           write_parts_atomic(self.root, relpath, df,
+                                              compression=self.compression,
+                                              time_column=EVENT_TIMESTAMP))
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
                     plugin_version, params, verified, verification, input_artifact_id,
@@ -388,7 +402,7 @@ class FeatureStore:
         except Exception:
             return  # cannot tell: keep the file (doctor lists it if it is an orphan)
         if not recorded:
-            (self.root / relpath).unlink(missing_ok=True)
+            remove_artifact_path(self.root / relpath)
 
     @staticmethod
     def _insert_artifact(conn: Connection, kind: str, name: str, version: int,
@@ -406,9 +420,11 @@ class FeatureStore:
             "plugin_version": plugin_version, "params": canonical_json(params),
             "input_fingerprint": fingerprint, "verified": verified,
             "verification": verification, "created_at": utcnow(),
-            "input_artifact_id": input_artifact_id, "verification_report": verification_report}
+            "input_artifact_id": input_artifact_id, "verification_report": verification_report,
+            "parts": json.dumps(list(w.parts))}
         new_id = conn.execute(schema.artifacts.insert().values(**values)).inserted_primary_key[0]
-        return {"id": new_id, **values, "schema": w.schema, "params": dict(params)}
+        return {"id": new_id, **values, "schema": w.schema, "params": dict(params),
+                "parts": list(w.parts)}
 
     # ------------------------------------------------------------------ artifacts
     def artifact(self, artifact_id: int) -> dict[str, Any]:
