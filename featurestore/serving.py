@@ -18,6 +18,7 @@ import polars as pl
 
 from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
+from featurestore.dtypes import dtype_from_str
 from featurestore.errors import (
     DataError,
     DataWarning,
@@ -25,7 +26,6 @@ from featurestore.errors import (
     LeakageError,
     NotFoundError,
 )
-from featurestore.plan import dtype_from_str
 from featurestore.retrieval import (
     ViewFrame,
     audit,
