@@ -963,6 +963,10 @@ CASES: list[Case] = [
          lambda root: ["--registry", store_cases.other_store(root), "doctor", "--fix"],
          r"registry .*other/registry\.db is not the registry of store .*: the store is "
          r"[0-9a-f]{32} .* but the registry records store [0-9a-f]{32} \(root .*other\)"),
+    Case("registry-not-given", "doctor --fix of a PostgreSQL-backed store without --registry",
+         "accepted: the registry featurestore.json records is used; every artifact checked, "
+         "nothing removed (before: all 7 artifacts deleted, 'ok')", 0, "doctor --fix",
+         proof="tests/test_store_identity.py::test_doctor_fix_without_registry_keeps_every_artifact"),
     Case("registry-lost", "registry.db deleted, then doctor --fix, list or materialize",
          "refused: 'has lost its registry'; never replaced by an empty one, no data removed "
          "(before: doctor --fix removed all data)", 7, "doctor --fix", proof="tests/"
@@ -977,6 +981,11 @@ CASES: list[Case] = [
          "under its own path, never deleted; the registered artifacts untouched", 0,
          "doctor --fix", store_cases.then(store_cases.orphan, cli("doctor", "--fix")),
          check=store_cases.check_quarantined),
+    Case("doctor-fix-data-without-registry", "doctor --fix when the registry names no "
+         "artifact but data/ holds some (data restored without its registry)", "refused: "
+         "'names no artifact'; no file moved or deleted", 2, "doctor --fix",
+         proof="tests/test_doctor_safety.py::"
+         "test_fix_refuses_when_the_registry_names_no_artifact_but_data_holds_some"),
     # ---- artifacts damaged or lost behind the registry's back
     Case("corrupt-artifact", "one byte of the view artifact flipped, then retrieve",
          "refused: ArtifactError naming the artifact, its file and both checksums (never a "
@@ -1026,6 +1035,10 @@ CASES: list[Case] = [
          "nothing", 0, "gc", store_cases.then(store_cases.superseded,
                                                 cli("gc", "--dry-run", "--json")),
          check=store_cases.check_gc_dry_run),
+    Case("gc-under-a-reader", "gc while a retrieval holds a superseded artifact",
+         "accepted: the rows go at once, the file once the reader is done; the reader gets "
+         "its frame", 0, "gc", proof="tests/test_lifecycle.py::"
+         "test_gc_waits_for_a_reader_that_started_before_it"),
     # ---- a plugin uninstalled under its views
     Case("plugin-uninstalled", "materialize after the plugin of views ones and ones_too is "
          "uninstalled", "accepted: the other views materialized, one warning naming the "
