@@ -72,7 +72,10 @@ def estimated_bytes(files: Sequence[str]) -> int:
 
     total = 0
     for f in files:
-        meta = pq.read_metadata(f)
+        try:
+            meta = pq.read_metadata(f)
+        except Exception:
+            continue  # unreadable: reading the source reports it, naming the file
         total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     return total
 

@@ -29,9 +29,9 @@ from featurestore.errors import (
 from featurestore.retrieval import (
     ViewFrame,
     audit,
-    point_in_time_join,
     point_in_time_join_lazy,
 )
+from featurestore.retrieval_buckets import point_in_time_join_parts
 from featurestore.tiers import TierOrder, parse_duration
 
 if TYPE_CHECKING:
@@ -140,13 +140,15 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
 
 def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
-                paths: list[Path] | None = None) -> list[ViewFrame]:
+                paths: list[Path] | None = None,
+                parts: list[list[Path]] | None = None) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
     ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
     per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
-    regardless). ``paths``, when given, receives each artifact's file, for error messages.
+    regardless). ``paths``, when given, receives each artifact's file, for error messages;
+    ``parts`` each artifact's list of files (one, or a bucketed artifact's parts).
     """
     groups = served_artifacts(store, features)
     check_verified([art for art, _, _ in groups], allow_unverified)
@@ -156,8 +158,10 @@ def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
         if paths is not None:
             paths.append(path)
         entity = store.registry.get("entity", entity_name)
-        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(
-                                    artifact_files(store.root, art)),
+        files = artifact_files(store.root, art)
+        if parts is not None:
+            parts.append(files)
+        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(files),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
 
@@ -213,18 +217,22 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
     paths: list[Path] = []
+    parts: list[list[Path]] = []
     frames = view_frames(store, rows, verify_checksums=verify_checksums,
-                         allow_unverified=allow_unverified, paths=paths)
+                         allow_unverified=allow_unverified, paths=paths, parts=parts)
     _check_query(entity_df, frames, cutoff)
     if not lazy:
         # The eager engine collects the query anyway; a lazy plan is not run twice for a count.
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
         _check_nulls(entity_df, frames, cutoff, strict)
-    join = point_in_time_join_lazy if lazy else point_in_time_join
+    options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": _ttl(ttl),
+               "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     with reading_artifacts(paths):
-        return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                    cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if lazy:  # a lazy plan reads a bucketed view's parts as one frame
+            return point_in_time_join_lazy(entity_df, frames, **options)  # type: ignore[arg-type]
+        # Bucketed views part by part (bounded by a part, not the artifact); others as one.
+        return point_in_time_join_parts(entity_df, frames, parts, **options)  # type: ignore[arg-type]
 
 
 def missing_tier_error(tiers: TierOrder) -> DefinitionError:

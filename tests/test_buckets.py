@@ -67,11 +67,15 @@ def _laps(rows: list[tuple]) -> pl.DataFrame:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(row, min_size=0, max_size=40), queries=st.lists(query_row, min_size=1, max_size=15),
-       buckets=st.sampled_from([2, 3, 7]), inclusive=st.booleans())
+       buckets=st.sampled_from([2, 3, 7]), inclusive=st.booleans(), narrow=st.booleans(),
+       ttl_h=st.one_of(st.none(), st.integers(0, 10)))
 def test_bucketed_retrieval_matches_the_oracle(tmp_path_factory: pytest.TempPathFactory,
                                                monkeypatch: pytest.MonkeyPatch, rows: list[tuple],
                                                queries: list[tuple], buckets: int,
-                                               inclusive: bool) -> None:
+                                               inclusive: bool, narrow: bool,
+                                               ttl_h: int | None) -> None:
+    """Part by part (``retrieval_buckets``): a query key of another width (Int32 against the
+    artifact's Int64) must reach the part its entity is in; ttl and ties as one file."""
     tmp_path = tmp_path_factory.mktemp("b")
     laps = _laps(rows)
     monkeypatch.setenv(BUCKETS_ENV, str(buckets))
@@ -82,16 +86,17 @@ def test_bucketed_retrieval_matches_the_oracle(tmp_path_factory: pytest.TempPath
         query = pl.DataFrame({"team": [q[0] for q in queries], "car_no": [q[1] for q in queries],
                               "cutoff": [None if q[2] is None else T0 + dt.timedelta(hours=q[2])
                                          for q in queries]},
-                             schema={"team": pl.String, "car_no": pl.Int64,
+                             schema={"team": pl.String, "car_no": pl.Int32 if narrow else pl.Int64,
                                      "cutoff": pl.Datetime("us", "UTC")})
+        ttl = None if ttl_h is None else dt.timedelta(hours=ttl_h)
         with warnings.catch_warnings():  # null keys and cutoffs are warned about: expected here
             warnings.simplefilter("ignore")
             got = store.get_historical_features(query, ["speed", "fuel"], tier="historical",
-                                                cutoff="cutoff", inclusive=inclusive,
+                                                cutoff="cutoff", inclusive=inclusive, ttl=ttl,
                                                 with_availability=True)
     view = ViewFrame("laps", laps.rename({"t": "event_timestamp", "seen": "available_at"}),
                      keys=("team", "car_no"), features={"speed": "speed", "fuel": "fuel"})
-    expected = python_oracle(query, [view], cutoff="cutoff", inclusive=inclusive,
+    expected = python_oracle(query, [view], cutoff="cutoff", inclusive=inclusive, ttl=ttl,
                              with_availability=True)
     assert got.to_dicts() == expected
 
@@ -247,3 +252,44 @@ def test_registry_records_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         raw = conn.exec_driver_sql("SELECT parts FROM artifacts").scalars().all()
     assert all(len(json.loads(r)) == 3 for r in raw)
     store.close()
+
+
+def test_transform_views_of_a_bucketed_snapshot_equal_one_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_incremental import laps, make_store
+
+    first, grown = laps([1, 2, 3, 4, 5], 20), laps([1, 2, 3, 4, 5, 6], 26)
+    outputs: dict[int, dict[str, pl.DataFrame]] = {}
+    for n in (1, 4):
+        monkeypatch.setenv(BUCKETS_ENV, str(n))
+        (tmp_path / f"b{n}").mkdir()
+        store, path = make_store(tmp_path / f"b{n}", first)
+        materialize(store)
+        grown.write_parquet(path)  # growth: a bucketed store recomputes in full
+        results = {r.view: r for r in materialize(store)}
+        if n > 1:
+            assert {r.status for r in results.values()} == {"materialized"}
+        else:
+            assert results["rows"].status == "incremental"  # the one-file path is unchanged
+        snapshot = store.registry.latest_artifact("source", "laps")
+        assert len(snapshot["parts"]) == (0 if n == 1 else 4)
+        outputs[n] = {v: pl.read_parquet(artifact_files(store.root, r.artifact))
+                      for v, r in results.items()}
+        store.close()
+    for view, one in outputs[1].items():
+        assert set(one.columns) > {"driver_id", "event_timestamp", "available_at"}
+        assert outputs[4][view].equals(one), view  # one file: same rows, same order
+
+
+@pytest.mark.parametrize(("offset", "history"), [(30, 1), (30, None), (100, 1)])
+def test_online_serving_of_bucketed_artifacts_follows_the_contract(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int, history: int | None) -> None:
+    """The online store's oracle suite, run on a bucketed view (publish reads every part;
+    requests before the published moment read the artifact)."""
+    from tests.test_online_store import test_values_follow_the_contract
+
+    monkeypatch.setenv(BUCKETS_ENV, "3")
+    test_values_follow_the_contract(f"sqlite:///{tmp_path / 'online.db'}", tmp_path, offset,
+                                    history)
+    with FeatureStore.open(tmp_path / "store") as store:  # the layout under test
+        assert all(len(a["parts"]) == 3 for a in store.list("artifact"))
