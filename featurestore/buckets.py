@@ -7,12 +7,14 @@ validated, sorted and written as one part of a *bucketed artifact* (a directory 
 ``featurestore.artifacts.write_parts_atomic``), so only one bucket is in memory at a time. Each
 entity lives in exactly one bucket, and each part is sorted like a whole snapshot, so the
 concatenation of the parts keeps every entity's rows contiguous and in order: what retrieval
-needs (it reads the parts as one frame, ``featurestore.artifacts.artifact_files``). A column
-view of a bucketed snapshot is materialized part by part the same way.
+needs (``featurestore.artifacts.artifact_files`` lists the parts in order). A column view of a
+bucketed snapshot is materialized part by part the same way, and retrieval joins a bucketed
+view part by part (``featurestore.retrieval_buckets``).
 
-What stays whole: a transform view reads the whole snapshot (sorted again), and retrieval
-reads every part's key columns at once. Small sources (below the limit, or no limit) keep one
-file, as before.
+What stays whole: a transform view reads the whole snapshot (sorted again) and is written as
+one file; a bucketed source's views are recomputed in full, never incrementally; the lazy
+retrieval plan reads the parts as one frame. Small sources (below the limit, or no limit) keep
+one file, as before.
 """
 
 from __future__ import annotations

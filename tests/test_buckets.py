@@ -293,3 +293,21 @@ def test_online_serving_of_bucketed_artifacts_follows_the_contract(
                                     history)
     with FeatureStore.open(tmp_path / "store") as store:  # the layout under test
         assert all(len(a["parts"]) == 3 for a in store.list("artifact"))
+
+
+def test_cli_config_memory_limit_buckets_the_next_ingest(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_guards import cli
+
+    monkeypatch.delenv(BUCKETS_ENV, raising=False)
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    store = _store(tmp_path, _duplicated_laps(5_000), on_duplicate="keep_last")
+    bad = cli("config", "memory_limit", "lots", store=store, code=2)
+    assert "not a memory size" in bad.stderr
+    cli("config", "memory-limit", "64KiB", store=store)
+    assert json.loads(cli("config", "memory_limit", "--json", store=store).stdout) == {
+        "memory_limit": "64KiB"}
+    out = json.loads(cli("ingest", "--json", store=store).stdout)
+    assert out[0]["status"] == "ingested"
+    assert len(store.registry.latest_artifact("source", "laps")["parts"]) > 1
+    store.close()
