@@ -29,7 +29,8 @@ A spec:
 - ``min_periods`` (int >= 1, default 1): fewer non-null values in the window than this gives
   null (``count`` is never null). For a row window it may not exceed N.
 - ``indicator`` (object, optional): ``{"column": <optional, defaults to column>, <op>: value}``
-  with exactly one op among ``eq ne lt le gt ge in`` (``in`` takes a non-empty list). The value
+  with exactly one op among ``eq ne lt le gt ge in`` (``in`` takes a non-empty list), and
+  ``"ignore_case": true`` to compare strings case-insensitively (``eq ne in``). The value
   becomes Int32 1 where the comparison holds, 0 where it does not, null where the column is null.
   ``laps_led_last_Nl`` is ``{"column": "position", "indicator": {"eq": 1}, "aggs": ["sum"]}``.
 - ``where`` (object, optional): ``{"column": <optional, defaults to column>, <op>: value}``;
@@ -84,6 +85,13 @@ from typing import Any
 
 import polars as pl
 
+from featurestore.conditions import (
+    Condition,
+    check_condition,
+    compare,
+    default_alias,
+    parse_condition,
+)
 from featurestore.hookspecs import hookimpl
 from featurestore.transforms import (
     AVAILABLE_AT,
@@ -95,7 +103,6 @@ from featurestore.transforms import (
 
 NAME = "rolling"
 AGGS = ("mean", "std", "min", "max", "sum", "count")
-OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
 DEFAULT_NAME = "{column}_{agg}_last_{window}"
 _NAME_FIELDS = frozenset({"column", "agg", "window"})
 _SPEC_KEYS = frozenset(
@@ -113,15 +120,6 @@ _SPEC_KEYS = frozenset(
     }
 )
 _DURATION_PART = re.compile(r"(\d+)(ns|us|ms|s|m|h|d|w)")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A comparison ``column <op> value`` used by ``indicator`` and ``where``."""
-
-    column: str
-    op: str
-    value: Any
 
 
 @dataclass(frozen=True)
@@ -160,10 +158,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)
-
-
 def is_duration(window: Any) -> bool:
     """Whether ``window`` is a valid positive duration string (``"30m"``, ``"1h30m"``, ...)."""
     if not isinstance(window, str) or not window:
@@ -178,34 +172,7 @@ def is_duration(window: Any) -> bool:
 
 
 def _parse_condition(raw: Any, param: str, default_column: str | None) -> Condition:
-    if not isinstance(raw, Mapping):
-        raise _fail(f"param '{param}' must be an object like {{\"eq\": 1}}")
-    unknown = sorted(set(raw) - {"column", *OPS})
-    if unknown:
-        raise _fail(f"param '{param}' has unknown key(s) {unknown}; ops are {list(OPS)}")
-    ops = [op for op in OPS if op in raw]
-    if len(ops) != 1:
-        raise _fail(f"param '{param}' needs exactly one op among {list(OPS)}, got {ops}")
-    op = ops[0]
-    column = raw.get("column", default_column)
-    if not isinstance(column, str) or not column:
-        raise _fail(f"param '{param}.column' must be a non-empty column name")
-    value = raw[op]
-    if op == "in":
-        if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
-            raise _fail(f"param '{param}.in' must be a non-empty list of scalars")
-        value = tuple(value)
-    elif not _is_scalar(value):
-        raise _fail(f"param '{param}.{op}' must be a string, number or boolean")
-    return Condition(column, op, value)
-
-
-def _default_alias(column: str, indicator: Condition | None) -> str:
-    if indicator is None:
-        return column
-    values = indicator.value if isinstance(indicator.value, tuple) else (indicator.value,)
-    text = "_".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-    return f"{column}_{indicator.op}_{text}"
+    return parse_condition(raw, param, default_column, _fail)
 
 
 def _check_template(template: Any, param: str) -> str:
@@ -276,7 +243,7 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     min_periods = raw.get("min_periods", 1)
     if not _is_int(min_periods) or min_periods < 1:
         raise _fail(f"param '{p('min_periods')}' must be an int >= 1, got {min_periods!r}")
-    alias = raw.get("alias", _default_alias(column, indicator))
+    alias = raw.get("alias", default_alias(column, indicator))
     if not isinstance(alias, str) or not alias:
         raise _fail(f"param '{p('alias')}' must be a non-empty string")
 
@@ -380,29 +347,11 @@ def parse_params(params: Params) -> Plan:
 # --------------------------------------------------------------------------- schema
 
 
-def _comparable(dtype: pl.DataType, value: Any) -> bool:
-    values = value if isinstance(value, tuple) else (value,)
-    if dtype == pl.Boolean:
-        return all(isinstance(v, bool) for v in values)
-    if dtype.is_numeric():
-        return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
-        return all(isinstance(v, str) for v in values)
-    return False
-
-
 def _value_dtype(spec: Spec, schema: Mapping[str, pl.DataType]) -> pl.DataType:
     """The dtype of the series being aggregated (after indicator / Boolean casting)."""
     for cond, key in ((spec.indicator, "indicator"), (spec.where, "where")):
-        if cond is None:
-            continue
-        if cond.column not in schema:
-            raise _fail(f"param '{spec.path}{key}.column': no column {cond.column!r} in input")
-        if not _comparable(schema[cond.column], cond.value):
-            raise _fail(
-                f"param '{spec.path}{key}.{cond.op}': value {cond.value!r} cannot be compared "
-                f"with column {cond.column!r} of dtype {schema[cond.column]}"
-            )
+        if cond is not None:
+            check_condition(cond, schema, f"{spec.path}{key}", _fail)
     if spec.column not in schema:
         raise _fail(f"param '{spec.path}column': no column {spec.column!r} in input")
     if spec.indicator is not None:
@@ -468,17 +417,7 @@ def lookback(params: Params) -> int | None:
 # --------------------------------------------------------------------------- compute
 
 
-def _compare(expr: pl.Expr, cond: Condition) -> pl.Expr:
-    if cond.op == "in":
-        return pl.when(expr.is_not_null()).then(expr.is_in(list(cond.value)))
-    return {
-        "eq": expr.__eq__,
-        "ne": expr.__ne__,
-        "lt": expr.__lt__,
-        "le": expr.__le__,
-        "gt": expr.__gt__,
-        "ge": expr.__ge__,
-    }[cond.op](pl.lit(cond.value))
+_compare = compare
 
 
 def _value_expr(
