@@ -53,6 +53,7 @@ from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
+    from featurestore.materialize import MaterializeResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 DEFINITIONS_FILE = "features.toml"
@@ -286,6 +287,19 @@ class FeatureStore:
             # Content, not mtime: a rewritten but identical file is not new input.
             digest.update(f"{f}:{file_checksum(Path(f))}".encode())
         return "sha256:" + digest.hexdigest()
+
+    def materialize(self, views: Sequence[str] | None = None, *, verify: bool = True,
+                    samples: int | None = None, budget: float | None = None,
+                    force: bool = False, progress: Progress | None = None,
+                    strict: bool = False) -> list[MaterializeResult]:
+        """Compute views (all by default) into verified artifacts; see
+        ``featurestore.materialize.materialize`` (the same function, kept for callers)."""
+        from featurestore.cutplan import DEFAULT_SAMPLES
+        from featurestore.materialize import materialize
+
+        return materialize(self, views, verify=verify,
+                           samples=DEFAULT_SAMPLES if samples is None else samples,
+                           budget=budget, force=force, progress=progress, strict=strict)
 
     def read_source(self, name: str) -> pl.DataFrame:
         """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""

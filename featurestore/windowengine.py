@@ -405,7 +405,8 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
                      with_availability: bool = False) -> list[pl.Series]:
     """One series per output (and, with ``with_availability``, one ``Datetime(unit, "UTC")``
     series per output right after it: the ``available_at`` of the newest row that contributed,
-    null when none), each with one value per query row, in the query's order.
+    null when none, except an empty window's count of 0, known just before T: ``T - 1`` unit,
+    ``T`` when inclusive), each with one value per query row, in the query's order.
 
     ``rows`` holds ``keys``, ``available_at`` and the value columns (and ``event_timestamp``,
     which breaks ``available_at`` ties); any order. ``query`` holds ``query_keys`` (default
@@ -506,7 +507,14 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         result.append(series.alias(o.name))
         if with_availability:
             has = (newest >= 0) & q_ok
-            stamp = pl.Series(np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0))
+            stamp_np = np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0)
+            if o.agg == "count":
+                # An empty window's 0 is known from the rows available before T: the last
+                # instant before T (T itself when inclusive) is its availability.
+                empty = (newest < 0) & q_ok
+                stamp_np = np.where(empty, q_t - (0 if inclusive else 1), stamp_np)
+                has = has | empty
+            stamp = pl.Series(stamp_np)
             stamp = pl.select(pl.when(pl.lit(pl.Series(has))).then(pl.lit(stamp))).to_series()
             result.append(stamp.cast(pl.Datetime(unit, "UTC")).dt.cast_time_unit(av_unit)
                           .alias(f"{o.name}__available_at"))

@@ -71,9 +71,16 @@ def loop_oracle(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[Windo
                       if (lower is None or av >= lower) and (av <= t if inclusive else av < t)]
             vals = [(av, v) for av, v in window if _is_value(v)]
             res[o.name] = _agg(o.agg, [v for _, v in vals])
-            res[f"{o.name}__available_at"] = vals[-1][0] if vals else None
+            res[f"{o.name}__available_at"] = vals[-1][0] if vals else _empty_count(o, t, inclusive)
         out.append(res)
     return out
+
+
+def _empty_count(o: WindowOutput, t: Any, inclusive: bool) -> Any:
+    """An empty window's count, 0, is known just before the cutoff (at it when inclusive)."""
+    if o.agg != "count":
+        return None
+    return t if inclusive else t - timedelta(microseconds=1)
 
 
 _SQL_AGG = {"count": "count(v)", "sum": "sum(v)", "mean": "avg(v)", "std": "stddev_samp(v)",
@@ -116,6 +123,8 @@ def duckdb_oracle(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[Win
         got = {qid: (val, av) for qid, val, av in con.execute(sql).fetchall()}
         for i in range(query.height):
             val, av = got.get(i, (None, None))
+            if av is None and val == 0:
+                av = _empty_count(o, query[cutoff][i].replace(tzinfo=None), inclusive)
             result[i][o.name] = val
             result[i][f"{o.name}__available_at"] = av
     return result
