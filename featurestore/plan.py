@@ -28,14 +28,14 @@ from featurestore.dtypes import parse_dtype_string
 from featurestore.errors import DataError, DefinitionError, LeakageError, PluginError
 from featurestore.registry import Registry, utcnow
 from featurestore.sourcedata import RESERVED, check_column_roles, check_timezone, read_schema
-from featurestore.tiers import TierOrder, format_duration
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.tiers import TierOrder, format_duration, parse_duration
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, TransformContext
 
 # Which fields change a definition's meaning (a new version) and which only describe it.
 MEANING = {
     "entity": ("join_keys",),
     "source": ("path", "entity", "event_time", "tier", "timezone", "available_time", "fills",
-               "on_duplicate", "schema"),
+               "on_duplicate", "schema", "available_lag_seconds"),
     "view": ("source", "transform", "params", "tier"),
     "feature": ("entity", "source", "view", "column_name", "dtype", "tier", "transform", "params"),
     "feature_set": ("features",),
@@ -254,6 +254,12 @@ class _Planner:
             if s.on_duplicate not in ("error", "keep_last"):
                 raise self.err(f"{what}: on_duplicate must be 'error' or 'keep_last', "
                                f"got {s.on_duplicate!r}")
+            lag = None
+            if s.available_lag is not None:
+                if s.available_time:
+                    raise self.err(f"{what}: declare 'available_time' (a per-row column) or "
+                                   "'available_lag' (one lag for every row), not both")
+                lag = parse_duration(s.available_lag, what=f"{self.origin}: {what} available_lag")
             path = _store_path(s.path, self.root)
             src_schema = read_schema(absolute_source_path(path, self.root))
             needed = {s.event_time: "event_time"} | {k: "join key" for k in keys}
@@ -273,6 +279,7 @@ class _Planner:
             self.version_item("source", s.name, {
                 "path": path, "entity": s.entity, "event_time": s.event_time, "tier": s.tier,
                 "timezone": timezone, "available_time": s.available_time,
+                "available_lag_seconds": None if lag is None else lag.total_seconds(),
                 "fills": [{"column": f.column, "method": f.method, "value": f.value}
                           for f in s.fills],
                 "on_duplicate": s.on_duplicate,
@@ -322,7 +329,8 @@ class _Planner:
 
             transform = get_transform(v.transform)
             try:
-                declared = transform.transform.declared_schema(v.params, in_schema)
+                declared = transform.transform.declared_schema(
+                    v.params, in_schema, TransformContext(tuple(keys)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise self.err(f"{what}: transform {v.transform!r} rejected its params: {exc}") from None
             except Exception as exc:  # the plugin's bug: name it, never a bare traceback
@@ -457,8 +465,9 @@ class _Planner:
 
         try:
             transform = get_transform(feat["transform"])
-            in_schema, _ = self.input_schema(feat["source"], f"feature {feat['name']!r}")
-            return dict(transform.transform.declared_schema(feat["params"], in_schema))
+            in_schema, keys = self.input_schema(feat["source"], f"feature {feat['name']!r}")
+            return dict(transform.transform.declared_schema(feat["params"], in_schema,
+                                                            TransformContext(tuple(keys))))
         except (PluginError, ValueError, KeyError, TypeError):
             return None
 

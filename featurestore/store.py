@@ -281,7 +281,9 @@ class FeatureStore:
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
         digest = hashlib.sha256(canonical_json({k: src[k] for k in (
             "name", "version", "path", "entity", "event_time", "timezone", "available_time",
-            "fills", "on_duplicate", "tier")}).encode())
+            "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
+                "available_lag_seconds": src["available_lag_seconds"]}
+                if src.get("available_lag_seconds") is not None else {})).encode())
         digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
         for f in resolve_files(absolute_source_path(src["path"], self.root)):
             # Content, not mtime: a rewritten but identical file is not new input.
@@ -301,11 +303,16 @@ class FeatureStore:
                            samples=DEFAULT_SAMPLES if samples is None else samples,
                            budget=budget, force=force, progress=progress, strict=strict)
 
+    def source_lag(self, src: Mapping[str, Any]) -> timedelta:
+        """A registered source's availability lag: its own ``available_lag``, else its tier's."""
+        own = src.get("available_lag_seconds")
+        return timedelta(seconds=own) if own is not None else self.tiers.get(src["tier"]).lag
+
     def read_source(self, name: str) -> pl.DataFrame:
         """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
         src = self.registry.get("source", name)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
-        lag = self.tiers.get(src["tier"]).lag
+        lag = self.source_lag(src)
         path = absolute_source_path(src["path"], self.root)
         lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],

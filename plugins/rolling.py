@@ -15,8 +15,9 @@ A spec:
 
 - ``column`` (str): the value column (numeric or Boolean; Boolean counts as Int32 0/1).
   Optional when ``indicator`` names the column.
-- ``windows`` (list): each an int ``N >= 1`` (the last N rows) or a duration string made of
-  ``<int><unit>`` parts with units ``ns us ms s m h d w`` (e.g. ``"30m"``, ``"7d"``, ``"1h30m"``).
+- ``windows`` (list): each an int ``N >= 1`` (the last N rows), a duration string made of
+  ``<int><unit>`` parts with units ``ns us ms s m h d w`` (e.g. ``"30m"``, ``"7d"``, ``"1h30m"``),
+  or ``"all"``: the expanding window, every earlier row of the entity (a row window without end).
 - ``aggs`` (list): any of ``mean std min max sum count``.
 - ``include_current`` (bool, default ``true``): whether the row's own value is in its window.
   The default is what "the mean over the last 5 races" means: the window ends with the row, and
@@ -104,6 +105,8 @@ from featurestore.transforms import (
 NAME = "rolling"
 AGGS = ("mean", "std", "min", "max", "sum", "count")
 DEFAULT_NAME = "{column}_{agg}_last_{window}"
+EXPANDING = "all"
+_EXPANDING_ROWS = 2**31 - 1
 _NAME_FIELDS = frozenset({"column", "agg", "window"})
 _SPEC_KEYS = frozenset(
     {
@@ -126,7 +129,7 @@ _DURATION_PART = re.compile(r"(\d+)(ns|us|ms|s|m|h|d|w)")
 class Output:
     name: str
     agg: str
-    window: int | str  # int: rows; str: a duration
+    window: int | str  # int: rows; str: a duration, or "all" (expanding)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,13 @@ def _check_template(template: Any, param: str) -> str:
     return template
 
 
+def _is_time(window: int | str) -> bool:
+    return isinstance(window, str) and window != EXPANDING
+
+
 def _parse_window(window: Any, param: str) -> int | str:
+    if window == EXPANDING:
+        return window
     if _is_int(window):
         if window < 1:
             raise _fail(f"param '{param}' row window must be >= 1, got {window}")
@@ -196,8 +205,8 @@ def _parse_window(window: Any, param: str) -> int | str:
     if isinstance(window, str):
         if not is_duration(window):
             raise _fail(
-                f"param '{param}' must be a row count or a duration like '30m', '7d', "
-                f"'1h30m' (units ns us ms s m h d w), got {window!r}"
+                f"param '{param}' must be a row count, a duration like '30m', '7d', "
+                f"'1h30m' (units ns us ms s m h d w) or 'all', got {window!r}"
             )
         return window
     raise _fail(f"param '{param}' must be an int (rows) or a duration string, got {window!r}")
@@ -387,7 +396,7 @@ def _declare(plan: Plan, schema: Mapping[str, pl.DataType]) -> dict[str, pl.Data
         value_dtype = _value_dtype(spec, schema)
         for out in spec.outputs:
             temporal = time_dtype is None or isinstance(time_dtype, pl.Datetime | pl.Date)
-            if isinstance(out.window, str) and not temporal:
+            if _is_time(out.window) and not temporal:
                 raise _fail(
                     f"param '{spec.path}windows': time window {out.window!r} needs a temporal "
                     "event time column"
@@ -408,7 +417,7 @@ def lookback(params: Params) -> int | None:
     plan = parse_params(params)
     rows = 0
     for spec, out in plan.outputs:
-        if isinstance(out.window, str):
+        if isinstance(out.window, str):  # a period, or the whole history
             return None
         rows = max(rows, out.window - 1 if spec.include_current else out.window)
     return rows
@@ -437,7 +446,9 @@ def _value_expr(
 
 
 def _row_window(value: pl.Expr, spec: Spec, out: Output, sum_dtype: pl.DataType) -> pl.Expr:
-    n, m = int(out.window), spec.min_periods
+    # "all": a window longer than any entity is the whole history so far.
+    n = _EXPANDING_ROWS if out.window == EXPANDING else int(out.window)
+    m = spec.min_periods
     v = value if spec.include_current else value.shift(1)
     if out.agg == "count":
         return v.is_not_null().cast(pl.Int64).rolling_sum(n, min_samples=1)
@@ -504,7 +515,7 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
         if name in base:
             raise _fail(f"output column {name!r} clashes with a key or time column")
     time_dtype = schema.get(ctx.time_column)
-    if any(isinstance(out.window, str) for _, out in plan.outputs) and not isinstance(
+    if any(_is_time(out.window) for _, out in plan.outputs) and not isinstance(
         time_dtype, pl.Datetime | pl.Date
     ):
         raise _fail(
@@ -529,7 +540,7 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
         value_dtype = _value_dtype(spec, schema)
         sum_dtype = _out_dtype("sum", value_dtype)
         for out in spec.outputs:
-            if isinstance(out.window, str):
+            if _is_time(out.window):
                 expr = _time_window(value, spec, out, sum_dtype, ctx.time_column)
             else:
                 expr = _row_window(value, spec, out, sum_dtype)
