@@ -121,6 +121,7 @@ class _Layout:
     q_t: np.ndarray  # per query row: cutoff instant (valid where q_ok)
     q_ok: np.ndarray  # key and cutoff present
     packed: np.ndarray | None = None  # seg * span + (av - lo_t + 1), when that fits an int64
+    order: np.ndarray | None = None  # the searched query rows in (segment, cutoff) order
     lo_t: int = 0
     span: int = 3
 
@@ -184,7 +185,14 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     b = bound[mask]
     if lay.packed is not None:
         q = seg * lay.span + np.clip(b - (lay.lo_t - 1), 0, lay.span - 1)
-        out[mask] = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
+        # Sorted needles walk the packed column once instead of jumping around it. Every bound
+        # (T, T - w) is monotone in (segment, T), so one order of the queries serves them all.
+        if lay.order is None or len(lay.order) != len(q):
+            lay.order = np.argsort(q, kind="stable")
+        order = lay.order
+        found = np.empty(len(q), dtype=np.int64)
+        found[order] = np.searchsorted(lay.packed, q[order], side=side)  # type: ignore[call-overload]
+        out[mask] = found
         return out
     lo = lay.seg_start[seg].copy()
     hi = lay.seg_start[seg + 1].copy()
@@ -205,55 +213,60 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
 # aggregations over [lo, hi) index ranges
 
 
-def _range_extreme(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray,
-                   fn: np.ufunc, identity: int | float) -> np.ndarray:
-    """``fn``-reduction of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range)."""
-    n = len(v)
-    res = np.full(len(lo), identity, dtype=v.dtype)
-    if n == 0 or not ok.any():
+class _Extremes:
+    """Range min (or max) queries: a sparse table over blocks of ``_BLOCK`` rows plus in-block
+    prefix and suffix extrema, built once per value column and aggregation."""
+
+    def __init__(self, v: np.ndarray, fn: np.ufunc, identity: int | float) -> None:
+        self.v, self.fn, self.identity = v, fn, identity
+        n = len(v)
+        nb = max(-(-n // _BLOCK), 1)
+        blocks = np.full(nb * _BLOCK, identity, dtype=v.dtype)
+        blocks[:n] = v
+        blocks = blocks.reshape(nb, _BLOCK)
+        self.pre = fn.accumulate(blocks, axis=1).ravel()
+        self.suf = fn.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
+        self.table = [fn.reduce(blocks, axis=1)]
+        while (1 << len(self.table)) <= nb:
+            prev, half = self.table[-1], 1 << (len(self.table) - 1)
+            self.table.append(fn(prev[:-half], prev[half:]))
+
+    def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range)."""
+        fn, v, n = self.fn, self.v, len(self.v)
+        res = np.full(len(lo), self.identity, dtype=v.dtype)
+        idx = np.flatnonzero(ok)
+        if n == 0 or len(idx) == 0:
+            return res
+        lo_, r = lo[idx], hi[idx] - 1
+        bl, br = lo_ // _BLOCK, r // _BLOCK
+        out = np.full(len(idx), self.identity, dtype=v.dtype)
+        apart = bl != br
+        if apart.any():
+            out[apart] = fn(self.suf[lo_[apart]], self.pre[r[apart]])
+            inner = br - bl - 1
+            has = apart & (inner > 0)
+            if has.any():
+                k = np.zeros(len(idx), dtype=np.int64)
+                k[has] = np.floor(np.log2(inner[has])).astype(np.int64)
+                for level in np.unique(k[has]):
+                    sel = has & (k == level)
+                    t = self.table[int(level)]
+                    both = fn(t[bl[sel] + 1], t[br[sel] - (1 << int(level))])
+                    out[sel] = fn(out[sel], both)
+        same = ~apart
+        if same.any():
+            s_lo, s_r = lo_[same], r[same]
+            acc = np.full(len(s_lo), self.identity, dtype=v.dtype)
+            for j in range(_BLOCK):
+                pos = s_lo + j
+                live = pos <= s_r
+                if not live.any():
+                    break
+                acc = np.where(live, fn(acc, v[np.minimum(pos, n - 1)]), acc)
+            out[same] = acc
+        res[idx] = out
         return res
-    nb = -(-n // _BLOCK)
-    blocks = np.full(nb * _BLOCK, identity, dtype=v.dtype)
-    blocks[:n] = v
-    blocks = blocks.reshape(nb, _BLOCK)
-    pre = fn.accumulate(blocks, axis=1).ravel()
-    suf = fn.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
-    table = [fn.reduce(blocks, axis=1)]
-    while (1 << len(table)) <= nb:
-        prev, half = table[-1], 1 << (len(table) - 1)
-        table.append(fn(prev[:-half], prev[half:]))
-    del blocks
-    idx = np.flatnonzero(ok)
-    lo_, r = lo[idx], hi[idx] - 1
-    bl, br = lo_ // _BLOCK, r // _BLOCK
-    out = np.full(len(idx), identity, dtype=v.dtype)
-    apart = bl != br
-    if apart.any():
-        out[apart] = fn(suf[lo_[apart]], pre[r[apart]])
-        inner = br - bl - 1
-        has = apart & (inner > 0)
-        if has.any():
-            k = np.zeros(len(idx), dtype=np.int64)
-            k[has] = np.floor(np.log2(inner[has])).astype(np.int64)
-            for level in np.unique(k[has]):
-                sel = has & (k == level)
-                t = table[int(level)]
-                a = t[bl[sel] + 1]
-                b = t[br[sel] - (1 << int(level))]
-                out[sel] = fn(out[sel], fn(a, b))
-    same = ~apart
-    if same.any():
-        s_lo, s_r = lo_[same], r[same]
-        acc = np.full(len(s_lo), identity, dtype=v.dtype)
-        for j in range(_BLOCK):
-            pos = s_lo + j
-            live = pos <= s_r
-            if not live.any():
-                break
-            acc = np.where(live, fn(acc, v[np.minimum(pos, n - 1)]), acc)
-        out[same] = acc
-    res[idx] = out
-    return res
 
 
 @dataclass
@@ -263,6 +276,7 @@ class _Column:
     series: pl.Series
     seg_start: np.ndarray
     _cache: dict[str, np.ndarray]
+    _tables: dict[str, _Extremes]
 
     @classmethod
     def of(cls, series: pl.Series, seg_start: np.ndarray) -> _Column:
@@ -270,7 +284,7 @@ class _Column:
             series = series.cast(pl.Int32)
         if series.dtype.is_float():
             series = series.fill_nan(None)
-        return cls(series, seg_start, {})
+        return cls(series, seg_start, {}, {})
 
     @property
     def is_float(self) -> bool:
@@ -321,7 +335,11 @@ class _Column:
         return np.where(self.get("valid"), x - self.get("shift"), 0.0)
 
     def _build_fsum(self) -> np.ndarray:
-        return self._seg_prefix(self.get("dev"))
+        # Deviations from the segment mean sum to ~0 over each segment, so one running sum
+        # stays small and subtracting a segment's base loses nothing that matters.
+        cs = np.cumsum(self.get("dev"))
+        base = np.where(self.seg_start[:-1] > 0, cs[np.maximum(self.seg_start[:-1] - 1, 0)], 0.0)
+        return cs - np.repeat(base, np.diff(self.seg_start))
 
     def _build_fsq(self) -> np.ndarray:
         d = self.get("dev")
@@ -337,15 +355,17 @@ class _Column:
         idx = np.where(self.get("valid"), np.arange(n), -1)
         return np.maximum.accumulate(idx) if n else idx
 
-    def extreme_input(self, agg: str) -> tuple[np.ndarray, np.ufunc, int | float]:
-        if self.is_float:
-            ident = np.inf if agg == "min" else -np.inf
-            v = self.series.cast(pl.Float64).fill_null(ident).to_numpy()
-        else:
-            info = np.iinfo(np.int64)
-            ident = info.max if agg == "min" else info.min
-            v = self.series.cast(pl.Int64).fill_null(ident).to_numpy()
-        return v, (np.minimum if agg == "min" else np.maximum), ident
+    def extremes(self, agg: str) -> _Extremes:
+        if agg not in self._tables:
+            if self.is_float:
+                ident: int | float = np.inf if agg == "min" else -np.inf
+                v = self.series.cast(pl.Float64).fill_null(ident).to_numpy()
+            else:
+                info = np.iinfo(np.int64)
+                ident = int(info.max if agg == "min" else info.min)
+                v = self.series.cast(pl.Int64).fill_null(ident).to_numpy()
+            self._tables[agg] = _Extremes(v, np.minimum if agg == "min" else np.maximum, ident)
+        return self._tables[agg]
 
 
 def _windowed_sum(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray, starts: np.ndarray,
@@ -384,13 +404,34 @@ def _aggregate(col: _Column, agg: str, lo: np.ndarray, hi: np.ndarray, starts: n
         var = (q - s * s / safe) / np.maximum(count - 1, 1)
         return np.sqrt(np.maximum(var, 0.0)), count >= 2, newest
     if agg in ("min", "max"):
-        v, fn, ident = col.extreme_input(agg)
-        return _range_extreme(v, lo, hi, nonempty, fn, ident), nonempty, newest
+        return col.extremes(agg).query(lo, hi, nonempty), nonempty, newest
     if agg == "first":
         nxt = col.get("next")
         at = nxt[np.minimum(lo, max(len(nxt) - 1, 0))] if len(nxt) else np.zeros(len(lo), int)
         return at, nonempty, newest
     return newest, nonempty, newest  # last
+
+
+def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str],
+              unit: str) -> bool:
+    """Whether ``rows`` (no null key or time) are sorted by (keys, available_at, event time),
+    checked in one pass: view artifacts are, and then nothing is sorted."""
+    if rows.height < 2:
+        return True
+    if len(keys) > 1 or not rows[keys[0]].is_sorted():
+        return in_order(rows, [*keys, available_at, *ets])
+    av = _physical(rows[available_at], unit).to_numpy()
+    same_key = (rows[keys[0]].to_numpy()[1:] == rows[keys[0]].to_numpy()[:-1])
+    step = np.diff(av)
+    if (same_key & (step < 0)).any():
+        return False
+    tie = same_key & (step == 0)
+    if not ets or not tie.any():
+        return True
+    et = rows[ets[0]]
+    back = pl.select((et.is_null() & et.shift(1).is_not_null())
+                     | (et < et.shift(1)).fill_null(False)).to_series().to_numpy()[1:]
+    return not (tie & back).any()
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +485,8 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     # A row with a null key or time can match nothing.
     rows = rows.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
-    if not in_order(rows, order):  # a null event time sorts first: it loses an available_at tie
+    if not _in_order(rows, keys, available_at, ets, unit):
+        # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)
     av = _physical(rows[available_at], unit).to_numpy().astype(np.int64)
     seg_start = _segments(rows.select(keys))
@@ -502,8 +544,9 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
             series = series.cast(dtype)
         else:
             series = pl.Series(o.value, values).cast(dtype)
-        valid = valid & q_ok
-        series = pl.select(pl.when(pl.lit(pl.Series(valid))).then(pl.lit(series))).to_series()
+        invalid = np.flatnonzero(~(valid & q_ok))
+        if len(invalid):
+            series = series.scatter(invalid, None)
         result.append(series.alias(o.name))
         if with_availability:
             has = (newest >= 0) & q_ok
@@ -515,7 +558,8 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
                 stamp_np = np.where(empty, q_t - (0 if inclusive else 1), stamp_np)
                 has = has | empty
             stamp = pl.Series(stamp_np)
-            stamp = pl.select(pl.when(pl.lit(pl.Series(has))).then(pl.lit(stamp))).to_series()
+            if not has.all():
+                stamp = stamp.scatter(np.flatnonzero(~has), None)
             result.append(stamp.cast(pl.Datetime(unit, "UTC")).dt.cast_time_unit(av_unit)
                           .alias(f"{o.name}__available_at"))
     return result
