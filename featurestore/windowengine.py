@@ -117,11 +117,10 @@ class _Layout:
 
     av: np.ndarray  # int64 instants of the sorted rows
     seg_start: np.ndarray  # per segment: first row (int64), plus n at the end
-    q_seg: np.ndarray  # per query row: segment, -1 when it matches none
+    q_seg: np.ndarray  # per query row (sorted by segment, cutoff): segment, -1 for none
     q_t: np.ndarray  # per query row: cutoff instant (valid where q_ok)
     q_ok: np.ndarray  # key and cutoff present
     packed: np.ndarray | None = None  # seg * span + (av - lo_t + 1), when that fits an int64
-    order: np.ndarray | None = None  # the searched query rows in (segment, cutoff) order
     lo_t: int = 0
     span: int = 3
 
@@ -134,8 +133,16 @@ class _Layout:
         if n_seg * self.span < _PACK_LIMIT:
             # Rows pack to seg * span + (1 .. span - 2); a bound clipped to [0, span - 1] stays
             # in its segment, so one global search answers within the segment.
-            row_seg = np.repeat(np.arange(n_seg, dtype=np.int64), np.diff(self.seg_start))
-            self.packed = row_seg * self.span + (self.av - (self.lo_t - 1))
+            self.packed = _row_segments(self.seg_start) * self.span + (self.av - (self.lo_t - 1))
+
+
+def _row_segments(seg_start: np.ndarray) -> np.ndarray:
+    """The segment number of every row (a running count of segment starts)."""
+    n = int(seg_start[-1])
+    marks = np.zeros(n, dtype=np.int64)
+    if n:
+        marks[seg_start[1:-1]] = 1
+    return np.cumsum(marks)
 
 
 def _segments(keys_df: pl.DataFrame) -> np.ndarray:
@@ -143,6 +150,10 @@ def _segments(keys_df: pl.DataFrame) -> np.ndarray:
     n = keys_df.height
     if n == 0:
         return np.zeros(1, dtype=np.int64)
+    if keys_df.width == 1 and keys_df.dtypes[0].is_numeric():
+        k = keys_df.to_series().to_numpy()
+        starts = np.flatnonzero(k[1:] != k[:-1]) + 1
+        return np.concatenate([[0], starts, [n]]).astype(np.int64)
     change = pl.select(pl.any_horizontal(
         [pl.lit(keys_df[c]).ne_missing(pl.lit(keys_df[c]).shift(1)) for c in keys_df.columns]
     )).to_series().fill_null(True).to_numpy()
@@ -185,14 +196,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     b = bound[mask]
     if lay.packed is not None:
         q = seg * lay.span + np.clip(b - (lay.lo_t - 1), 0, lay.span - 1)
-        # Sorted needles walk the packed column once instead of jumping around it. Every bound
-        # (T, T - w) is monotone in (segment, T), so one order of the queries serves them all.
-        if lay.order is None or len(lay.order) != len(q):
-            lay.order = np.argsort(q, kind="stable")
-        order = lay.order
-        found = np.empty(len(q), dtype=np.int64)
-        found[order] = np.searchsorted(lay.packed, q[order], side=side)  # type: ignore[call-overload]
-        out[mask] = found
+        out[mask] = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
         return out
     lo = lay.seg_start[seg].copy()
     hi = lay.seg_start[seg + 1].copy()
@@ -215,21 +219,35 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
 
 class _Extremes:
     """Range min (or max) queries: a sparse table over blocks of ``_BLOCK`` rows plus in-block
-    prefix and suffix extrema, built once per value column and aggregation."""
+    prefix and suffix extrema, built once per value column and aggregation.
+
+    The in-block arrays are stored transposed (position j of every block contiguous), so that
+    building them is ``_BLOCK`` contiguous vector operations; row ``p`` lives at
+    ``(p % _BLOCK) * n_blocks + p // _BLOCK``.
+    """
 
     def __init__(self, v: np.ndarray, fn: np.ufunc, identity: int | float) -> None:
         self.v, self.fn, self.identity = v, fn, identity
         n = len(v)
-        nb = max(-(-n // _BLOCK), 1)
-        blocks = np.full(nb * _BLOCK, identity, dtype=v.dtype)
-        blocks[:n] = v
-        blocks = blocks.reshape(nb, _BLOCK)
-        self.pre = fn.accumulate(blocks, axis=1).ravel()
-        self.suf = fn.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
-        self.table = [fn.reduce(blocks, axis=1)]
+        self.nb = nb = max(-(-n // _BLOCK), 1)
+        padded = np.full(nb * _BLOCK, identity, dtype=v.dtype)
+        padded[:n] = v
+        cols = np.ascontiguousarray(padded.reshape(nb, _BLOCK).T)  # (_BLOCK, nb)
+        del padded
+        pre, suf = np.empty_like(cols), np.empty_like(cols)
+        pre[0], suf[-1] = cols[0], cols[-1]
+        for j in range(1, _BLOCK):
+            fn(pre[j - 1], cols[j], out=pre[j])
+            fn(suf[_BLOCK - j], cols[_BLOCK - 1 - j], out=suf[_BLOCK - 1 - j])
+        self.table = [pre[-1].copy()]  # a block's extreme is its last prefix
+        del cols
+        self.pre, self.suf = pre.ravel(), suf.ravel()
         while (1 << len(self.table)) <= nb:
             prev, half = self.table[-1], 1 << (len(self.table) - 1)
             self.table.append(fn(prev[:-half], prev[half:]))
+
+    def _at(self, p: np.ndarray) -> np.ndarray:
+        return (p % _BLOCK) * self.nb + p // _BLOCK
 
     def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range)."""
@@ -243,7 +261,7 @@ class _Extremes:
         out = np.full(len(idx), self.identity, dtype=v.dtype)
         apart = bl != br
         if apart.any():
-            out[apart] = fn(self.suf[lo_[apart]], self.pre[r[apart]])
+            out[apart] = fn(self.suf[self._at(lo_[apart])], self.pre[self._at(r[apart])])
             inner = br - bl - 1
             has = apart & (inner > 0)
             if has.any():
@@ -295,11 +313,18 @@ class _Column:
             self._cache[what] = getattr(self, f"_build_{what}")()
         return self._cache[what]
 
+    def _build_seg(self) -> np.ndarray:
+        return _row_segments(self.seg_start)
+
     def _build_valid(self) -> np.ndarray:
         return self.series.is_not_null().to_numpy()
 
     def _build_count(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.get("valid"), dtype=np.int64)])
+
+    def _build_x0(self) -> np.ndarray:
+        """The values as float64, 0 where null."""
+        return self.series.cast(pl.Float64).fill_null(0.0).to_numpy()
 
     def _build_int(self) -> np.ndarray:
         return self.series.cast(pl.Int64).fill_null(0).to_numpy()
@@ -309,7 +334,7 @@ class _Column:
 
     def _build_shift(self) -> np.ndarray:
         """Per row: its segment's mean (0 without values), the offset float sums subtract."""
-        x = self.series.cast(pl.Float64).fill_null(0.0).to_numpy()
+        x = self.get("x0")
         valid = self.get("valid")
         lens = np.diff(self.seg_start)
         starts = self.seg_start[:-1]
@@ -321,25 +346,23 @@ class _Column:
         sums[nonempty] = np.add.reduceat(x, starts[nonempty])
         cnts[nonempty] = np.add.reduceat(valid.astype(np.float64), starts[nonempty])
         mean = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
-        return np.repeat(mean, lens)
+        return mean[self.get("seg")]
 
     def _seg_prefix(self, d: np.ndarray) -> np.ndarray:
         """Inclusive prefix sums of ``d`` restarting at every segment (summed per segment, so
         no segment's rounding reaches another)."""
-        seg = np.repeat(np.arange(len(self.seg_start) - 1), np.diff(self.seg_start))
-        frame = pl.DataFrame({"d": d, "s": seg})
+        frame = pl.DataFrame({"d": d, "s": self.get("seg")})
         return frame.select(pl.col("d").cum_sum().over("s")).to_series().to_numpy()
 
     def _build_dev(self) -> np.ndarray:
-        x = self.series.cast(pl.Float64).fill_null(0.0).to_numpy()
-        return np.where(self.get("valid"), x - self.get("shift"), 0.0)
+        return np.where(self.get("valid"), self.get("x0") - self.get("shift"), 0.0)
 
     def _build_fsum(self) -> np.ndarray:
         # Deviations from the segment mean sum to ~0 over each segment, so one running sum
         # stays small and subtracting a segment's base loses nothing that matters.
         cs = np.cumsum(self.get("dev"))
         base = np.where(self.seg_start[:-1] > 0, cs[np.maximum(self.seg_start[:-1] - 1, 0)], 0.0)
-        return cs - np.repeat(base, np.diff(self.seg_start))
+        return cs - base[self.get("seg")]
 
     def _build_fsq(self) -> np.ndarray:
         d = self.get("dev")
@@ -359,7 +382,7 @@ class _Column:
         if agg not in self._tables:
             if self.is_float:
                 ident: int | float = np.inf if agg == "min" else -np.inf
-                v = self.series.cast(pl.Float64).fill_null(ident).to_numpy()
+                v = np.where(self.get("valid"), self.get("x0"), ident)
             else:
                 info = np.iinfo(np.int64)
                 ident = int(info.max if agg == "min" else info.min)
@@ -378,14 +401,21 @@ def _windowed_sum(prefix: np.ndarray, lo: np.ndarray, hi: np.ndarray, starts: np
     return np.where(nonempty, upto - before, 0.0)
 
 
+def _newest(col: _Column, hi: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
+    """The newest row with a value in each window (-1 for an empty one)."""
+    prev = col.get("prev")
+    return np.where(nonempty, prev[np.maximum(hi - 1, 0)] if len(prev) else -1, -1)
+
+
 def _aggregate(col: _Column, agg: str, lo: np.ndarray, hi: np.ndarray, starts: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, valid mask, index of the newest contributing row or -1) for one output."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(values, valid mask, index of the newest contributing row or -1) for one output.
+
+    The newest row is only looked up for ``last`` (None otherwise: see ``_newest``)."""
     cnt = col.get("count")
     count = cnt[hi] - cnt[lo]
     nonempty = count > 0
-    prev = col.get("prev")
-    newest = np.where(nonempty, prev[np.maximum(hi - 1, 0)] if len(prev) else -1, -1)
+    newest = _newest(col, hi, nonempty) if agg == "last" else None
     if agg == "count":
         return count, np.ones(len(lo), dtype=bool), newest
     if agg == "sum" and not col.is_float:
@@ -504,6 +534,16 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     q_ok = q_t_s.is_not_null().to_numpy() & query.select(
         pl.all_horizontal([pl.col(k).is_not_null() for k in query_keys])).to_series().to_numpy()
     q_t = q_t_s.fill_null(0).to_numpy().astype(np.int64)
+    # Work on the query rows in (segment, cutoff) order: every lookup into the row arrays then
+    # moves forward through memory instead of jumping; results go back to query order at the end.
+    perm = np.lexsort((q_t, q_seg))
+    q_seg, q_t, q_ok = q_seg[perm], q_t[perm], q_ok[perm]
+
+    def back(a: np.ndarray) -> np.ndarray:
+        out = np.empty_like(a)
+        out[perm] = a
+        return out
+
     lay = _Layout(av, seg_start, q_seg, q_t, q_ok)
     found = q_ok & (q_seg >= 0)
 
@@ -533,7 +573,23 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         h = np.where(found, hi, 0)
         lo = np.where(found, lo, 0)
         values, valid, newest = _aggregate(col, o.agg, lo, h, starts)
+        if with_availability and newest is None:
+            cnt = col.get("count")
+            newest = _newest(col, h, (cnt[h] - cnt[lo]) > 0)
         dtype = output_dtype(o.agg, rows.schema[o.value])
+        ok = back(valid & q_ok)
+        if with_availability:
+            assert newest is not None
+            has = (newest >= 0) & q_ok
+            stamp_np = np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0)
+            if o.agg == "count":
+                # An empty window's 0 is known from the rows available before T: the last
+                # instant before T (T itself when inclusive) is its availability.
+                empty = (newest < 0) & q_ok
+                stamp_np = np.where(empty, q_t - (0 if inclusive else 1), stamp_np)
+                has = has | empty
+            stamp_np, has = back(stamp_np), back(has)
+        values = back(values)
         if o.agg in ("min", "max", "first", "last"):
             if o.agg in ("first", "last"):
                 n = len(col.series)
@@ -544,19 +600,11 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
             series = series.cast(dtype)
         else:
             series = pl.Series(o.value, values).cast(dtype)
-        invalid = np.flatnonzero(~(valid & q_ok))
+        invalid = np.flatnonzero(~ok)
         if len(invalid):
             series = series.scatter(invalid, None)
         result.append(series.alias(o.name))
         if with_availability:
-            has = (newest >= 0) & q_ok
-            stamp_np = np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0)
-            if o.agg == "count":
-                # An empty window's 0 is known from the rows available before T: the last
-                # instant before T (T itself when inclusive) is its availability.
-                empty = (newest < 0) & q_ok
-                stamp_np = np.where(empty, q_t - (0 if inclusive else 1), stamp_np)
-                has = has | empty
             stamp = pl.Series(stamp_np)
             if not has.all():
                 stamp = stamp.scatter(np.flatnonzero(~has), None)
