@@ -31,13 +31,13 @@ from featurestore.conditions import (
     default_alias,
     parse_condition,
 )
+from featurestore.paramspec import REQUIRED, Param, ParamSpec
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 from featurestore.windowengine import AGGS, WindowOutput, output_dtype
 
 NAME = "window"
 ALL = "all"
 DEFAULT_NAME = "{column}_{agg}_{window}"
-SPEC_KEYS = ("column", "windows", "aggs", "where", "indicator", "name", "alias")
 _PART = re.compile(r"(\d+)(us|ms|s|m|h|d|w)")
 _MICROS = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000,
            "d": 86_400_000_000, "w": 604_800_000_000}
@@ -91,26 +91,50 @@ def _template(raw: Any, param: str) -> str:
     return raw
 
 
-def _str_list(raw: Any, param: str) -> list[Any]:
-    if not isinstance(raw, list) or not raw:
-        raise fail(f"param '{param}' must be a non-empty list")
+def _distinct(raw: list[Any], param: str) -> list[Any]:
     if len({repr(v) for v in raw}) != len(raw):
         raise fail(f"param '{param}' has duplicates: {raw}")
     return raw
+
+
+ITEM = ParamSpec("A window spec", (
+    Param("column", "column", "The value column: numeric or Boolean (Boolean counts as 0/1). "
+          "Optional when `indicator` names the column."),
+    Param("windows", "list", "Window widths, each a duration (`\"10m\"`, `\"90d\"`, "
+          "`\"1h30m\"`; units us ms s m h d w) or `\"all\"` (every row before the cutoff). "
+          "A window of width w at cutoff T holds the rows with T - w <= available_at < T.",
+          default=REQUIRED),
+    Param("aggs", "list", f"Aggregations among {' '.join(AGGS)}. An empty window gives count 0 "
+          "and null for the others.", default=REQUIRED),
+    Param("where", "condition", "Only rows where the condition holds count: `{\"column\": ..., "
+          "<op>: value, \"ignore_case\": bool}`, op one of eq ne lt le gt ge in."),
+    Param("indicator", "condition", "Aggregate the condition as Int32 0/1 instead of the value "
+          "(its column defaults to `column`)."),
+    Param("name", "str", "Output naming template with fields {column} (the alias), {agg} and "
+          "{window} (as written).", default=DEFAULT_NAME),
+    Param("alias", "str", "What {column} means in names.",
+          default_doc="the column, or `<column>_<op>_<value>` with an indicator"),
+), example={"column": "points", "windows": ["90d", "all"], "aggs": ["count", "mean"],
+            "where": {"column": "status", "in": ["finished"], "ignore_case": True}})
+SPEC = ParamSpec("Params", (
+    Param("features", "list", "Several window specs in one view (each an object as below); "
+          "without it the params are one window spec."),
+), doc="Aggregations over windows anchored at the cutoff: served for each query row from the "
+       "view's input rows, whatever the time of the newest row. Online lookups anchor at the "
+       "request time.",
+    example={"features": [
+        {"column": "lap_time", "windows": ["10m", "1h"], "aggs": ["mean", "min", "count"]},
+        {"column": "position", "indicator": {"eq": 1}, "alias": "led",
+         "windows": ["all"], "aggs": ["sum"]}]},
+    nested=(ITEM,))
 
 
 def _spec(raw: Any, path: str, index: int) -> Spec:
     def p(key: str) -> str:
         return f"{path}{key}"
 
-    if not isinstance(raw, Mapping):
-        raise fail(f"param '{path.rstrip('.') or 'params'}' must be an object")
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise fail(f"unknown param(s) {[p(k) for k in unknown]}; allowed: {sorted(SPEC_KEYS)}")
-    column = raw.get("column")
-    if column is not None and (not isinstance(column, str) or not column):
-        raise fail(f"param '{p('column')}' must be a non-empty column name")
+    values = ITEM.parse(raw, fail, path)
+    column = values["column"]
     indicator = None
     if raw.get("indicator") is not None:
         indicator = parse_condition(raw["indicator"], p("indicator"), column, fail)
@@ -123,16 +147,14 @@ def _spec(raw: Any, path: str, index: int) -> Spec:
     where = None
     if raw.get("where") is not None:
         where = parse_condition(raw["where"], p("where"), column, fail)
-    alias = raw.get("alias", default_alias(column, indicator))
-    if not isinstance(alias, str) or not alias:
-        raise fail(f"param '{p('alias')}' must be a non-empty string")
+    alias = values["alias"] or default_alias(column, indicator)
     windows = [(w, parse_width(w, f"{p('windows')}[{i}]"))
-               for i, w in enumerate(_str_list(raw.get("windows"), p("windows")))]
-    aggs = _str_list(raw.get("aggs"), p("aggs"))
+               for i, w in enumerate(_distinct(values["windows"], p("windows")))]
+    aggs = _distinct(values["aggs"], p("aggs"))
     for i, agg in enumerate(aggs):
         if agg not in AGGS:
             raise fail(f"param '{p('aggs')}[{i}]' must be one of {list(AGGS)}, got {agg!r}")
-    template = _template(raw.get("name", DEFAULT_NAME), p("name"))
+    template = _template(values["name"], p("name"))
     value = f"__fs_window_value_{index}"
     outputs = []
     for text, width in windows:

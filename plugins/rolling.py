@@ -94,6 +94,7 @@ from featurestore.conditions import (
     parse_condition,
 )
 from featurestore.hookspecs import hookimpl
+from featurestore.paramspec import Param, ParamSpec
 from featurestore.transforms import (
     AVAILABLE_AT,
     EVENT_TIMESTAMP,
@@ -108,20 +109,42 @@ DEFAULT_NAME = "{column}_{agg}_last_{window}"
 EXPANDING = "all"
 _EXPANDING_ROWS = 2**31 - 1
 _NAME_FIELDS = frozenset({"column", "agg", "window"})
-_SPEC_KEYS = frozenset(
-    {
-        "column",
-        "windows",
-        "aggs",
-        "include_current",
-        "min_periods",
-        "indicator",
-        "where",
-        "name",
-        "alias",
-        "outputs",
-    }
-)
+ITEM = ParamSpec("A rolling spec", (
+    Param("column", "column", "The value column: numeric or Boolean (Boolean counts as Int32 "
+          "0/1). Optional when `indicator` names the column."),
+    Param("windows", "list", "Each an int N >= 1 (the last N rows), a duration like `\"30m\"`, "
+          "`\"7d\"`, `\"1h30m\"` (units ns us ms s m h d w: rows with event time in "
+          "(t - P, t)), or `\"all\"` (every earlier row). Required unless `outputs` is given."),
+    Param("aggs", "list", "Any of mean std min max sum count. Required unless `outputs` is given."),
+    Param("include_current", "bool", "Whether the row's own value is in its window.",
+          default=True),
+    Param("min_periods", "int", "Fewer non-null values than this gives null (count is never "
+          "null); at most N for a row window.", default=1, low=1),
+    Param("indicator", "condition", "Aggregate `column <op> value` as Int32 0/1: "
+          "`{\"column\": ..., <op>: value, \"ignore_case\": bool}`, op one of eq ne lt le gt "
+          "ge in."),
+    Param("where", "condition", "Rows whose condition is false or null contribute null (ignored "
+          "by the aggregations, still counted as a row of a row window)."),
+    Param("name", "any", "Output naming template with fields {column} (the alias), {agg} and "
+          "{window}; or an object agg -> template.", default_doc=f"`\"{DEFAULT_NAME}\"`"),
+    Param("alias", "str", "What {column} means in names.",
+          default_doc="the column, or `<column>_<op>_<value>` with an indicator"),
+    Param("outputs", "object", "`{output name: {\"agg\": ..., \"window\": ...}}`: explicit "
+          "columns instead of windows/aggs/name."),
+), example={"column": "lap_time", "windows": [5, "30m", "all"], "aggs": ["mean", "max"]})
+SPEC = ParamSpec("Params", (
+    Param("features", "list", "Several specs computed in one pass (each an object as below); "
+          "without it the params are one spec."),
+    Param("tie_break", "columns", "Extra ordering columns after (event_timestamp, "
+          "available_at), e.g. `[\"lap\"]` for date-only timestamps; nulls sort first.",
+          default=[]),
+), doc="Per-entity aggregations over the last N rows, a period, or the whole history, computed "
+       "at each row (anchored at the row, not at the cutoff: see `window` for that).",
+    example={"features": [
+        {"column": "finish", "windows": [5], "aggs": ["mean"]},
+        {"column": "position", "indicator": {"eq": 1}, "windows": ["all"], "aggs": ["sum"],
+         "alias": "wins"}], "tie_break": ["race_id"]},
+    nested=(ITEM,))
 _DURATION_PART = re.compile(r"(\d+)(ns|us|ms|s|m|h|d|w)")
 
 
@@ -222,15 +245,8 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     def p(key: str) -> str:
         return f"{path}{key}"
 
-    if not isinstance(raw, Mapping):
-        raise _fail(f"param '{path.rstrip('.') or 'params'}' must be an object")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(f"unknown param(s) {[p(k) for k in unknown]}; allowed: {sorted(_SPEC_KEYS)}")
-
-    column = raw.get("column")
-    if column is not None and (not isinstance(column, str) or not column):
-        raise _fail(f"param '{p('column')}' must be a non-empty column name")
+    v = ITEM.parse(raw, _fail, path)
+    column = v["column"]
     indicator = None
     if raw.get("indicator") is not None:
         indicator = _parse_condition(raw["indicator"], p("indicator"), column)
@@ -246,14 +262,9 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     if raw.get("where") is not None:
         where = _parse_condition(raw["where"], p("where"), column)
 
-    include_current = raw.get("include_current", True)
-    if not isinstance(include_current, bool):
-        raise _fail(f"param '{p('include_current')}' must be true or false")
-    min_periods = raw.get("min_periods", 1)
-    if not _is_int(min_periods) or min_periods < 1:
-        raise _fail(f"param '{p('min_periods')}' must be an int >= 1, got {min_periods!r}")
-    alias = raw.get("alias", default_alias(column, indicator))
-    if not isinstance(alias, str) or not alias:
+    include_current, min_periods = v["include_current"], v["min_periods"]
+    alias = v["alias"] if v["alias"] is not None else default_alias(column, indicator)
+    if not alias:
         raise _fail(f"param '{p('alias')}' must be a non-empty string")
 
     outputs: list[Output] = []
@@ -321,11 +332,7 @@ def parse_params(params: Params) -> Plan:
     """Validate params without a schema and return the plan; ``ValueError`` names the bad param."""
     if not isinstance(params, Mapping):
         raise _fail("params must be a JSON object")
-    tie_break = params.get("tie_break", [])
-    if not isinstance(tie_break, list) or not all(isinstance(c, str) and c for c in tie_break):
-        raise _fail("param 'tie_break' must be a list of column names")
-    if len(set(tie_break)) != len(tie_break):
-        raise _fail("param 'tie_break' has duplicates")
+    tie_break = SPEC.parse(params, _fail, ignore=ITEM.names)["tie_break"]
     if "features" in params:
         extra = sorted(set(params) - {"features", "tie_break"})
         if extra:
