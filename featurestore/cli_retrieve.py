@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 import polars as pl
 
-from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli import Ctx, pass_ctx
+from featurestore.cli_output import emit_json, print_table
 from featurestore.cli_values import (
     check_output_path,
     output_file,

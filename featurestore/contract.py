@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.errors import DefinitionError, PluginError
+from featurestore.errors import DefinitionError, FeatureStoreError, PluginError
 from featurestore.framediff import LEFT, RIGHT, multiset_fingerprint
 from featurestore.transforms import Params, Transform, TransformContext
 
@@ -51,6 +51,32 @@ def row_text(row: Mapping[str, Any], cols: Sequence[str]) -> str:
 def type_name(obj: object) -> str:
     t = type(obj)
     return f"{t.__module__}.{t.__qualname__}"
+
+
+def run_transform(transform: Transform, params: Params, frame: pl.DataFrame | pl.LazyFrame,
+                  ctx: TransformContext, what: str, *, during: str = "",
+                  collect_output: bool = False) -> Any:
+    """Call ``transform`` on ``frame.lazy()``; what it raises becomes a ``PluginError`` naming
+    ``what`` (and ``during``, e.g. "on the full input"), except a ``FeatureStoreError``, which
+    already names its cause and passes unchanged.
+
+    With ``collect_output`` the result must be a polars frame and is collected inside the same
+    guard (a lazy plan's errors surface at collect time); otherwise it is returned as given, for
+    ``check_contract`` to judge.
+    """
+    try:
+        result = transform(frame.lazy(), params, ctx)
+        if collect_output:
+            if not isinstance(result, pl.LazyFrame | pl.DataFrame):
+                raise PluginError(f"{what} returned {type_name(result)}, expected a polars "
+                                  "LazyFrame")
+            result = collect(result)
+        return result
+    except FeatureStoreError:
+        raise
+    except Exception as exc:
+        when = f" {during}" if during else ""
+        raise PluginError(f"{what} failed{when}: {type(exc).__name__}: {exc}") from exc
 
 
 def _count_mismatch(inp: pl.DataFrame, out: pl.DataFrame, cols: list[str]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from featurestore.errors import DefinitionError
-from featurestore.tiers import DEFAULT_TIERS, Tier, TierOrder, parse_duration
+from featurestore.tiers import Tier, parse_duration
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "uncompressed")
@@ -168,9 +168,6 @@ class Definitions:
                                       "Feature or FeatureSet")
             bucket.append(obj)
         return defs
-
-    def tier_order(self) -> TierOrder:
-        return TierOrder(self.tiers if self.tiers is not None else DEFAULT_TIERS)
 
 
 def canonical_json(value: Any) -> str:

@@ -121,7 +121,7 @@ class DeleteResult:
 
 # Who refers to an object of each kind: (their kind, the field naming it, how to say so).
 _REFERENCES = {
-    "entity": (("source", "entity", "its entity is {}"), ("feature", "entity", "its entity is {}")),
+    "entity": (("source", "entity", "belongs to {}"), ("feature", "entity", "belongs to {}")),
     "source": (("view", "source", "reads {}"), ("feature", "source", "reads {}")),
     "view": (("feature", "view", "is computed by {}"),),
 }
@@ -337,7 +337,16 @@ def gc(store: FeatureStore, *, keep: int = 0, older_than: timedelta | str | None
     age = None if older_than is None else parse_duration(older_than, what="--older-than")
     if dry_run:
         with store.registry.read() as conn:
-            return decide_gc(conn, store, keep=keep, older_than=age)
+            result = decide_gc(conn, store, keep=keep, older_than=age)
+        # Say now what a real run would find already gone, as the real run reports it.
+        for row in result.removed:
+            try:
+                gone = not confine(store.root, row["path"]).exists()
+            except ArtifactError:
+                gone = True
+            if gone:
+                result.missing.append(row["path"])
+        return result
 
     def txn(conn: Connection) -> GcResult:
         result = decide_gc(conn, store, keep=keep, older_than=age)

@@ -58,6 +58,7 @@ the result with the streaming engine. It trusts ``presorted`` (a lazy plan canno
 it is slower and needs more memory than the eager engine (M scale: ~1.5x time, ~2x memory).
 """
 
+from featurestore.layout import sort_for_retrieval
 from featurestore.retrieval_audit import AuditReport, audit
 from featurestore.retrieval_lazy import point_in_time_join_lazy
 from featurestore.retrieval_packed import point_in_time_join
@@ -65,7 +66,6 @@ from featurestore.retrieval_plan import (
     AVAILABILITY_SUFFIX,
     ViewFrame,
     availability_column,
-    sort_for_retrieval,
 )
 
 __all__ = [

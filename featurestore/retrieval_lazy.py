@@ -11,13 +11,13 @@ from datetime import timedelta
 
 import polars as pl
 
+from featurestore.layout import sort_for_retrieval
 from featurestore.retrieval_plan import (
     ViewFrame,
     availability_column,
     internal_prefix,
     normalize_views,
     plan_views,
-    sort_for_retrieval,
     timestamp_unit,
     utc_instant,
 )

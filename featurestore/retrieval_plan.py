@@ -16,7 +16,7 @@ from datetime import timedelta
 import polars as pl
 
 from featurestore.errors import DataError
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.transforms import AVAILABLE_AT
 
 AVAILABILITY_SUFFIX = "__available_at"
 _UNIT_RANK = {"ms": 0, "us": 1, "ns": 2}
@@ -58,31 +58,6 @@ class ViewFrame:
     @property
     def matched_query_keys(self) -> tuple[str, ...]:
         return self.keys if self.query_keys is None else self.query_keys  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------
-# layout
-
-
-def sort_for_retrieval(
-    frame: pl.LazyFrame | pl.DataFrame,
-    keys: Sequence[str],
-    *,
-    event_timestamp: str = EVENT_TIMESTAMP,
-    available_at: str = AVAILABLE_AT,
-) -> pl.LazyFrame:
-    """The artifact layout retrieval expects: sorted by (keys, available_at, event_timestamp).
-
-    The sort is stable, so rows equal on all three keep their ingestion order (later rows win
-    ties). Null ``available_at`` rows go last within their key (they are never available); a
-    null ``event_timestamp`` sorts first within an ``available_at`` tie (it loses the tie).
-    """
-    keys = list(keys)
-    return frame.lazy().sort(
-        [*keys, available_at, event_timestamp],
-        nulls_last=[True] * len(keys) + [True, False],
-        maintain_order=True,
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
 from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
+from featurestore.dtypes import dtype_from_str
 from featurestore.errors import (
     DataError,
     DataWarning,
@@ -25,7 +26,6 @@ from featurestore.errors import (
     LeakageError,
     NotFoundError,
 )
-from featurestore.plan import dtype_from_str
 from featurestore.retrieval import (
     ViewFrame,
     audit,
@@ -37,12 +37,28 @@ from featurestore.tiers import TierOrder, parse_duration
 from featurestore.windowserve import is_window, window_request, window_values
 
 if TYPE_CHECKING:
-    from featurestore.store import FeatureStore
+    from featurestore.registry import Registry
 
 FeatureRefs = str | Sequence[str]
 
 
-def _artifact_for(store: FeatureStore, feature: dict[str, Any],
+class ServingStore(Protocol):
+    """What serving reads from a store (``FeatureStore`` is one). A protocol, so this module
+    never imports ``featurestore.store``, which imports it."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def tiers(self) -> TierOrder: ...
+
+    def resolve_features(self, features: str | Sequence[str]) -> list[dict[str, Any]]: ...
+
+
+def _artifact_for(store: ServingStore, feature: dict[str, Any],
                   cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
                   ) -> dict[str, Any]:
     """The newest artifact of the view version that computes this feature version.
@@ -95,7 +111,7 @@ def output_names(features: Sequence[dict[str, Any]]) -> list[str]:
     return [f"{f['name']}@{f['version']}" if counts[f["name"]] > 1 else f["name"] for f in features]
 
 
-def served_artifacts(store: FeatureStore, features: list[dict[str, Any]]
+def served_artifacts(store: ServingStore, features: list[dict[str, Any]]
                      ) -> list[tuple[dict[str, Any], dict[str, str], str]]:
     """``(artifact, {output column: artifact column}, entity)`` per artifact a request reads."""
     groups: dict[int, tuple[dict[str, Any], dict[str, str], str]] = {}
@@ -124,7 +140,7 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
             "--no-verify, or pass allow_unverified=True (--allow-unverified) to accept them")
 
 
-def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
+def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
                 paths: list[Path] | None = None,
                 groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None
@@ -192,7 +208,7 @@ def _check_nulls(query: pl.DataFrame, frames: list[ViewFrame], cutoff: str, stri
                   DataWarning, stacklevel=4)
 
 
-def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.LazyFrame,
+def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.LazyFrame,
                             features: FeatureRefs, *, tier: str, inclusive: bool = False,
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,

@@ -7,7 +7,7 @@ available at ``event_time + lag(T)``. Retrieval at tier T may use features of ti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -94,10 +94,6 @@ class TierOrder:
             raise DefinitionError(f"tiers: duplicate tier names in {names}")
         self.tiers: tuple[Tier, ...] = tuple(ordered)
         self._by_name = {t.name: t for t in ordered}
-
-    @classmethod
-    def from_names(cls, specs: Sequence[tuple[str, timedelta]]) -> TierOrder:
-        return cls(Tier(name, i, lag) for i, (name, lag) in enumerate(specs))
 
     @property
     def names(self) -> list[str]:

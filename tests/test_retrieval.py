@@ -333,7 +333,7 @@ def test_parquet_artifact_round_trip(tmp_path):
         ]
     )
     path = tmp_path / "view.parquet"
-    sort_for_retrieval(raw, ["driver_id"]).sink_parquet(path)
+    sort_for_retrieval(raw.lazy(), ["driver_id"]).sink_parquet(path)
     q = pl.DataFrame(
         {"driver_id": [1, 2, 3, 4] * 5, ET: [utc(2024, 1, 1 + i % 7, i % 4) for i in range(20)]}
     )

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from featurestore.definitions import canonical_json, dtype_name
+from featurestore.dtypes import dtype_from_str
 from featurestore.errors import DataError, LeakageError, NotFoundError
 from featurestore.online.base import (
     NOT_FOUND,
@@ -46,7 +47,6 @@ from featurestore.online.base import (
     storage_dtype,
     to_storage,
 )
-from featurestore.plan import dtype_from_str
 from featurestore.serving import feature_tiers, missing_tier_error, output_names
 from featurestore.tiers import TierOrder, parse_duration
 from featurestore.transforms import EVENT_TIMESTAMP
