@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from featurestore.errors import DataError
-from featurestore.materialize import in_order
+from featurestore.layout import sorted_by
 from featurestore.windowagg import Column, aggregate, newest_row, row_segments
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
@@ -211,7 +211,7 @@ def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[
     if rows.height < 2:
         return True
     if len(keys) > 1 or not rows[keys[0]].is_sorted():
-        return in_order(rows, [*keys, available_at, *ets])
+        return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
     av = _physical(rows[available_at], unit).to_numpy()
     same_key = (rows[keys[0]].to_numpy()[1:] == rows[keys[0]].to_numpy()[:-1])
     step = np.diff(av)
