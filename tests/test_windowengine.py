@@ -179,3 +179,33 @@ def test_bad_input_names_the_column():
                          [WindowOutput("o", "x", "sum", None)], keys=["k"], cutoff="t")
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         WindowOutput("o", "x", "median", None)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_input_order_does_not_matter(seed):
+    """Sorted rows skip the sort (checked in one pass); any other order gives the same values,
+    ties on available_at going to the later event time as in point-in-time retrieval."""
+    rows, query = _frames(random.Random(seed), 400, 150)
+    # first/last of rows equal in keys and both times follow the frame's order (ingestion
+    # order, as in point-in-time retrieval), so they are left out here
+    outs = _outputs(WINDOWS, aggs=("count", "sum", "mean", "std", "min", "max"))
+    ordered = rows.sort(["k", "available_at", "event_timestamp"], nulls_last=False,
+                        maintain_order=True)
+    shuffled = rows.sample(fraction=1.0, shuffle=True, seed=seed)
+    # sorted by key and time but with event times reversed inside available_at ties
+    reversed_ties = rows.sort(["k", "available_at", "event_timestamp"],
+                              descending=[False, False, True], nulls_last=True)
+    want = _run(ordered, query, outs)
+    assert_close(_run(shuffled, query, outs), want, context="shuffled")
+    assert_close(_run(reversed_ties, query, outs), want, context="reversed ties")
+
+
+def test_last_breaks_available_at_ties_by_event_time_then_frame_order():
+    rows = pl.DataFrame({"k": [1, 1, 1], "available_at": [BASE] * 3,
+                         "event_timestamp": [BASE, BASE - timedelta(hours=1), BASE],
+                         "x": [1.0, 2.0, 3.0]})
+    query = pl.DataFrame({"k": [1], "t": [BASE + timedelta(hours=1)]})
+    outs = [WindowOutput("first", "x", "first", None), WindowOutput("last", "x", "last", None)]
+    got = pl.DataFrame(window_aggregate(rows, query, outs, keys=["k"], cutoff="t"))
+    # order: (x=2, earlier event), then x=1 and x=3 (same times: frame order)
+    assert got.row(0) == (2.0, 3.0)
