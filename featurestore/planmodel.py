@@ -17,7 +17,7 @@ from featurestore.tiers import TierOrder
 MEANING = {
     "entity": ("join_keys",),
     "source": ("path", "entity", "event_time", "tier", "timezone", "available_time", "fills",
-               "on_duplicate", "schema"),
+               "on_duplicate", "schema", "available_lag_seconds"),
     "view": ("source", "transform", "params", "tier"),
     "feature": ("entity", "source", "view", "column_name", "dtype", "tier", "transform", "params"),
     "feature_set": ("features",),
@@ -30,6 +30,9 @@ METADATA = {
     "feature_set": ("description",),
 }
 KIND_ORDER = ("entity", "source", "view", "feature", "feature_set")
+# The names a user may give a kind (the command line offers them).
+KIND_ALIASES = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
+                "feature-set": "feature_set", "feature_set": "feature_set"}
 
 
 @dataclass
