@@ -149,7 +149,8 @@ def split(lf: pl.LazyFrame, keys: Sequence[str], n: int, workdir: Path) -> list[
     (lf.with_row_index(ROW).with_columns(bucket_expr(keys, n).alias(BUCKET))
      .sink_parquet(pl.PartitionBy(workdir, key=BUCKET, include_key=False,
                                   file_path_provider=name, approximate_bytes_per_file=None),
-                   mkdir=True, engine="streaming"))
+                   # Temporary, read back once: fast compression, no statistics.
+                   compression="lz4", statistics=False, mkdir=True, engine="streaming"))
     return [sorted(workdir.glob(f"{b}-*.parquet")) for b in range(n)]
 
 
