@@ -100,7 +100,7 @@ def declared_output_schema(transform: Transform, params: Params,
     """
     what = what or describe(transform)
     try:
-        declared = dict(transform.declared_schema(params, input_schema))
+        declared = dict(transform.declared_schema(params, input_schema, ctx))
     except ValueError as exc:
         raise DefinitionError(f"{what} rejected its params: {exc}") from exc
     except Exception as exc:

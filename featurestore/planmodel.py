@@ -17,7 +17,7 @@ from featurestore.tiers import TierOrder
 MEANING = {
     "entity": ("join_keys",),
     "source": ("path", "entity", "event_time", "tier", "timezone", "available_time", "fills",
-               "on_duplicate", "schema"),
+               "on_duplicate", "schema", "available_lag_seconds"),
     "view": ("source", "transform", "params", "tier"),
     "feature": ("entity", "source", "view", "column_name", "dtype", "tier", "transform", "params"),
     "feature_set": ("features",),

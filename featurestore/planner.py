@@ -35,8 +35,8 @@ from featurestore.planmodel import (
 )
 from featurestore.registry import Registry
 from featurestore.sourcedata import RESERVED, check_column_roles, check_timezone, read_schema
-from featurestore.tiers import TierOrder, format_duration
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.tiers import TierOrder, format_duration, parse_duration
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, TransformContext
 
 
 class Planner:
@@ -183,6 +183,12 @@ class Planner:
             if s.on_duplicate not in ("error", "keep_last"):
                 raise self.err(f"{what}: on_duplicate must be 'error' or 'keep_last', "
                                f"got {s.on_duplicate!r}")
+            lag = None
+            if s.available_lag is not None:
+                if s.available_time:
+                    raise self.err(f"{what}: declare 'available_time' (a per-row column) or "
+                                   "'available_lag' (one lag for every row), not both")
+                lag = parse_duration(s.available_lag, what=f"{self.origin}: {what} available_lag")
             path = store_path(s.path, self.root)
             src_schema = read_schema(absolute_source_path(path, self.root))
             needed = {s.event_time: "event_time"} | {k: "join key" for k in keys}
@@ -202,6 +208,7 @@ class Planner:
             self.version_item("source", s.name, {
                 "path": path, "entity": s.entity, "event_time": s.event_time, "tier": s.tier,
                 "timezone": timezone, "available_time": s.available_time,
+                "available_lag_seconds": None if lag is None else lag.total_seconds(),
                 "fills": [{"column": f.column, "method": f.method, "value": f.value}
                           for f in s.fills],
                 "on_duplicate": s.on_duplicate,
@@ -251,7 +258,8 @@ class Planner:
 
             transform = get_transform(v.transform)
             try:
-                declared = transform.transform.declared_schema(v.params, in_schema)
+                declared = transform.transform.declared_schema(
+                    v.params, in_schema, TransformContext(tuple(keys)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise self.err(f"{what}: transform {v.transform!r} rejected its params: {exc}") from None
             except Exception as exc:  # the plugin's bug: name it, never a bare traceback
@@ -386,8 +394,9 @@ class Planner:
 
         try:
             transform = get_transform(feat["transform"])
-            in_schema, _ = self.input_schema(feat["source"], f"feature {feat['name']!r}")
-            return dict(transform.transform.declared_schema(feat["params"], in_schema))
+            in_schema, keys = self.input_schema(feat["source"], f"feature {feat['name']!r}")
+            return dict(transform.transform.declared_schema(feat["params"], in_schema,
+                                                            TransformContext(tuple(keys))))
         except (PluginError, ValueError, KeyError, TypeError):
             return None
 

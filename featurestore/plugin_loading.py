@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # at run time only plugins need it, and it loads polars
 ENTRY_POINT_GROUP = "featurestore"
 ENV_VAR = "FEATURESTORE_PLUGINS"
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field")
+    "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field",
+    "featurestore_plugins.window")
 # Built-in plugins that implement register_commands: none, so the command line can add plugin
 # commands without importing the built-ins (see load_plugins(builtins=False)).
 BUILTIN_COMMANDS: frozenset[str] = frozenset()

@@ -29,10 +29,12 @@ from featurestore.errors import (
 from featurestore.retrieval import (
     ViewFrame,
     audit,
+    availability_column,
     point_in_time_join,
     point_in_time_join_lazy,
 )
 from featurestore.tiers import TierOrder, parse_duration
+from featurestore.windowserve import is_window, window_request, window_values
 
 if TYPE_CHECKING:
     from featurestore.registry import Registry
@@ -140,15 +142,19 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
 
 def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
-                paths: list[Path] | None = None) -> list[ViewFrame]:
+                paths: list[Path] | None = None,
+                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None
+                ) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
     ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
     per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
     regardless). ``paths``, when given, receives each artifact's file, for error messages.
+    ``groups`` (from ``served_artifacts``) replaces resolving ``features`` again.
     """
-    groups = served_artifacts(store, features)
+    if groups is None:
+        groups = served_artifacts(store, features)
     check_verified([art for art, _, _ in groups], allow_unverified)
     frames = []
     for art, mapping, entity_name in groups:
@@ -211,19 +217,42 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
                             strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
+    groups = served_artifacts(store, rows)
+    check_verified([art for art, _, _ in groups], allow_unverified)
     paths: list[Path] = []
-    frames = view_frames(store, rows, verify_checksums=verify_checksums,
-                         allow_unverified=allow_unverified, paths=paths)
-    _check_query(entity_df, frames, cutoff)
-    if not lazy:
+    frames = view_frames(store, rows, verify_checksums=verify_checksums, paths=paths,
+                         groups=[g for g in groups if not is_window(g[0])],
+                         allow_unverified=allow_unverified)
+    # Windows anchored at the cutoff are computed from the view's input snapshot.
+    windows = [window_request(store, art, mapping,
+                              store.registry.get("entity", entity)["join_keys"],
+                              verify_checksums=verify_checksums)
+               for art, mapping, entity in groups if is_window(art)]
+    paths += [w.path for w in windows]
+    checked = frames + [ViewFrame(w.view, pl.LazyFrame(), w.keys, {}) for w in windows]
+    _check_query(entity_df, checked, cutoff)
+    if not lazy or windows:
         # The eager engine collects the query anyway; a lazy plan is not run twice for a count.
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
-        _check_nulls(entity_df, frames, cutoff, strict)
-    join = point_in_time_join_lazy if lazy else point_in_time_join
+        _check_nulls(entity_df, checked, cutoff, strict)
+    join = point_in_time_join_lazy if lazy and not windows else point_in_time_join
     with reading_artifacts(paths):
-        return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                    cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        result = join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+                      cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if not windows:
+            return result
+        assert isinstance(entity_df, pl.DataFrame) and isinstance(result, pl.DataFrame)
+        added = [s for w in windows for s in window_values(
+            w, entity_df, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability)]
+    result = result.with_columns(added)
+    order = list(entity_df.columns)
+    for _, mapping, _ in groups:  # each view's features, then their availability
+        order += list(mapping)
+        order += [availability_column(o) for o in mapping] if with_availability else []
+    result = result.select(order)
+    return result.lazy() if lazy else result
 
 
 def missing_tier_error(tiers: TierOrder) -> DefinitionError:

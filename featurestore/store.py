@@ -52,6 +52,7 @@ from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
+    from featurestore.materialize import MaterializeResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 DEFINITIONS_FILE = "features.toml"
@@ -245,18 +246,38 @@ class FeatureStore:
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
         digest = hashlib.sha256(canonical_json({k: src[k] for k in (
             "name", "version", "path", "entity", "event_time", "timezone", "available_time",
-            "fills", "on_duplicate", "tier")}).encode())
+            "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
+                "available_lag_seconds": src["available_lag_seconds"]}
+                if src.get("available_lag_seconds") is not None else {})).encode())
         digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
         for f in resolve_files(absolute_source_path(src["path"], self.root)):
             # Content, not mtime: a rewritten but identical file is not new input.
             digest.update(f"{f}:{file_checksum(Path(f))}".encode())
         return "sha256:" + digest.hexdigest()
 
+    def materialize(self, views: Sequence[str] | None = None, *, verify: bool = True,
+                    samples: int | None = None, budget: float | None = None,
+                    force: bool = False, progress: Progress | None = None,
+                    strict: bool = False) -> list[MaterializeResult]:
+        """Compute views (all by default) into verified artifacts; see
+        ``featurestore.materialize.materialize`` (the same function, kept for callers)."""
+        from featurestore.cutplan import DEFAULT_SAMPLES
+        from featurestore.materialize import materialize
+
+        return materialize(self, views, verify=verify,
+                           samples=DEFAULT_SAMPLES if samples is None else samples,
+                           budget=budget, force=force, progress=progress, strict=strict)
+
+    def source_lag(self, src: Mapping[str, Any]) -> timedelta:
+        """A registered source's availability lag: its own ``available_lag``, else its tier's."""
+        own = src.get("available_lag_seconds")
+        return timedelta(seconds=own) if own is not None else self.tiers.get(src["tier"]).lag
+
     def read_source(self, name: str) -> pl.DataFrame:
         """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
         src = self.registry.get("source", name)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
-        lag = self.tiers.get(src["tier"]).lag
+        lag = self.source_lag(src)
         path = absolute_source_path(src["path"], self.root)
         lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],

@@ -50,6 +50,7 @@ from featurestore.online.result import EntityRows, OnlineResult, entity_columns,
 from featurestore.serving import feature_tiers, missing_tier_error, output_names
 from featurestore.tiers import TierOrder, parse_duration
 from featurestore.transforms import EVENT_TIMESTAMP
+from featurestore.windowserve import is_window, serve_online
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -256,7 +257,15 @@ class OnlineReader:
         for vp in plan.views:
             text, payloads = snapshot[vp.name]
             layout = self._layout(vp, text) if text is not None else None
-            if layout is not None and layout.served:
+            if is_window(vp.features[0][1]):  # anchored at t: never a published latest value
+                if not allow_artifact:
+                    raise NeedsArtifact(vp.name)
+                art = self._artifact(vp, None)
+                self._check_verified(vp, bool(art["verified"]), allow_unverified)
+                serve_online(self.store, art, vp.features, vp.keys, columns, t,
+                             inclusive=inclusive, ttl_us=ttl_us, result=result)
+                result.served_from[vp.name] = "artifact"
+            elif layout is not None and layout.served:
                 self._check_verified(vp, layout.meta.verified, allow_unverified)
                 pending = self._from_payloads(vp, layout, encoded[vp.name], payloads, t,
                                               inclusive, ttl_us, result)
