@@ -57,6 +57,7 @@ from featurestore.errors import (
     NotFoundError,
 )
 from featurestore.plan import KIND_ORDER, column_view_row
+from featurestore.planmodel import KIND_ALIASES
 from featurestore.readers import gc_mutex, grace_period
 from featurestore.registry import Registry, decode_artifact, decode_row, deleted_error, utcnow
 from featurestore.tiers import parse_duration
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 # Spellings accepted for a kind on the command line and in the API.
-KIND_ALIASES = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
-                "feature-set": "feature_set", "feature_set": "feature_set"}
 _LABEL = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
           "feature_set": "feature set"}
 # Dependents are deleted before what they depend on (and listed in that order).

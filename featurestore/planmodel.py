@@ -30,6 +30,9 @@ METADATA = {
     "feature_set": ("description",),
 }
 KIND_ORDER = ("entity", "source", "view", "feature", "feature_set")
+# The names a user may give a kind (the command line offers them).
+KIND_ALIASES = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
+                "feature-set": "feature_set", "feature_set": "feature_set"}
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from featurestore.plugin_loading import (
+    BUILTIN_COMMANDS,
     PluginProblem,
     call_per_plugin,
     caller_for,
@@ -98,8 +99,10 @@ def call_register_commands(cli: Any) -> list[PluginProblem]:
     A plugin may only add commands: one that replaces an existing command (core or another
     plugin's) has that change undone, and one that raises has all its additions undone; both are
     reported. Returns the problems (also kept for ``plugin_problems()``).
+
+    Built-in plugins are not imported for this unless listed in ``BUILTIN_COMMANDS``.
     """
-    load_plugins()
+    load_plugins(builtins=bool(BUILTIN_COMMANDS))
     problems: list[PluginProblem] = []
     for name, plugin in plugins_in_order():
         caller = caller_for("register_commands", plugin)

@@ -14,18 +14,23 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from featurestore import hookspecs
-from featurestore.transforms import Transform
+
+if TYPE_CHECKING:  # at run time only plugins need it, and it loads polars
+    from featurestore.transforms import Transform
 
 ENTRY_POINT_GROUP = "featurestore"
 ENV_VAR = "FEATURESTORE_PLUGINS"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field",
     "featurestore_plugins.window")
+# Built-in plugins that implement register_commands: none, so the command line can add plugin
+# commands without importing the built-ins (see load_plugins(builtins=False)).
+BUILTIN_COMMANDS: frozenset[str] = frozenset()
 CORE_DISTRIBUTION = "featurestore"
 TRANSFORM_NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
@@ -88,7 +93,9 @@ class RegisteredTransform:
 
 @dataclass
 class _State:
-    loaded: bool = False
+    loaded: bool = False  # the entry-point plugins
+    builtins_loaded: bool = False
+    selected: tuple[list[str], list[importlib.metadata.EntryPoint]] | None = None
     sources: dict[str, PluginSource] = field(default_factory=dict)
     load_problems: list[PluginProblem] = field(default_factory=list)
     registry_key: tuple[Any, ...] | None = None
@@ -197,55 +204,75 @@ def _hook_problems(plugin: object) -> list[str]:
     return problems
 
 
-def load_plugins() -> pluggy.PluginManager:
+def _select() -> tuple[list[str], list[importlib.metadata.EntryPoint]]:
+    """Which built-in modules and entry points ``FEATURESTORE_PLUGINS`` selects (decided once,
+    importing nothing); a name that matches neither is recorded as a problem."""
+    if state.selected is not None:
+        return state.selected
+    wanted = _wanted()
+    matched: set[str] = set()
+
+    def selected(*names: str | None) -> bool:
+        if wanted is None:
+            return True
+        hit = False
+        for w in wanted:
+            if any(n is not None and _normalize(n) == _normalize(w) for n in names):
+                matched.add(w)
+                hit = True
+        return hit
+
+    builtins = [m for m in DEFAULT_PLUGINS if selected(m, m.rsplit(".", 1)[-1])]
+    try:
+        entry_points = _entry_points()
+    except Exception as exc:
+        entry_points = []
+        state.load_problems.append(PluginProblem(
+            "(entry points)", None, None,
+            f"could not list the {ENTRY_POINT_GROUP!r} entry points: "
+            f"{describe_exception(exc)}"))
+    chosen = [ep for ep in entry_points if selected(*_names_of(ep))]
+    for w in wanted or []:
+        if w not in matched:
+            available = sorted({*DEFAULT_PLUGINS, *(ep.name for ep in entry_points)})
+            state.load_problems.append(PluginProblem(
+                w, None, None, f"named in {ENV_VAR} but not installed; installed plugins: "
+                f"{', '.join(available) or '(none)'}"))
+    state.selected = (builtins, chosen)
+    return state.selected
+
+
+def _names_of(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    source = _source_of(ep)
+    return source.name, source.distribution
+
+
+def load_plugins(*, builtins: bool = True) -> pluggy.PluginManager:
     """Load the built-in and installed plugins into ``pm``, once; return ``pm``.
 
     Safe to call any number of times and from several threads: only the first call loads.
     Problems are kept for ``plugin_problems()`` and emitted as ``PluginWarning``.
+
+    ``builtins=False`` loads only the installed (entry-point) plugins, and leaves the built-in
+    ones for a later call. The command line uses it to collect plugin commands without
+    importing the built-in transforms (and with them polars): the built-in plugins add no
+    commands (``BUILTIN_COMMANDS`` is empty, a test keeps it so).
     """
     with lock:
-        if state.loaded:
+        if state.loaded and (state.builtins_loaded or not builtins):
             return pm
-        state.loaded = True
-        wanted = _wanted()
-        matched: set[str] = set()
-
-        def selected(*names: str | None) -> bool:
-            if wanted is None:
-                return True
-            hit = False
-            for w in wanted:
-                if any(n is not None and _normalize(n) == _normalize(w) for n in names):
-                    matched.add(w)
-                    hit = True
-            return hit
-
-        version = _core_version()
-        for module_name in DEFAULT_PLUGINS:
-            if not selected(module_name, module_name.rsplit(".", 1)[-1]):
-                continue
-            source = PluginSource(module_name, CORE_DISTRIBUTION, version, builtin=True)
-            _register(source, lambda m=module_name: importlib.import_module(m),
-                      f"built-in module {module_name!r}")
-        try:
-            entry_points = _entry_points()
-        except Exception as exc:
-            entry_points = []
-            state.load_problems.append(PluginProblem(
-                "(entry points)", None, None,
-                f"could not list the {ENTRY_POINT_GROUP!r} entry points: "
-                f"{describe_exception(exc)}"))
-        for ep in entry_points:
-            source = _source_of(ep)
-            if not selected(source.name, source.distribution):
-                continue
-            _register(source, ep.load, f"entry point {ep.name} = {ep.value}")
-        for w in wanted or []:
-            if w not in matched:
-                available = sorted({*DEFAULT_PLUGINS, *(ep.name for ep in entry_points)})
-                state.load_problems.append(PluginProblem(
-                    w, None, None, f"named in {ENV_VAR} but not installed; installed plugins: "
-                    f"{', '.join(available) or '(none)'}"))
+        chosen_builtins, entry_points = _select()
+        if builtins and not state.builtins_loaded:
+            state.builtins_loaded = True
+            version = _core_version()
+            for module_name in chosen_builtins:
+                source = PluginSource(module_name, CORE_DISTRIBUTION, version, builtin=True)
+                _register(source, lambda m=module_name: importlib.import_module(m),
+                          f"built-in module {module_name!r}")
+        if not state.loaded:
+            state.loaded = True
+            for ep in entry_points:
+                _register(_source_of(ep), ep.load, f"entry point {ep.name} = {ep.value}")
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:  # pragma: no cover - caught per plugin above

@@ -23,13 +23,15 @@ from featurestore.plugin_loading import (
     state,
     warn_once,
 )
-from featurestore.transforms import SCOPES, Transform
-
-_DEFAULT_GROUP_COLUMNS = Transform.__dataclass_fields__["group_columns"].default
 
 
 def _transform_problem(obj: object) -> str | None:
     """Why ``obj`` is not an acceptable transform, or None."""
+    # Here, not at module level: featurestore.transforms loads polars, which the command line
+    # does not need to list plugin commands.
+    from featurestore.transforms import SCOPES, Transform
+
+    default_group_columns = Transform.__dataclass_fields__["group_columns"].default
     if not isinstance(obj, Transform):
         return (f"registered a {type(obj).__module__}.{type(obj).__qualname__} instead of a "
                 "featurestore.transforms.Transform")
@@ -46,7 +48,7 @@ def _transform_problem(obj: object) -> str | None:
         if not callable(obj.group_columns):
             return (f"registered group-scope transform {obj.name!r} whose group_columns is not "
                     "callable")
-        if obj.group_columns is _DEFAULT_GROUP_COLUMNS:
+        if obj.group_columns is default_group_columns:
             return (f"registered group-scope transform {obj.name!r} without group_columns: a "
                     "group transform says which columns (e.g. race_id) its rows share with the "
                     "other entities' rows it reads, as group_columns(params) -> column names")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from sqlalchemy import Connection, select
 
-from featurestore import schema
+from featurestore import catalog, schema
 from featurestore.artifacts import (
     WrittenArtifact,
     engine_read_fault,
@@ -40,13 +40,12 @@ from featurestore.errors import (
     ArtifactError,
     DataError,
     DefinitionError,
-    DeletedError,
     NotFoundError,
     ReadOnlyStoreError,
 )
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
 from featurestore.readers import ensure_lock_files, reading
-from featurestore.registry import Registry, utcnow
+from featurestore.registry import utcnow
 from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
 from featurestore.tiers import TierOrder
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
@@ -205,53 +204,19 @@ class FeatureStore:
     def list(self, kind: str, *, tier: str | None = None, entity: str | None = None,
              tag: str | None = None) -> list[dict[str, Any]]:
         """Newest versions of every ``kind`` object (entity, source, view, feature, feature_set)."""
-        if kind == "artifact":
-            rows = self.registry.artifacts()
-        elif kind == "tier":
-            return [{"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds(),
-                     "forbidden_before": list(t.forbidden_before)} for t in self.tiers]
-        else:
-            if kind not in schema.VERSIONED:
-                raise DefinitionError(f"cannot list {kind!r}; choose entity, source, view, feature, "
-                                      "feature_set, artifact or tier")
-            rows = list(self.registry.latest(kind).values())
-        if tier:
-            self.tiers.get(tier)
-            rows = [r for r in rows if r.get("tier") == tier]
-        if entity:
-            rows = [r for r in rows if r.get("entity") == entity or
-                    (kind == "entity" and r["name"] == entity)]
-        if tag:
-            rows = [r for r in rows if tag in (r.get("tags") or [])]
-        return rows
+        return catalog.list_objects(self.registry, self.tiers, kind, tier=tier, entity=entity, tag=tag)
 
     def find(self, name: str) -> tuple[str, dict[str, Any]]:
         """Look a name up across kinds; return ``(kind, newest row)``.
 
         A deleted object raises ``DeletedError`` (a ``NotFoundError``) saying when.
         """
-        deleted: DeletedError | None = None
-        for kind in ("feature", "view", "source", "entity", "feature_set"):
-            try:
-                return kind, self.registry.get(kind, name)
-            except DeletedError as exc:
-                deleted = deleted or exc
-            except NotFoundError:
-                continue
-        if deleted is not None:
-            raise deleted
-        raise NotFoundError(f"nothing named {name!r} is registered")
+        return catalog.find(self.registry, name)
 
     def history(self, name: str) -> tuple[str, list[dict[str, Any]]]:
         """Every version of the object called ``name``, oldest first; a deleted object's too
         (its rows carry ``deleted_at``)."""
-        try:
-            kind, _ = self.find(name)
-        except DeletedError:
-            with self.registry.read() as conn:
-                kind = next(k for k in ("feature", "view", "source", "entity", "feature_set")
-                            if name in Registry.latest_rows(conn, k, deleted=True))
-        return kind, self.registry.history(kind, name)
+        return catalog.history(self.registry, name)
 
     # ------------------------------------------------------------------ lifecycle
     def delete(self, kind: str, name: str, *, cascade: bool = False,
@@ -482,52 +447,7 @@ class FeatureStore:
         Several versions of one feature may be requested; ``serving.output_names`` gives each
         its own output column (``name@version``).
         """
-        gone_set: DeletedError | None = None
-        if isinstance(features, str):
-            try:
-                fs = self.registry.get("feature_set", features)
-            except NotFoundError as exc:
-                gone_set = exc if isinstance(exc, DeletedError) else None
-                features = [features]
-            else:
-                return [self.registry.get("feature", r["name"], r["version"]) for r in fs["features"]]
-        rows = []
-        seen = set()
-        for ref in features:
-            view, _, rest = ref.rpartition(":")
-            name, _, version = rest.partition("@")
-            try:
-                row = self.registry.get("feature", name, int(version) if version else None)
-            except ValueError:
-                raise DefinitionError(f"feature reference {ref!r}: version must be a number") from None
-            except DeletedError:
-                raise
-            except NotFoundError:
-                if gone_set is not None:
-                    raise gone_set from None
-                if version:
-                    self._missing_version(name, int(version))
-                known = sorted(self.registry.latest("feature"))
-                hint = f"; registered features: {', '.join(known[:20])}" if known else ""
-                raise NotFoundError(f"feature {name!r} is not registered{hint}") from None
-            if view and row["view"] != view:
-                raise NotFoundError(f"feature {name!r} belongs to view {row['view']!r}, not {view!r}")
-            # Two versions of one feature may be requested together (columns name@version);
-            # the same version twice is a mistake.
-            if (name, row["version"]) in seen:
-                raise DefinitionError(f"feature {name!r} version {row['version']} is requested twice")
-            seen.add((name, row["version"]))
-            rows.append(row)
-        return rows
-
-    def _missing_version(self, name: str, version: int) -> None:
-        """Raise ``NotFoundError`` naming the versions ``name`` has, when it has any."""
-        try:
-            versions = [r["version"] for r in self.registry.history("feature", name)]
-        except NotFoundError:
-            return
-        raise NotFoundError(f"feature {name!r} has no version {version}; registered versions: "
-                            f"{', '.join(map(str, versions))} (newest {versions[-1]})")
+        return catalog.resolve_features(self.registry, features)
 
     # ------------------------------------------------------------------ retrieval
     def get_historical_features(self, entity_df: pl.DataFrame | pl.LazyFrame,
