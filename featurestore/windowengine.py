@@ -286,8 +286,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         rows = rows.filter(pl.all_horizontal([pl.col(c).is_not_null()
                                               for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
-    # One contiguous buffer per column read: every numpy view below is then a view, not a copy.
-    rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)]))).rechunk()
+    rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
     if not _in_order(rows, keys, available_at, ets, unit):
         # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)
