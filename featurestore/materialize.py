@@ -77,11 +77,31 @@ def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
     return bool(frame.lazy().select(ok.all()).collect(engine="streaming").item())
 
 
-@reads_artifacts  # gc never removes a snapshot or seed this run is reading
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
                 samples: int = DEFAULT_SAMPLES, budget: float | None = None, force: bool = False,
-                progress: Progress | None = None, strict: bool = False) -> list[MaterializeResult]:
-    """Materialize ``views`` (all registered views by default); see the module docstring.
+                progress: Progress | None = None, strict: bool = False,
+                engine: str | None = None) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) on ``engine``
+    (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
+
+    Every engine keeps the contract of ``materialize_polars`` below and writes the same
+    artifacts and registry rows.
+    """
+    from featurestore.engines import get_engine
+
+    return get_engine(engine).materialize(  # type: ignore[no-any-return]
+        store, views, verify=verify, samples=samples, budget=budget, force=force,
+        progress=progress, strict=strict)
+
+
+@reads_artifacts  # gc never removes a snapshot or seed this run is reading
+def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, *,
+                       verify: bool = True, samples: int = DEFAULT_SAMPLES,
+                       budget: float | None = None, force: bool = False,
+                       progress: Progress | None = None,
+                       strict: bool = False) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) with Polars; see the module
+    docstring.
 
     ``samples`` and ``budget`` size causality verification (``featurestore.verification``):
     every entity's (or group's) first cut, at least ``samples`` more cuts, more up to ``budget``

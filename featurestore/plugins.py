@@ -53,7 +53,8 @@ from featurestore.transforms import SCOPES, Transform
 ENTRY_POINT_GROUP = "featurestore"
 ENV_VAR = "FEATURESTORE_PLUGINS"
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field")
+    "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field",
+    "featurestore.engines.polars_engine", "featurestore.engines.spark")
 CORE_DISTRIBUTION = "featurestore"
 TRANSFORM_NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 

@@ -29,7 +29,6 @@ from featurestore.plan import dtype_from_str
 from featurestore.retrieval import (
     ViewFrame,
     audit,
-    point_in_time_join,
     point_in_time_join_lazy,
 )
 from featurestore.tiers import TierOrder, parse_duration
@@ -191,8 +190,14 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
                             lazy: bool = False, verify_checksums: bool = False,
-                            allow_unverified: bool = False,
-                            strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
+                            allow_unverified: bool = False, strict: bool = False,
+                            engine: str | None = None) -> pl.DataFrame | pl.LazyFrame:
+    from featurestore.engines import engine_name, get_engine
+
+    runner = None if lazy else get_engine(engine)  # an unknown engine fails before any work
+    if lazy and engine_name(engine) != "polars":
+        raise DefinitionError(f"a lazy frame is a Polars plan: engine {engine_name(engine)!r} "
+                              "cannot build one; use get_historical_features")
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
     paths: list[Path] = []
@@ -204,10 +209,14 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
         _check_nulls(entity_df, frames, cutoff, strict)
-    join = point_in_time_join_lazy if lazy else point_in_time_join
     with reading_artifacts(paths):
-        return join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                    cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if runner is None:
+            return point_in_time_join_lazy(
+                entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+                cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        return runner.point_in_time_join(  # type: ignore[no-any-return]
+            entity_df, frames, paths, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability)
 
 
 def missing_tier_error(tiers: TierOrder) -> DefinitionError:
