@@ -272,3 +272,13 @@ def temp_files(root: Path) -> list[Path]:
     """Temporary files left by interrupted writes (safe to delete: never registered)."""
     data = root / "data"
     return sorted(data.rglob(f"{TMP_PREFIX}*")) if data.exists() else []
+
+
+def artifact_files(path: Path | str) -> list[str]:
+    """The Parquet file(s) an artifact path holds, in row order: the file itself, or the
+    ``*.parquet`` part files of an artifact directory sorted by name. Every engine lists an
+    artifact's files through this one function."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted(str(f) for f in p.rglob("*.parquet") if not f.name.startswith("."))
+    return [str(p)]
