@@ -143,10 +143,7 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             registered_t = get_transform(view["transform"])
             transform = registered_t.transform
             plugin_name, plugin_version = registered_t.plugin, registered_t.version
-        fingerprint = "sha256:" + hashlib.sha256(canonical_json({
-            "source_checksum": src_row["checksum"], "view_version": view["version"],
-            "transform": view["transform"], "plugin_version": plugin_version,
-            "params": view["params"], "verify": verify}).encode()).hexdigest()
+        fingerprint = view_fingerprint(src_row, view, plugin_version, verify)
         latest = store.registry.latest_artifact("view", name)
         if (not force and latest and latest["input_fingerprint"] == fingerprint
                 and store.intact(latest, rebuilding="rebuilding the view")):
@@ -225,6 +222,15 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
     if progress:
         progress("materialize", len(names), len(names))
     return results
+
+
+def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_version: str | None,
+                     verify: bool) -> str:
+    """What a view artifact was computed from; the same on every engine (their results are)."""
+    return "sha256:" + hashlib.sha256(canonical_json({
+        "source_checksum": src_row["checksum"], "view_version": view["version"],
+        "transform": view["transform"], "plugin_version": plugin_version,
+        "params": view["params"], "verify": verify}).encode()).hexdigest()
 
 
 def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,

@@ -10,6 +10,7 @@ in UTC whatever the machine's zone: ``spark.sql.session.timeZone`` is set to UTC
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any
 
@@ -33,8 +34,12 @@ def spark_session() -> Any:
         master = os.environ.get(MASTER_ENV, "").strip() or DEFAULT_MASTER
         builder = (SparkSession.builder.master(master).appName("featurestore")
                    .config("spark.sql.session.timeZone", "UTC")
-                   .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
+                   .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                   .config("spark.ui.showConsoleProgress", "false"))
         if master.startswith("local"):
+            # Python workers run this interpreter (with featurestore and polars), not whatever
+            # `python3` is first on PATH; on a cluster PYSPARK_PYTHON names the executors' one.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             # Small local jobs: few shuffle partitions, no web UI port to collide on.
             builder = (builder.config("spark.ui.enabled", "false")
                        .config("spark.sql.shuffle.partitions", "8")
@@ -79,3 +84,16 @@ def to_polars(frame: Any) -> pl.DataFrame:
     out = pl.from_arrow(table)
     assert isinstance(out, pl.DataFrame)
     return out
+
+
+def arrow_caster(schema: Any) -> Any:
+    """A function casting an Arrow table (from Polars: large strings and lists) to the Arrow
+    types of the Spark schema ``schema``, which is what ``applyInArrow`` must return."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    target = to_arrow_schema(schema, timezone="UTC")
+
+    def cast(table: Any) -> Any:
+        return table.select(target.names).cast(target)
+
+    return cast
