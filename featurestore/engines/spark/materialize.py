@@ -132,7 +132,7 @@ def run_transform(frame: Any, transform: Any, params: Any, keys: Sequence[str],
     Polars code, checking the contract and (``verify``) causality on each; return the output
     (a Spark DataFrame in store layout) and one verification report per entity or group."""
     from featurestore.contract import check_contract
-    from featurestore.engines.spark.session import arrow_caster
+    from featurestore.engines.spark.session import arrow_caster, raise_worker_error
 
     keys = list(keys)
     ctx = TransformContext(keys=tuple(keys))
@@ -176,8 +176,12 @@ def run_transform(frame: Any, transform: Any, params: Any, keys: Sequence[str],
         return to_spark_types(output.select(names).to_arrow())
 
     out = frame.groupBy(*by).applyInArrow(run, spark_schema).cache()
-    reports = [json.loads(r[0]) for r in out.where(out[_REPORT].isNotNull())
-               .select(_REPORT).collect()]
+    try:
+        reports = [json.loads(r[0]) for r in out.where(out[_REPORT].isNotNull())
+                   .select(_REPORT).collect()]
+    except Exception as exc:
+        raise_worker_error(exc)  # a contract or plugin error, raised in a worker
+        raise
     return out.drop(_REPORT), reports
 
 

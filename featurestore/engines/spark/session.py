@@ -97,3 +97,18 @@ def arrow_caster(schema: Any) -> Any:
         return table.select(target.names).cast(target)
 
     return cast
+
+
+def raise_worker_error(exc: BaseException) -> None:
+    """Re-raise a featurestore error a Python worker raised (Spark wraps it in a
+    ``PythonException`` holding the worker's traceback) as itself; return if it is none."""
+    import re
+
+    from featurestore import errors
+
+    found = re.findall(r"featurestore\.errors\.(\w+): (.*)", str(exc))
+    if found:
+        name, message = found[-1]
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, errors.FeatureStoreError):
+            raise cls(message) from None
