@@ -20,7 +20,7 @@ The result is a Spark DataFrame sorted by (keys, event time, availability), whic
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -189,9 +189,12 @@ def _validate_rows(df: Any, *, path: str, keys: Sequence[str], event_time: str,
         return df
     if on_duplicate == "error":
         example = (marked.where(F.col("__fs_n") > 1).orderBy(_FILE, _POS)
-                   .select(*keys, EVENT_TIMESTAMP).limit(1).collect()[0])
+                   .select(*keys, F.unix_micros(EVENT_TIMESTAMP).alias("__fs_us"))
+                   .limit(1).collect()[0])
+        # Spark hands timestamps to Python in the machine's zone: rebuild the UTC instant.
+        when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=example["__fs_us"])
         shown = ", ".join([*(f"{k}={example[k]!r}" for k in keys),
-                           f"{event_time}={example[EVENT_TIMESTAMP].isoformat()}"])
+                           f"{event_time}={when.isoformat()}"])
         raise DataError(f"{path}: {n_dup} rows share their key and event time (e.g. {shown}); "
                         "set on_duplicate = \"keep_last\" to keep the last")
     last = Window.partitionBy(*dup_cols).orderBy(F.col(_FILE).desc(), F.col(_POS).desc())
