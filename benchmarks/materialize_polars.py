@@ -153,14 +153,22 @@ def rolling_params(
     }
 
 
+# One order serving both hand-written views: (keys, times) identify a lap in the generated data,
+# so the tie-breaking columns after them never reorder anything (results are checked equal).
+SORT_ONCE = [*KEYS, *ORDER, "lap", "race_id", "position", "lap_time", "pit", "caution"]
+
+
 def hand_rolling(
     lf: pl.LazyFrame,
     keys: Sequence[str] = KEYS,
     position_windows: Sequence[int] = (10, 20, 50),
     lap_time_window: int = 10,
     lap_time_mean_windows: Sequence[int] = (20, 50),
+    presorted: bool = False,
 ) -> pl.LazyFrame:
-    """Windows over the previous N laps of each driver (the current lap excluded)."""
+    """Windows over the previous N laps of each driver (the current lap excluded).
+
+    ``presorted``: ``lf`` is already sorted by ``SORT_ONCE`` (skip the sort)."""
     keys = list(keys)
     position = pl.col("position").shift(1)
     led = (pl.col("position") == 1).cast(pl.Int64).shift(1)
@@ -186,7 +194,9 @@ def hand_rolling(
         )
     # ties in (keys, times) are broken by the values read, so input order never matters
     order = [*keys, *ORDER, "position", "lap_time"]
-    return lf.sort(order, maintain_order=True).select(*keys, *ORDER, *columns)
+    if not presorted:
+        lf = lf.sort(order, maintain_order=True)
+    return lf.select(*keys, *ORDER, *columns)
 
 
 # ------------------------------------------------------------------------------------ falloff
@@ -223,6 +233,7 @@ def hand_falloff(
     slope_min_laps: int = 3,
     slow_k: float = 1.05,
     slow_window: int = 5,
+    presorted: bool = False,
 ) -> pl.LazyFrame:
     """Stints split at pit laps (per driver and race); stats over the stint's clean laps.
 
@@ -233,11 +244,12 @@ def hand_falloff(
     part = [*keys, "race_id"]
     stint = [*part, "stint"]
     pit = pl.col("pit").fill_null(False)
-    laps = (
-        lf.sort(
+    if not presorted:
+        lf = lf.sort(
             [*keys, *ORDER, "lap", "race_id", "lap_time", "pit", "caution"], maintain_order=True
         )
-        .with_row_index("_row")
+    laps = (
+        lf.with_row_index("_row")
         .with_columns(
             stint=(
                 (pit & ~pit.shift(1).over(part))

@@ -12,8 +12,13 @@ For each online store (embedded SQLite, and Redis when one answers at 127.0.0.1:
 3. HTTP: ``featurestore serve`` as a subprocess, a keep-alive asyncio client sending 1-key
    requests from 1, 8 and 32 concurrent connections for ``--seconds`` each: p50, p99 and
    requests per second;
-4. every value served (in-process and a sample of the HTTP answers) is compared with
-   ``get_historical_features`` at the same request time; any difference exits non-zero.
+4. every value served (every in-process answer, and every 25th HTTP answer) is compared,
+   row by row and value by value, with ``get_historical_features`` at the same request time;
+   a 100-key answer must come back in the order of its keys; any difference exits non-zero.
+
+The stores take turns (``--rounds``, default 4: SQLite, Redis, Redis, SQLite, ...) for the
+in-process calls and for each HTTP concurrency level, both servers up at once, so a change in
+the load of the shared machine falls on both alike.
 
 The artifact fallback (a request time before the kept rows, as in a replay) is timed once for
 reference. Load averages are printed at the start and the end: the machine is shared. Last line:
@@ -76,25 +81,37 @@ def summary(values: list[float]) -> str:
 # ------------------------------------------------------------------------ correctness
 def check_against_historical(store: FeatureStore, frames: list[pl.DataFrame], moment: dt.datetime,
                              label: str) -> int:
-    """Compare served rows with the join engine at the same cutoff; exit non-zero on any diff."""
-    served = pl.concat(frames).unique(KEY, keep="first").sort(KEY)
-    query = served.select(KEY).with_columns(
+    """Compare every served row, value by value, with the join engine at the same cutoff; exit
+    non-zero on any difference. Returns the number of distinct keys checked."""
+    served = pl.concat(frames).select(KEY, *FEATURES)
+    query = served.select(pl.col(KEY).unique().sort()).with_columns(
         pl.lit(moment).cast(pl.Datetime("us", "UTC")).alias("event_timestamp"))
     expected = store.get_historical_features(query, FEATURES, tier=TIER).drop("event_timestamp")
-    if not served.select(KEY, *FEATURES).equals(expected.select(KEY, *FEATURES)):
-        diff = served.join(expected, on=KEY, suffix="_hist").head(5)
-        raise SystemExit(f"{label}: served values differ from get_historical_features:\n{diff}")
-    return served.height
+    joined = served.join(expected, on=KEY, how="left", suffix="_hist")
+    # Null equals null, NaN equals NaN: the same stored value either way.
+    same = pl.all_horizontal(
+        pl.col(f).eq_missing(pl.col(f"{f}_hist")) | (pl.col(f).is_nan() & pl.col(f"{f}_hist").is_nan())
+        for f in FEATURES)
+    bad = joined.filter(~same.fill_null(False))
+    if bad.height:
+        raise SystemExit(f"{label}: {bad.height} of {served.height} served rows differ from "
+                         f"get_historical_features:\n{bad.head(5)}")
+    return query.height
 
 
 # ------------------------------------------------------------------------ in-process
-def inprocess(store: FeatureStore, keys: list[int], moment: dt.datetime, n_single: int,
-              n_batch: int) -> tuple[list[float], list[float], list[pl.DataFrame]]:
+def warm_up(store: FeatureStore, keys: list[int], moment: dt.datetime) -> None:
     rng = random.Random(7)
+    for _ in range(200):  # caches, connections, code paths
+        store.get_online_features({KEY: [rng.choice(keys)]}, FEATURES, tier=TIER, as_of=moment)
+
+
+def inprocess(store: FeatureStore, keys: list[int], moment: dt.datetime, n_single: int,
+              n_batch: int, seed: int) -> tuple[list[float], list[float], list[pl.DataFrame]]:
+    """One round of timed calls: ``n_single`` 1-key and ``n_batch`` 100-key lookups."""
+    rng = random.Random(seed)
     frames: list[pl.DataFrame] = []
     call = store.get_online_features
-    for _ in range(200):  # warm-up: caches, connections, code paths
-        call({KEY: [rng.choice(keys)]}, FEATURES, tier=TIER, as_of=moment)
     single = []
     for _ in range(n_single):
         k = rng.choice(keys)
@@ -108,8 +125,20 @@ def inprocess(store: FeatureStore, keys: list[int], moment: dt.datetime, n_singl
         t = time.perf_counter()
         out = call({KEY: ks}, FEATURES, tier=TIER, as_of=moment)
         batch.append((time.perf_counter() - t) * 1000)
+        if out.select(KEY).to_series().to_list() != ks:
+            raise SystemExit("a 100-key lookup did not answer in the order of its keys")
         frames.append(out)
     return single, batch, frames
+
+
+def rounds_order(labels: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, store) in an interleaved order, reversed every other round (A B, B A, ...), so
+    a drift in machine load falls on every store alike."""
+    out = []
+    for r in range(rounds):
+        order = labels if r % 2 == 0 else labels[::-1]
+        out += [(r, label) for label in order]
+    return out
 
 
 # ------------------------------------------------------------------------ HTTP
@@ -227,6 +256,29 @@ def http_suite(url: str, keys: list[int], moment: dt.datetime, seconds: float, *
     bodies = [body_of(rng.choice(keys)) for _ in range(5000)]
     http_run(url, bodies, 8, min(2.0, seconds), 10**9)  # warm-up
     return {c: http_run(url, bodies, c, seconds, 25) for c in (1, 8, 32)}
+
+
+def http_interleaved(urls: dict[str, str], keys: list[int], moment: dt.datetime, seconds: float,
+                     rounds: int) -> dict[str, dict[int, tuple[list[float], float, list[bytes]]]]:
+    """``http_suite`` for several servers at once, in interleaved rounds of ``seconds / rounds``
+    per server and concurrency level; req/s is requests over the summed run time."""
+    rng = random.Random(11)
+    body_of = ours_body(moment)
+    bodies = [body_of(rng.choice(keys)) for _ in range(5000)]
+    for url in urls.values():
+        http_run(url, bodies, 8, min(2.0, seconds), 10**9)  # warm-up
+    out: dict[str, dict[int, tuple[list[float], float, list[bytes]]]] = {
+        label: {} for label in urls}
+    for clients in (1, 8, 32):
+        got: dict[str, tuple[list[float], float, list[bytes]]] = {
+            label: ([], 0.0, []) for label in urls}
+        for _, label in rounds_order(list(urls), rounds):
+            lat, rps, ans = http_run(urls[label], bodies, clients, seconds / rounds, 25)
+            total_lat, elapsed, total_ans = got[label]
+            got[label] = (total_lat + lat, elapsed + len(lat) / rps, total_ans + ans)
+        for label, (lat, elapsed, ans) in got.items():
+            out[label][clients] = (lat, len(lat) / elapsed, ans)
+    return out
 
 
 def ours_body(moment: dt.datetime) -> Any:
@@ -371,6 +423,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="Per HTTP concurrency level.")
     ap.add_argument("--single", type=int, default=3000, help="In-process 1-key calls.")
     ap.add_argument("--batch", type=int, default=300, help="In-process 100-key calls.")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="Interleaved rounds: the online stores take turns this many times.")
     ap.add_argument("--feast", action="store_true", help="Also run Feast on the same data.")
     ap.add_argument("--feast-venv", default=os.path.join(tempfile.gettempdir(), "feast-venv"))
     ap.add_argument("--no-redis", action="store_true")
@@ -389,9 +443,13 @@ def main() -> None:
     if redis:
         stores.append(("redis", redis))
     result: dict[str, float] = {}
+    rounds = max(1, args.rounds)
+    servers: dict[str, ServerProcess] = {}
     try:
+        opened: dict[str, FeatureStore] = {}
+        keys: list[int] = []
         for label, url in stores:
-            store = FeatureStore(root, online_store=url)
+            store = opened[label] = FeatureStore(root, online_store=url)
             t = time.perf_counter()
             [res] = publish(store, ["raw0"], force=True)
             print(f"[{label}] publish: {res.entities:,} entities, {res.rows:,} rows kept, "
@@ -400,11 +458,23 @@ def main() -> None:
             assert art is not None
             keys = (pl.scan_parquet(store.root / art["path"]).select(pl.col(KEY).unique())
                     .collect().to_series().sort().to_list())
-            single, batch, frames = inprocess(store, keys, moment, args.single, args.batch)
+            warm_up(store, keys, moment)
+        # In-process: the stores take turns, round by round.
+        timed: dict[str, tuple[list[float], list[float], list[pl.DataFrame]]] = {
+            label: ([], [], []) for label in opened}
+        for r, label in rounds_order(list(opened), rounds):
+            single, batch, frames = inprocess(opened[label], keys, moment, args.single // rounds,
+                                              args.batch // rounds, seed=7 + r)
+            timed[label][0].extend(single)
+            timed[label][1].extend(batch)
+            timed[label][2].extend(frames)
+        for label, store in opened.items():
+            single, batch, frames = timed[label]
             checked = check_against_historical(store, frames, moment, f"{label} in-process")
             print(f"[{label}] in-process   1 key : {summary(single)}")
             print(f"[{label}] in-process 100 keys: {summary(batch)}")
-            print(f"[{label}] {checked:,} distinct keys served = get_historical_features", flush=True)
+            print(f"[{label}] {len(frames):,} answers ({checked:,} distinct keys), every value "
+                  "= get_historical_features", flush=True)
             if label == "sqlite":
                 result["inproc_p50_ms"], result["inproc_p99_ms"] = pct(single, 50), pct(single, 99)
                 replay = dt.datetime(2023, 6, 1, tzinfo=dt.UTC)
@@ -416,13 +486,17 @@ def main() -> None:
                 print(f"[{label}] replay at {replay.date()} (kept rows too new: artifact path) "
                       f"1 key: {summary(fallback)}")
             store.close()
-            server = ServerProcess(
+        # HTTP: one server per store, all up at once, taking turns the same way.
+        for label, url in stores:
+            servers[label] = ServerProcess(
                 [sys.executable, "-m", "featurestore", "-s", str(root), "serve", "--port", "0",
                  "--online-store", url], ready="featurestore serving")
-            try:
-                runs = http_suite(server.url, keys, moment, args.seconds, body_of=ours_body(moment))
-            finally:
-                server.stop()
+        runs_by = http_interleaved({label: srv.url for label, srv in servers.items()}, keys,
+                                   moment, args.seconds, rounds)
+        for srv in servers.values():
+            srv.stop()
+        for label, url in stores:
+            runs = runs_by[label]
             answers = [a for _, _, ans in runs.values() for a in ans]
             store = FeatureStore(root, online_store=url)
             checked = check_against_historical(store, answers_to_frames(answers, FEATURES), moment,
@@ -430,8 +504,8 @@ def main() -> None:
             store.close()
             for clients, (lat, rps, _) in runs.items():
                 print(f"[{label}] HTTP {clients:>2} clients: {summary(lat)}  {rps:8.0f} req/s")
-            print(f"[{label}] {len(answers):,} sampled HTTP answers ({checked:,} distinct keys) "
-                  "= get_historical_features", flush=True)
+            print(f"[{label}] {len(answers):,} sampled HTTP answers ({checked:,} distinct keys), "
+                  "every value = get_historical_features", flush=True)
             if label == "sqlite":
                 result["http_p50_ms"] = pct(runs[1][0], 50)
                 result["http_p99_ms"] = pct(runs[1][0], 99)
@@ -440,6 +514,8 @@ def main() -> None:
             with FeatureStore(root) as ours:
                 feast_suite(args, paths.raw(), keys, args.single, args.batch, ours)
     finally:
+        for srv in servers.values():
+            srv.stop()
         if redis:
             from featurestore.online.redis_backend import split_url
 

@@ -176,6 +176,8 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     Checks existence and size, then (with ``checksum``) the recorded sha256, and only then reads
     the schema from the Parquet footer with the engine that will read the data: no byte of a
     damaged file reaches that reader, whose failures on garbage include aborting the process.
+    Without ``checksum`` the footer is first read with pyarrow (an exception on garbage, never
+    an abort) and its row count compared with the registry's.
     A verified checksum is remembered per user (``featurestore.checksums``), so repeat reads
     cost a ``stat``; ``trust_cache=False`` rehashes anyway (``doctor``, ``artifacts --verify``).
     """
@@ -195,6 +197,8 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     if got is not None:
         raise ArtifactError(f"{label}: checksum {got} differs from the recorded "
                             f"{row['checksum']}{_schema_hint(path, expected)}")
+    if not checksum:
+        _check_footer(path, label, row)
     try:
         with reading_artifacts([path]):
             actual = schema_dict(pl.read_parquet_schema(path))
@@ -204,6 +208,21 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     if diffs:
         raise ArtifactError(f"{label}: schema differs from the registry: {diffs}")
     return path
+
+
+def _check_footer(path: Path, label: str, row: dict[str, Any]) -> None:
+    """For bytes no checksum vouched for: read the Parquet footer with pyarrow, which reports a
+    damaged file as an exception (the engine's reader may abort the process on some), and check
+    its row count against the registry's."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except Exception as exc:
+        raise ArtifactError(f"{label}: not a readable Parquet file ({exc})") from None
+    if row.get("row_count") is not None and rows != row["row_count"]:
+        raise ArtifactError(f"{label}: holds {rows} rows, the registry recorded "
+                            f"{row['row_count']}")
 
 
 def _schema_diffs(expected: dict[str, str], actual: dict[str, str]) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli import Ctx, pass_ctx
+from featurestore.cli_output import emit_json, print_table
 
 
 @click.command()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
-from featurestore.lifecycle import KIND_ALIASES, DeleteResult
+from featurestore.cli import Ctx, pass_ctx
+from featurestore.cli_output import emit_json, print_table
+from featurestore.planmodel import KIND_ALIASES
+
+if TYPE_CHECKING:
+    from featurestore.lifecycle import DeleteResult
 
 
 def _describe(result: DeleteResult) -> list[str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import polars as pl
 
-from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli import Ctx, pass_ctx
+from featurestore.cli_output import emit_json, print_table
 from featurestore.cli_values import (
     check_output_path,
     engine_option,
@@ -18,6 +19,9 @@ from featurestore.cli_values import (
 )
 from featurestore.errors import DataError
 
+if TYPE_CHECKING:
+    import polars as pl
+
 
 def _features(values: tuple[str, ...]) -> list[str] | str:
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
@@ -27,6 +31,8 @@ def _features(values: tuple[str, ...]) -> list[str] | str:
 
 
 def _read_entities(path: str) -> pl.DataFrame:
+    import polars as pl
+
     p = Path(path)
     if p.is_file() and p.stat().st_size == 0:
         raise DataError(f"{path}: entity file is empty (0 bytes); expected Parquet (or CSV) with "

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import click
 
-from featurestore.cli import Ctx, emit_json, pass_ctx, print_table
+from featurestore.cli import Ctx, pass_ctx
+from featurestore.cli_output import emit_json, print_table
 from featurestore.errors import DefinitionError, FeatureStoreError
 
 PUBLISH_COLUMNS = ["view", "status", "view_version", "artifact_id", "entities", "changed",

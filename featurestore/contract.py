@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.errors import DefinitionError, PluginError
+from featurestore.errors import DefinitionError, FeatureStoreError, PluginError
 from featurestore.framediff import LEFT, RIGHT, multiset_fingerprint
 from featurestore.transforms import Params, Transform, TransformContext
 
@@ -53,6 +53,32 @@ def type_name(obj: object) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
+def run_transform(transform: Transform, params: Params, frame: pl.DataFrame | pl.LazyFrame,
+                  ctx: TransformContext, what: str, *, during: str = "",
+                  collect_output: bool = False) -> Any:
+    """Call ``transform`` on ``frame.lazy()``; what it raises becomes a ``PluginError`` naming
+    ``what`` (and ``during``, e.g. "on the full input"), except a ``FeatureStoreError``, which
+    already names its cause and passes unchanged.
+
+    With ``collect_output`` the result must be a polars frame and is collected inside the same
+    guard (a lazy plan's errors surface at collect time); otherwise it is returned as given, for
+    ``check_contract`` to judge.
+    """
+    try:
+        result = transform(frame.lazy(), params, ctx)
+        if collect_output:
+            if not isinstance(result, pl.LazyFrame | pl.DataFrame):
+                raise PluginError(f"{what} returned {type_name(result)}, expected a polars "
+                                  "LazyFrame")
+            result = collect(result)
+        return result
+    except FeatureStoreError:
+        raise
+    except Exception as exc:
+        when = f" {during}" if during else ""
+        raise PluginError(f"{what} failed{when}: {type(exc).__name__}: {exc}") from exc
+
+
 def _count_mismatch(inp: pl.DataFrame, out: pl.DataFrame, cols: list[str]) -> dict[str, Any] | None:
     """The first combination of ``cols`` whose number of rows differs between inp and out."""
     a = inp.group_by(cols).agg(pl.len().alias(LEFT))
@@ -74,7 +100,7 @@ def declared_output_schema(transform: Transform, params: Params,
     """
     what = what or describe(transform)
     try:
-        declared = dict(transform.declared_schema(params, input_schema))
+        declared = dict(transform.declared_schema(params, input_schema, ctx))
     except ValueError as exc:
         raise DefinitionError(f"{what} rejected its params: {exc}") from exc
     except Exception as exc:

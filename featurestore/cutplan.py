@@ -73,9 +73,9 @@ from featurestore.cutsites import (
     entity_blocks,
     group_blocks,
     hash_columns,
-    sorted_by,
 )
 from featurestore.errors import DataError
+from featurestore.layout import sorted_by
 from featurestore.transforms import TransformContext
 from featurestore.verifyreport import (
     DEFAULT_BUDGET_FRACTION,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from featurestore.layout import sorted_by
 from featurestore.transforms import TransformContext
 
 CATEGORIES: tuple[str, ...] = (
@@ -180,19 +181,6 @@ def hash_columns(columns: Sequence[str], seed: int) -> pl.Expr:
     for i, c in enumerate(columns):
         out = out ^ pl.col(c).hash(seed=HASH_SEED + seed + 7919 * i)
     return out.hash(seed=HASH_SEED + seed)
-
-
-def sorted_by(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
-    """Whether rows are sorted ascending by ``columns`` (nulls last), lexicographically."""
-    if frame.height < 2:
-        return True
-    before, tied = pl.lit(False), pl.lit(True)
-    for c in columns:
-        prev, cur = pl.col(c).shift(1), pl.col(c)
-        less = (prev.is_not_null() & cur.is_null()) | (prev < cur).fill_null(False)
-        before = before | (tied & less)
-        tied = tied & prev.eq_missing(cur)
-    return bool(frame.select((before | tied).slice(1).all()).item())
 
 
 def _low_cardinality(dtype: pl.DataType) -> bool:

@@ -11,13 +11,14 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from featurestore.errors import DefinitionError
-from featurestore.tiers import DEFAULT_TIERS, Tier, TierOrder, parse_duration
+from featurestore.tiers import Tier, parse_duration
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "uncompressed")
@@ -95,6 +96,9 @@ class Source:
     timezone: str | None = None
     available_time: str | None = None
     fills: tuple[Fill, ...] = ()
+    # The source's own lag (``"4h"``, seconds or a timedelta), overriding its tier's lag: rows
+    # become available at event_time + available_lag. None: the tier's lag.
+    available_lag: str | int | float | timedelta | None = None
     on_duplicate: str = "error"
     description: str = ""
     owner: str = ""
@@ -165,9 +169,6 @@ class Definitions:
             bucket.append(obj)
         return defs
 
-    def tier_order(self) -> TierOrder:
-        return TierOrder(self.tiers if self.tiers is not None else DEFAULT_TIERS)
-
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys: equal params always serialize to equal text."""
@@ -180,7 +181,7 @@ _KINDS = {
     "tiers": {"name", "lag", "forbidden_before"},
     "entities": {"name", "join_keys", "description"},
     "sources": {"name", "path", "entity", "event_time", "tier", "timezone", "available_time",
-                "fill", "on_duplicate", "description", "owner"},
+                "available_lag", "fill", "on_duplicate", "description", "owner"},
     "views": {"name", "source", "transform", "params", "tier", "description", "owner"},
     "features": {"name", "tier", "view", "source", "column", "dtype", "description", "tags",
                  "owner"},
@@ -288,6 +289,7 @@ def parse_definitions(data: Mapping[str, Any], origin: str = "<definitions>",
                     name=name, path=path, entity=_req(t, "entity", label),
                     event_time=_req(t, "event_time", label), tier=t.get("tier", "historical"),
                     timezone=t.get("timezone"), available_time=t.get("available_time"),
+                    available_lag=t.get("available_lag"),
                     fills=_parse_fills(t.get("fill"), label),
                     on_duplicate=t.get("on_duplicate", "error"),
                     description=t.get("description", ""), owner=t.get("owner", "")))

@@ -259,3 +259,8 @@ def parse_dtype_string(text: str, *, what: str = "registry") -> pl.DataType:
             f"{what}: unknown dtype string {shown!r} ({exc}); featurestore only reads the "
             "dtype names polars prints, such as 'Int64' or \"Datetime(time_unit='us', "
             "time_zone='UTC')\" (the registry row may be damaged or edited by hand)") from None
+
+
+def dtype_from_str(text: str, *, what: str = "registry") -> pl.DataType:
+    """A dtype recorded in the registry; parsed by a fixed grammar, never evaluated."""
+    return parse_dtype_string(text, what=what)

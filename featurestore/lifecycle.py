@@ -57,6 +57,7 @@ from featurestore.errors import (
     NotFoundError,
 )
 from featurestore.plan import KIND_ORDER, column_view_row
+from featurestore.planmodel import KIND_ALIASES
 from featurestore.readers import gc_mutex, grace_period
 from featurestore.registry import Registry, decode_artifact, decode_row, deleted_error, utcnow
 from featurestore.tiers import parse_duration
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
     from featurestore.store import FeatureStore
 
 # Spellings accepted for a kind on the command line and in the API.
-KIND_ALIASES = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
-                "feature-set": "feature_set", "feature_set": "feature_set"}
 _LABEL = {"entity": "entity", "source": "source", "view": "view", "feature": "feature",
           "feature_set": "feature set"}
 # Dependents are deleted before what they depend on (and listed in that order).
@@ -121,7 +120,7 @@ class DeleteResult:
 
 # Who refers to an object of each kind: (their kind, the field naming it, how to say so).
 _REFERENCES = {
-    "entity": (("source", "entity", "its entity is {}"), ("feature", "entity", "its entity is {}")),
+    "entity": (("source", "entity", "belongs to {}"), ("feature", "entity", "belongs to {}")),
     "source": (("view", "source", "reads {}"), ("feature", "source", "reads {}")),
     "view": (("feature", "view", "is computed by {}"),),
 }
@@ -337,7 +336,16 @@ def gc(store: FeatureStore, *, keep: int = 0, older_than: timedelta | str | None
     age = None if older_than is None else parse_duration(older_than, what="--older-than")
     if dry_run:
         with store.registry.read() as conn:
-            return decide_gc(conn, store, keep=keep, older_than=age)
+            result = decide_gc(conn, store, keep=keep, older_than=age)
+        # Say now what a real run would find already gone, as the real run reports it.
+        for row in result.removed:
+            try:
+                gone = not confine(store.root, row["path"]).exists()
+            except ArtifactError:
+                gone = True
+            if gone:
+                result.missing.append(row["path"])
+        return result
 
     def txn(conn: Connection) -> GcResult:
         result = decide_gc(conn, store, keep=keep, older_than=age)

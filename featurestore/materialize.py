@@ -18,8 +18,9 @@ import polars as pl
 
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
-from featurestore.errors import DataError, FeatureStoreError, NotFoundError, PluginError
+from featurestore.errors import DataError, NotFoundError, PluginError
 from featurestore.incremental import growth, new_output_rows, recompute_input
+from featurestore.layout import sort_for_retrieval
 from featurestore.readers import reads_artifacts
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 
@@ -43,38 +44,6 @@ class MaterializeResult:
                 "verification_report": json.loads(a.get("verification_report") or "{}"),
                 "seconds_transform": round(self.seconds_transform, 3),
                 "seconds_verify": round(self.seconds_verify, 3)}
-
-
-def retrieval_order(keys: Sequence[str]) -> list[str]:
-    """The physical row order of view artifacts: what lets retrieval skip sorting them."""
-    return [*keys, AVAILABLE_AT, EVENT_TIMESTAMP]
-
-
-def sort_for_retrieval(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
-    # Stable, so rows tied on every sort column keep ingestion order (later row = later ingest).
-    # Transforms usually return rows in (keys, event time) order, which is already retrieval
-    # order when availability follows event time: one comparison pass saves a sort and a copy.
-    if in_order(frame, retrieval_order(keys)):
-        return frame
-    return frame.sort(retrieval_order(keys), maintain_order=True)
-
-
-def in_order(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
-    """Whether rows are already sorted ascending by ``columns`` (nulls first), lexicographically."""
-    if frame.height < 2:
-        return True
-    before = pl.lit(False)
-    tied = pl.lit(True)
-    for c in columns:
-        prev, cur = pl.col(c).shift(1), pl.col(c)
-        both = prev.is_not_null() & cur.is_not_null()
-        less = (prev.is_null() & cur.is_not_null()) | (both & (prev < cur))
-        equal = (prev.is_null() & cur.is_null()) | (both & (prev == cur))
-        before = before | (tied & less)
-        tied = tied & equal
-    ok = (before | tied).slice(1)
-    # Streaming keeps the shifted copies chunk-sized instead of column-sized.
-    return bool(frame.lazy().select(ok.all()).collect(engine="streaming").item())
 
 
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
@@ -242,15 +211,9 @@ def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.Laz
     ``ids`` (the input's key and time columns) with ``input_schema`` lets the check run
     without the whole input in memory when ``frame`` is a lazy scan.
     """
-    from featurestore.contract import check_contract
+    from featurestore.contract import check_contract, describe, run_transform
 
-    try:
-        result = transform(frame.lazy(), params, ctx)
-    except FeatureStoreError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"transform {transform.name!r} (plugin {plugin!r}, view {view!r}) "
-                          f"failed: {type(exc).__name__}: {exc}") from exc
+    result = run_transform(transform, params, frame, ctx, describe(transform, plugin or "", view))
     # check_contract collects the output once and returns it: the transform runs only once.
     return check_contract(transform, params, frame if ids is None else ids, result, ctx,
                           plugin=plugin or "", view=view, input_schema=input_schema)

@@ -24,6 +24,7 @@ _LATER_COLUMNS = {
     "tiers": {"forbidden_columns"},
     **{t.name: {"deleted_at"} for t in schema.VERSIONED.values()},
 }
+_LATER_COLUMNS["sources"] = {"deleted_at", "available_lag_seconds"}
 
 
 def _v1_tables() -> MetaData:
@@ -74,7 +75,12 @@ def _to_v4(conn: Connection) -> None:
     frozen.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
+def _to_v5(conn: Connection) -> None:
+    # A source may declare its own availability lag (``available_lag``), overriding its tier's.
+    conn.execute(text("ALTER TABLE sources ADD COLUMN available_lag_seconds FLOAT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
 LATEST = len(MIGRATIONS)
 
 

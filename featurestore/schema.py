@@ -76,6 +76,8 @@ sources = _versioned(
     Column("tier", String(128), ForeignKey("tiers.name"), nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("available_time", String(256)),
+    # The source's own lag in seconds, overriding its tier's; null: the tier's lag.
+    Column("available_lag_seconds", Float),
     Column("fills", Text, nullable=False, default="[]"),
     Column("on_duplicate", String(16), nullable=False, default="error"),
     Column("schema", Text, nullable=False),

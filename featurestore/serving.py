@@ -12,12 +12,13 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
 from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
+from featurestore.dtypes import dtype_from_str
 from featurestore.errors import (
     DataError,
     DataWarning,
@@ -25,21 +26,38 @@ from featurestore.errors import (
     LeakageError,
     NotFoundError,
 )
-from featurestore.plan import dtype_from_str
 from featurestore.retrieval import (
     ViewFrame,
     audit,
+    availability_column,
     point_in_time_join_lazy,
 )
 from featurestore.tiers import TierOrder, parse_duration
+from featurestore.windowserve import is_window, window_request, window_values
 
 if TYPE_CHECKING:
-    from featurestore.store import FeatureStore
+    from featurestore.registry import Registry
 
 FeatureRefs = str | Sequence[str]
 
 
-def _artifact_for(store: FeatureStore, feature: dict[str, Any],
+class ServingStore(Protocol):
+    """What serving reads from a store (``FeatureStore`` is one). A protocol, so this module
+    never imports ``featurestore.store``, which imports it."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def tiers(self) -> TierOrder: ...
+
+    def resolve_features(self, features: str | Sequence[str]) -> list[dict[str, Any]]: ...
+
+
+def _artifact_for(store: ServingStore, feature: dict[str, Any],
                   cache: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]
                   ) -> dict[str, Any]:
     """The newest artifact of the view version that computes this feature version.
@@ -92,7 +110,7 @@ def output_names(features: Sequence[dict[str, Any]]) -> list[str]:
     return [f"{f['name']}@{f['version']}" if counts[f["name"]] > 1 else f["name"] for f in features]
 
 
-def served_artifacts(store: FeatureStore, features: list[dict[str, Any]]
+def served_artifacts(store: ServingStore, features: list[dict[str, Any]]
                      ) -> list[tuple[dict[str, Any], dict[str, str], str]]:
     """``(artifact, {output column: artifact column}, entity)`` per artifact a request reads."""
     groups: dict[int, tuple[dict[str, Any], dict[str, str], str]] = {}
@@ -121,17 +139,21 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
             "--no-verify, or pass allow_unverified=True (--allow-unverified) to accept them")
 
 
-def view_frames(store: FeatureStore, features: list[dict[str, Any]], *,
+def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
-                paths: list[Path] | None = None) -> list[ViewFrame]:
+                paths: list[Path] | None = None,
+                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None
+                ) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
     ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
     per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
     regardless). ``paths``, when given, receives each artifact's file, for error messages.
+    ``groups`` (from ``served_artifacts``) replaces resolving ``features`` again.
     """
-    groups = served_artifacts(store, features)
+    if groups is None:
+        groups = served_artifacts(store, features)
     check_verified([art for art, _, _ in groups], allow_unverified)
     frames = []
     for art, mapping, entity_name in groups:
@@ -185,7 +207,7 @@ def _check_nulls(query: pl.DataFrame, frames: list[ViewFrame], cutoff: str, stri
                   DataWarning, stacklevel=4)
 
 
-def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.LazyFrame,
+def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.LazyFrame,
                             features: FeatureRefs, *, tier: str, inclusive: bool = False,
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
@@ -194,29 +216,53 @@ def get_historical_features(store: FeatureStore, entity_df: pl.DataFrame | pl.La
                             engine: str | None = None) -> pl.DataFrame | pl.LazyFrame:
     from featurestore.engines import engine_name, get_engine
 
-    runner = None if lazy else get_engine(engine)  # an unknown engine fails before any work
+    runner = get_engine(engine)  # an unknown engine fails before any work
     if lazy and engine_name(engine) != "polars":
         raise DefinitionError(f"a lazy frame is a Polars plan: engine {engine_name(engine)!r} "
                               "cannot build one; use get_historical_features")
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
+    groups = served_artifacts(store, rows)
+    check_verified([art for art, _, _ in groups], allow_unverified)
     paths: list[Path] = []
-    frames = view_frames(store, rows, verify_checksums=verify_checksums,
-                         allow_unverified=allow_unverified, paths=paths)
-    _check_query(entity_df, frames, cutoff)
-    if not lazy:
+    frames = view_frames(store, rows, verify_checksums=verify_checksums, paths=paths,
+                         groups=[g for g in groups if not is_window(g[0])],
+                         allow_unverified=allow_unverified)
+    # Windows anchored at the cutoff are computed from the view's input snapshot.
+    windows = [window_request(store, art, mapping,
+                              store.registry.get("entity", entity)["join_keys"],
+                              verify_checksums=verify_checksums)
+               for art, mapping, entity in groups if is_window(art)]
+    paths += [w.path for w in windows]
+    checked = frames + [ViewFrame(w.view, pl.LazyFrame(), w.keys, {}) for w in windows]
+    _check_query(entity_df, checked, cutoff)
+    if not lazy or windows:
         # The eager engine collects the query anyway; a lazy plan is not run twice for a count.
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
-        _check_nulls(entity_df, frames, cutoff, strict)
+        _check_nulls(entity_df, checked, cutoff, strict)
+    n_views = len(frames)  # paths: the views' artifacts first, then the windows' snapshots
     with reading_artifacts(paths):
-        if runner is None:
+        if lazy and not windows:
             return point_in_time_join_lazy(
                 entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
                 cutoff_timezone=cutoff_timezone, with_availability=with_availability)
-        return runner.point_in_time_join(  # type: ignore[no-any-return]
-            entity_df, frames, paths, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-            cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        result = runner.point_in_time_join(
+            entity_df, frames, paths[:n_views], cutoff=cutoff, inclusive=inclusive,
+            ttl=_ttl(ttl), cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if not windows:
+            return result  # type: ignore[no-any-return]
+        assert isinstance(entity_df, pl.DataFrame) and isinstance(result, pl.DataFrame)
+        added = [s for w in windows for s in window_values(
+            w, entity_df, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
+            cutoff_timezone=cutoff_timezone, with_availability=with_availability)]
+    result = result.with_columns(added)
+    order = list(entity_df.columns)
+    for _, mapping, _ in groups:  # each view's features, then their availability
+        order += list(mapping)
+        order += [availability_column(o) for o in mapping] if with_availability else []
+    result = result.select(order)
+    return result.lazy() if lazy else result
 
 
 def missing_tier_error(tiers: TierOrder) -> DefinitionError:

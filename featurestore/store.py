@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from sqlalchemy import Connection, select
 
-from featurestore import schema
+from featurestore import catalog, schema
 from featurestore.artifacts import (
     WrittenArtifact,
     engine_read_fault,
@@ -40,19 +40,19 @@ from featurestore.errors import (
     ArtifactError,
     DataError,
     DefinitionError,
-    DeletedError,
     NotFoundError,
     ReadOnlyStoreError,
 )
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
 from featurestore.readers import ensure_lock_files, reading
-from featurestore.registry import Registry, utcnow
+from featurestore.registry import utcnow
 from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
 from featurestore.tiers import TierOrder
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
+    from featurestore.materialize import MaterializeResult
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 DEFINITIONS_FILE = "features.toml"
@@ -204,53 +204,19 @@ class FeatureStore:
     def list(self, kind: str, *, tier: str | None = None, entity: str | None = None,
              tag: str | None = None) -> list[dict[str, Any]]:
         """Newest versions of every ``kind`` object (entity, source, view, feature, feature_set)."""
-        if kind == "artifact":
-            rows = self.registry.artifacts()
-        elif kind == "tier":
-            return [{"name": t.name, "position": t.position, "lag_seconds": t.lag.total_seconds(),
-                     "forbidden_before": list(t.forbidden_before)} for t in self.tiers]
-        else:
-            if kind not in schema.VERSIONED:
-                raise DefinitionError(f"cannot list {kind!r}; choose entity, source, view, feature, "
-                                      "feature_set, artifact or tier")
-            rows = list(self.registry.latest(kind).values())
-        if tier:
-            self.tiers.get(tier)
-            rows = [r for r in rows if r.get("tier") == tier]
-        if entity:
-            rows = [r for r in rows if r.get("entity") == entity or
-                    (kind == "entity" and r["name"] == entity)]
-        if tag:
-            rows = [r for r in rows if tag in (r.get("tags") or [])]
-        return rows
+        return catalog.list_objects(self.registry, self.tiers, kind, tier=tier, entity=entity, tag=tag)
 
     def find(self, name: str) -> tuple[str, dict[str, Any]]:
         """Look a name up across kinds; return ``(kind, newest row)``.
 
         A deleted object raises ``DeletedError`` (a ``NotFoundError``) saying when.
         """
-        deleted: DeletedError | None = None
-        for kind in ("feature", "view", "source", "entity", "feature_set"):
-            try:
-                return kind, self.registry.get(kind, name)
-            except DeletedError as exc:
-                deleted = deleted or exc
-            except NotFoundError:
-                continue
-        if deleted is not None:
-            raise deleted
-        raise NotFoundError(f"nothing named {name!r} is registered")
+        return catalog.find(self.registry, name)
 
     def history(self, name: str) -> tuple[str, list[dict[str, Any]]]:
         """Every version of the object called ``name``, oldest first; a deleted object's too
         (its rows carry ``deleted_at``)."""
-        try:
-            kind, _ = self.find(name)
-        except DeletedError:
-            with self.registry.read() as conn:
-                kind = next(k for k in ("feature", "view", "source", "entity", "feature_set")
-                            if name in Registry.latest_rows(conn, k, deleted=True))
-        return kind, self.registry.history(kind, name)
+        return catalog.history(self.registry, name)
 
     # ------------------------------------------------------------------ lifecycle
     def delete(self, kind: str, name: str, *, cascade: bool = False,
@@ -280,18 +246,38 @@ class FeatureStore:
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
         digest = hashlib.sha256(canonical_json({k: src[k] for k in (
             "name", "version", "path", "entity", "event_time", "timezone", "available_time",
-            "fills", "on_duplicate", "tier")}).encode())
+            "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
+                "available_lag_seconds": src["available_lag_seconds"]}
+                if src.get("available_lag_seconds") is not None else {})).encode())
         digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
         for f in resolve_files(absolute_source_path(src["path"], self.root)):
             # Content, not mtime: a rewritten but identical file is not new input.
             digest.update(f"{f}:{file_checksum(Path(f))}".encode())
         return "sha256:" + digest.hexdigest()
 
+    def materialize(self, views: Sequence[str] | None = None, *, verify: bool = True,
+                    samples: int | None = None, budget: float | None = None,
+                    force: bool = False, progress: Progress | None = None,
+                    strict: bool = False) -> list[MaterializeResult]:
+        """Compute views (all by default) into verified artifacts; see
+        ``featurestore.materialize.materialize`` (the same function, kept for callers)."""
+        from featurestore.cutplan import DEFAULT_SAMPLES
+        from featurestore.materialize import materialize
+
+        return materialize(self, views, verify=verify,
+                           samples=DEFAULT_SAMPLES if samples is None else samples,
+                           budget=budget, force=force, progress=progress, strict=strict)
+
+    def source_lag(self, src: Mapping[str, Any]) -> timedelta:
+        """A registered source's availability lag: its own ``available_lag``, else its tier's."""
+        own = src.get("available_lag_seconds")
+        return timedelta(seconds=own) if own is not None else self.tiers.get(src["tier"]).lag
+
     def read_source(self, name: str) -> pl.DataFrame:
         """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
         src = self.registry.get("source", name)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
-        lag = self.tiers.get(src["tier"]).lag
+        lag = self.source_lag(src)
         path = absolute_source_path(src["path"], self.root)
         lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],
@@ -469,52 +455,7 @@ class FeatureStore:
         Several versions of one feature may be requested; ``serving.output_names`` gives each
         its own output column (``name@version``).
         """
-        gone_set: DeletedError | None = None
-        if isinstance(features, str):
-            try:
-                fs = self.registry.get("feature_set", features)
-            except NotFoundError as exc:
-                gone_set = exc if isinstance(exc, DeletedError) else None
-                features = [features]
-            else:
-                return [self.registry.get("feature", r["name"], r["version"]) for r in fs["features"]]
-        rows = []
-        seen = set()
-        for ref in features:
-            view, _, rest = ref.rpartition(":")
-            name, _, version = rest.partition("@")
-            try:
-                row = self.registry.get("feature", name, int(version) if version else None)
-            except ValueError:
-                raise DefinitionError(f"feature reference {ref!r}: version must be a number") from None
-            except DeletedError:
-                raise
-            except NotFoundError:
-                if gone_set is not None:
-                    raise gone_set from None
-                if version:
-                    self._missing_version(name, int(version))
-                known = sorted(self.registry.latest("feature"))
-                hint = f"; registered features: {', '.join(known[:20])}" if known else ""
-                raise NotFoundError(f"feature {name!r} is not registered{hint}") from None
-            if view and row["view"] != view:
-                raise NotFoundError(f"feature {name!r} belongs to view {row['view']!r}, not {view!r}")
-            # Two versions of one feature may be requested together (columns name@version);
-            # the same version twice is a mistake.
-            if (name, row["version"]) in seen:
-                raise DefinitionError(f"feature {name!r} version {row['version']} is requested twice")
-            seen.add((name, row["version"]))
-            rows.append(row)
-        return rows
-
-    def _missing_version(self, name: str, version: int) -> None:
-        """Raise ``NotFoundError`` naming the versions ``name`` has, when it has any."""
-        try:
-            versions = [r["version"] for r in self.registry.history("feature", name)]
-        except NotFoundError:
-            return
-        raise NotFoundError(f"feature {name!r} has no version {version}; registered versions: "
-                            f"{', '.join(map(str, versions))} (newest {versions[-1]})")
+        return catalog.resolve_features(self.registry, features)
 
     # ------------------------------------------------------------------ retrieval
     def get_historical_features(self, entity_df: pl.DataFrame | pl.LazyFrame,

@@ -31,7 +31,12 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.contract import check_contract, declared_output_schema
+from featurestore.contract import (
+    check_contract,
+    declared_output_schema,
+    describe,
+    run_transform,
+)
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.errors import FeatureStoreError
 from featurestore.framediff import first_difference
@@ -153,10 +158,9 @@ def sample_laps(
 def _run(transform: Transform, frame: pl.DataFrame, params: Params, ctx: TransformContext,
          check: str) -> Any:
     try:
-        return transform(frame.lazy(), params, ctx)
-    except Exception as exc:
-        raise ConformanceError(check, f"transform {transform.name!r} raised "
-                                      f"{type(exc).__name__}: {exc}") from exc
+        return run_transform(transform, params, frame, ctx, describe(transform))
+    except FeatureStoreError as exc:
+        raise ConformanceError(check, str(exc)) from exc
 
 
 def _contract(transform: Transform, params: Params, frame: pl.DataFrame, ctx: TransformContext,

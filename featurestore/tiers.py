@@ -7,8 +7,8 @@ available at ``event_time + lag(T)``. Retrieval at tier T may use features of ti
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from featurestore.errors import DefinitionError, LeakageError
@@ -47,18 +47,22 @@ def format_duration(value: timedelta) -> str:
 
 @dataclass(frozen=True)
 class Tier:
-    """One availability phase.
+    """One availability phase: ``Tier("race", lag="4h")``.
 
+    ``lag`` takes what TOML takes (``"4h"``, ``"30m"``, seconds) or a ``timedelta``. Tiers
+    declared without ``position`` are ordered as declared (the old positional form,
+    ``Tier("race", 3, timedelta(hours=4))``, still works; one list cannot mix the two).
     ``forbidden_before`` names columns that hold information of this tier: no source of an
     earlier tier may carry a column of that name (checked at apply). Kept sorted and unique.
     """
 
     name: str
-    position: int
-    lag: timedelta = timedelta(0)
+    position: int | None = None
+    lag: timedelta | str | int | float = timedelta(0)
     forbidden_before: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lag", parse_duration(self.lag, what=f"tier {self.name!r} lag"))
         object.__setattr__(self, "forbidden_before", tuple(sorted(set(self.forbidden_before))))
 
 
@@ -74,7 +78,15 @@ class TierOrder:
     """An ordered set of tiers with lookups that fail with a readable error."""
 
     def __init__(self, tiers: Iterable[Tier]) -> None:
-        ordered = sorted(tiers, key=lambda t: t.position)
+        tiers = list(tiers)
+        unplaced = [t.name for t in tiers if t.position is None]
+        if unplaced and len(unplaced) != len(tiers):
+            raise DefinitionError(
+                f"tiers: {', '.join(unplaced)} have no position while others do; give every "
+                "tier a position or none (then they are ordered as declared)")
+        if unplaced:
+            tiers = [replace(t, position=i) for i, t in enumerate(tiers)]
+        ordered = sorted(tiers, key=lambda t: t.position)  # type: ignore[arg-type,return-value]
         if not ordered:
             raise DefinitionError("tiers: at least one tier must be declared")
         names = [t.name for t in ordered]
@@ -82,10 +94,6 @@ class TierOrder:
             raise DefinitionError(f"tiers: duplicate tier names in {names}")
         self.tiers: tuple[Tier, ...] = tuple(ordered)
         self._by_name = {t.name: t for t in ordered}
-
-    @classmethod
-    def from_names(cls, specs: Sequence[tuple[str, timedelta]]) -> TierOrder:
-        return cls(Tier(name, i, lag) for i, (name, lag) in enumerate(specs))
 
     @property
     def names(self) -> list[str]:

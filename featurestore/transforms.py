@@ -19,6 +19,7 @@ The contract a transform keeps (checked by the core and by ``featurestore.testin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,24 @@ class TransformContext:
 
 
 TransformFn = Callable[[pl.LazyFrame, Params, TransformContext], pl.LazyFrame]
-OutputColumnsFn = Callable[[Params, Mapping[str, pl.DataType]], Mapping[str, pl.DataType]]
+# ``output_columns(params, input_schema)`` or, to see the keys, ``(params, input_schema, ctx)``.
+OutputColumnsFn = Callable[..., Mapping[str, pl.DataType]]
+
+
+def takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether ``output_columns`` accepts the context: a third positional parameter, ``ctx``
+    by keyword, or ``*args``. Plugins written for the two-argument form keep working."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for p in parameters:
+        if p.kind is p.VAR_POSITIONAL or p.name == "ctx":
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 3
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,9 @@ class Transform:
 
     ``output_columns(params, input_schema)`` returns the columns and dtypes ``fn`` will add; it
     must raise ``ValueError`` with a readable message for invalid params or a missing input
-    column. ``lookback(params)`` says how many earlier rows per entity a row's value may depend on
+    column. Declared with a third parameter, ``output_columns(params, input_schema, ctx)``, it
+    also receives the ``TransformContext`` (the entity's keys), for wrappers that must not
+    guess them. ``lookback(params)`` says how many earlier rows per entity a row's value may depend on
     (``None``: the whole history), which lets incremental materialization recompute only new rows
     plus that look-back.
 
@@ -81,9 +101,18 @@ class Transform:
     input_columns: Callable[[Params], Sequence[str]] | None = None
 
     def declared_schema(
-        self, params: Params, input_schema: Mapping[str, pl.DataType]
+        self,
+        params: Params,
+        input_schema: Mapping[str, pl.DataType],
+        ctx: TransformContext | None = None,
     ) -> dict[str, pl.DataType]:
-        """Return the declared output columns, with ``ValueError`` for bad params."""
+        """Return the declared output columns, with ``ValueError`` for bad params.
+
+        ``ctx`` (the keys and time columns) reaches an ``output_columns`` that takes it (see
+        ``takes_context``); without one, such a function gets a context with no keys.
+        """
+        if takes_context(self.output_columns):
+            return dict(self.output_columns(params, input_schema, ctx or TransformContext(())))
         return dict(self.output_columns(params, input_schema))
 
     def __call__(

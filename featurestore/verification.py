@@ -74,8 +74,8 @@ from featurestore.contract import (
     fmt,
     id_columns,
     row_text,
+    run_transform,
     schema_differences,
-    type_name,
 )
 from featurestore.cutplan import (
     CUT,
@@ -88,9 +88,9 @@ from featurestore.cutplan import (
     default_budget,
     plan_cuts,
 )
-from featurestore.cutsites import sorted_by
 from featurestore.errors import DefinitionError, LeakageError, PluginError
 from featurestore.framediff import first_difference
+from featurestore.layout import sorted_by
 from featurestore.transforms import SCOPES, Params, Transform, TransformContext
 from featurestore.verifyreport import VerificationReport
 
@@ -140,7 +140,8 @@ def verify_causality(
     inp = collect(frame)
     groups = _group_columns(transform, params, inp.schema, what) if scope == "group" else []
     if output is None:
-        output = _run(transform, inp, params, ctx, what, "on the full input")
+        output = run_transform(transform, params, inp, ctx, what, during="on the full input",
+                               collect_output=True)
     ids = id_columns(ctx)
     features = [c for c in output.columns if c not in ids]
     if plan is None:
@@ -225,19 +226,6 @@ def _group_columns(transform: Transform, params: Params, schema: Mapping[str, pl
         raise DefinitionError(f"{what} groups rows by {', '.join(missing)}, which the input "
                               f"lacks; input columns: {', '.join(schema)}")
     return columns
-
-
-def _run(transform: Transform, frame: pl.DataFrame, params: Params, ctx: TransformContext,
-         what: str, during: str) -> pl.DataFrame:
-    try:
-        result = transform(frame.lazy(), params, ctx)
-        if not isinstance(result, pl.LazyFrame | pl.DataFrame):
-            raise PluginError(f"{what} returned {type_name(result)}, expected a polars LazyFrame")
-        return collect(result)
-    except PluginError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{what} failed {during}: {type(exc).__name__}: {exc}") from exc
 
 
 def _positions(pairs: pl.DataFrame) -> pl.Series:
@@ -333,7 +321,8 @@ class _Check:
     def _rerun(self, frame: pl.DataFrame, ctx: TransformContext, during: str) -> pl.DataFrame:
         self.reruns += 1
         self.recomputed += frame.height
-        out = _run(self.transform, frame, self.params, ctx, self.what, during)
+        out = run_transform(self.transform, self.params, frame, ctx, self.what, during=during,
+                            collect_output=True)
         expected = dict(self.output.schema)
         if CUT_ID in ctx.keys:
             expected[CUT_ID] = frame.schema[CUT_ID]
@@ -417,8 +406,8 @@ class _Check:
             kept = self.aligned()[_positions(units)].get_column(self.acol) <= cut
             units = units.with_columns(pl.lit(int(kept.sum()), pl.Int64).alias(ROWS))
         rows, full = self._gather(units)
-        out = _run(self.transform, rows, self.params, self.ctx, self.what,
-                   "on one entity or group alone")
+        out = run_transform(self.transform, self.params, rows, self.ctx, self.what,
+                            during="on one entity or group alone", collect_output=True)
         return self._compare(full, out, self.ids)
 
     def _raise(self, diff: dict[str, Any], *, cut: datetime | None, cause: str,

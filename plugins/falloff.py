@@ -67,6 +67,7 @@ from typing import Any
 import polars as pl
 
 from featurestore.hookspecs import hookimpl
+from featurestore.paramspec import Param, ParamSpec
 from featurestore.transforms import (
     AVAILABLE_AT,
     EVENT_TIMESTAMP,
@@ -84,26 +85,6 @@ KINDS: dict[str, tuple[str, pl.DataType]] = {
     "deg_slope": ("deg_slope", pl.Float64()),
     "slow_lap": ("slow_lap", pl.Boolean()),
 }
-_KEYS = frozenset(
-    {
-        "lap_time_column",
-        "lap_column",
-        "group_by",
-        "pit_column",
-        "jump_seconds",
-        "caution_column",
-        "first_n",
-        "first_n_partial",
-        "slope_window",
-        "slope_min_laps",
-        "slow_k",
-        "slow_window",
-        "slow_min_laps",
-        "outputs",
-        "prefix",
-    }
-)
-
 
 @dataclass(frozen=True)
 class FalloffParams:
@@ -127,60 +108,45 @@ def _fail(message: str) -> ValueError:
     return ValueError(f"{NAME}: {message}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+SPEC = ParamSpec("Params", (
+    Param("lap_time_column", "column", "Numeric lap time in seconds (NaN counts as null).",
+          default="lap_time"),
+    Param("lap_column", "column", "Integer lap number: breaks ties after (event_timestamp, "
+          "available_at) and makes tyre_age count laps rather than rows."),
+    Param("group_by", "columns", "Extra columns (e.g. race_id) that partition stints besides "
+          "the entity keys.", default=[]),
+    Param("pit_column", "column", "Boolean (or integer, nonzero = true) pit-lap flag; null is "
+          "false."),
+    Param("jump_seconds", "number", "A lap that is not a caution lap is also a pit lap when "
+          "its time exceeds the previous row's by more than this.", low=0, exclusive_low=True),
+    Param("caution_column", "column", "Boolean (or integer) caution flag; null is false."),
+    Param("first_n", "int", "Clean laps averaged for delta_first_n.", default=3, low=1),
+    Param("first_n_partial", "bool", "Use the mean of the clean laps so far until first_n "
+          "exist (else null).", default=False),
+    Param("slope_window", "int", "Clean laps in the deg_slope regression.", default=10, low=2),
+    Param("slope_min_laps", "int", "Fewer clean laps than this gives a null deg_slope.",
+          default=lambda v: min(3, v["slope_window"]), low=2, high="slope_window",
+          default_doc="min(3, slope_window)"),
+    Param("slow_k", "number", "slow_lap: lap time above slow_k times the median of the last "
+          "slow_window clean laps.", default=1.05, low=0, exclusive_low=True),
+    Param("slow_window", "int", "Clean laps in the slow_lap median.", default=5, low=1),
+    Param("slow_min_laps", "int", "Fewer clean laps than this gives a null slow_lap.",
+          default=1, low=1, high="slow_window"),
+    Param("outputs", "any", f"A list of kinds among {', '.join(KINDS)}, or an object kind -> "
+          "column name.", default_doc="every kind, default names"),
+    Param("prefix", "str", "Prepended to default output names only.", default=""),
+), doc="Tyre degradation per stint (laps between pit stops).",
+    example={"lap_time_column": "lap_time", "lap_column": "lap", "group_by": ["race_id"],
+             "pit_column": "pit", "outputs": ["stint", "tyre_age", "deg_slope"]})
 
 
 def parse_params(params: Params) -> FalloffParams:
     """Validate params without a schema; ``ValueError`` names the bad param."""
     if not isinstance(params, Mapping):
         raise _fail("params must be a JSON object")
-    unknown = sorted(set(params) - _KEYS)
-    if unknown:
-        raise _fail(f"unknown param(s) {unknown}; allowed: {sorted(_KEYS)}")
-
-    def column(key: str, default: str | None) -> str | None:
-        value = params.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise _fail(f"param '{key}' must be a column name")
-        return value
-
-    def integer(key: str, default: int, low: int, high: int | None = None) -> int:
-        value = params.get(key, default)
-        if not _is_int(value) or value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise _fail(f"param '{key}' must be an int {bound}, got {value!r}")
-        return value
-
-    def positive(key: str, default: float | None) -> float | None:
-        value = params.get(key, default)
-        if value is None:
-            return None
-        if not _is_number(value) or not value > 0 or value == float("inf"):
-            raise _fail(f"param '{key}' must be a positive number, got {value!r}")
-        return float(value)
-
-    lap_time_column = column("lap_time_column", "lap_time")
-    assert lap_time_column is not None
-    group_by = params.get("group_by", [])
-    if not isinstance(group_by, list) or not all(isinstance(c, str) and c for c in group_by):
-        raise _fail("param 'group_by' must be a list of column names")
-    if len(set(group_by)) != len(group_by):
-        raise _fail("param 'group_by' has duplicates")
-    first_n_partial = params.get("first_n_partial", False)
-    if not isinstance(first_n_partial, bool):
-        raise _fail("param 'first_n_partial' must be true or false")
-    slope_window = integer("slope_window", 10, 2)
-    slow_window = integer("slow_window", 5, 1)
-
-    prefix = params.get("prefix", "")
-    if not isinstance(prefix, str):
-        raise _fail("param 'prefix' must be a string")
-    raw_outputs = params.get("outputs", list(KINDS))
+    v = SPEC.parse(params, _fail)
+    prefix = v["prefix"]
+    raw_outputs = v["outputs"] if v["outputs"] is not None else list(KINDS)
     if isinstance(raw_outputs, list):
         if not raw_outputs or not all(isinstance(k, str) for k in raw_outputs):
             raise _fail(f"param 'outputs' must be a non-empty list of kinds {list(KINDS)}")
@@ -205,19 +171,8 @@ def parse_params(params: Params) -> FalloffParams:
             raise _fail(f"param 'outputs': column {name!r} clashes with a reserved column")
 
     return FalloffParams(
-        lap_time_column=lap_time_column,
-        lap_column=column("lap_column", None),
-        group_by=tuple(group_by),
-        pit_column=column("pit_column", None),
-        jump_seconds=positive("jump_seconds", None),
-        caution_column=column("caution_column", None),
-        first_n=integer("first_n", 3, 1),
-        first_n_partial=first_n_partial,
-        slope_window=slope_window,
-        slope_min_laps=integer("slope_min_laps", min(3, slope_window), 2, slope_window),
-        slow_k=positive("slow_k", 1.05) or 1.05,
-        slow_window=slow_window,
-        slow_min_laps=integer("slow_min_laps", 1, 1, slow_window),
+        **{k: v[k] for k in FalloffParams.__dataclass_fields__ if k not in ("outputs", "group_by")},
+        group_by=tuple(v["group_by"]),
         outputs={k: chosen[k] for k in KINDS if k in chosen},
     )
 

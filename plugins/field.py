@@ -77,6 +77,7 @@ import numpy as np
 import polars as pl
 
 from featurestore.hookspecs import hookimpl
+from featurestore.paramspec import REQUIRED, Param, ParamSpec
 from featurestore.transforms import (
     AVAILABLE_AT,
     EVENT_TIMESTAMP,
@@ -96,8 +97,6 @@ KINDS: dict[str, pl.DataType] = {
     "count": pl.Int64(),
 }
 DIRECTED = ("rank", "percentile", "delta_best")
-_KEYS = frozenset({"group_by", "at", "min_count", "outputs"})
-_SPEC_KEYS = frozenset({"kind", "column", "descending"})
 # Window covering every earlier position of a bucket (positions are dense ranks, < 2**32).
 _ALL = f"{2**32}i"
 
@@ -132,21 +131,26 @@ def _fail(message: str) -> ValueError:
     return ValueError(f"{NAME}: {message}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _columns(params: Params, key: str, required: bool) -> tuple[str, ...]:
-    value = params.get(key, None if required else [])
-    if value is None:
-        raise _fail(f"param '{key}' is required: a list of column names, e.g. [\"race_id\"]")
-    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
-        raise _fail(f"param '{key}' must be a list of column names, got {value!r}")
-    if required and not value:
-        raise _fail(f"param '{key}' must name at least one column")
-    if len(set(value)) != len(value):
-        raise _fail(f"param '{key}' has duplicates: {value}")
-    return tuple(value)
+OUTPUT = ParamSpec("An output (`outputs.<column name>`)", (
+    Param("kind", "str", f"One of {', '.join(KINDS)}.", default=REQUIRED),
+    Param("column", "column", "The compared numeric column (NaN counts as null).",
+          default=REQUIRED),
+    Param("descending", "bool", f"Larger is better (for {', '.join(DIRECTED)} only).",
+          default=False),
+), example={"kind": "rank", "column": "lap_time"})
+SPEC = ParamSpec("Params", (
+    Param("group_by", "columns", "Columns that make a group (`[\"race_id\"]`), declared as "
+          "the transform's group columns; at least one.", default=REQUIRED),
+    Param("at", "columns", "Columns that make \"the same moment\" within a group "
+          "(`[\"lap\"]`); none: the whole group is one moment.", default=[]),
+    Param("min_count", "int", "Fewer non-null values than this in the comparison set gives "
+          "null (except count).", default=1, low=1),
+    Param("outputs", "object", "`{output column: output}`, one entry per output column (below).",
+          default=REQUIRED),
+), doc="Each row against the rest of its field at the same moment (a group-scope transform).",
+    example={"group_by": ["race_id"], "at": ["lap"], "outputs": {
+        "lap_time_rank_on_lap": {"kind": "rank", "column": "lap_time"}}},
+    nested=(OUTPUT,))
 
 
 def _parse_output(name: Any, raw: Any) -> Output:
@@ -155,45 +159,28 @@ def _parse_output(name: Any, raw: Any) -> Output:
         raise _fail("param 'outputs' keys must be non-empty output column names")
     if name in (EVENT_TIMESTAMP, AVAILABLE_AT):
         raise _fail(f"param 'outputs': column {name!r} clashes with a reserved column")
-    if not isinstance(raw, Mapping):
-        raise _fail(f"param '{where}' must be an object like "
-                    "{\"kind\": \"rank\", \"column\": \"lap_time\"}")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(f"param '{where}' has unknown key(s) {unknown}; allowed: "
-                    f"{sorted(_SPEC_KEYS)}")
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        raise _fail(f"param '{where}.kind' must be one of {list(KINDS)}, got {kind!r}")
-    column = raw.get("column")
-    if not isinstance(column, str) or not column:
-        raise _fail(f"param '{where}.column' must be a column name, got {column!r}")
-    descending = raw.get("descending", False)
-    if not isinstance(descending, bool):
-        raise _fail(f"param '{where}.descending' must be true or false")
-    if "descending" in raw and kind not in DIRECTED:
+    v = OUTPUT.parse(raw, _fail, f"{where}.")
+    if v["kind"] not in KINDS:
+        raise _fail(f"param '{where}.kind' must be one of {list(KINDS)}, got {v['kind']!r}")
+    if "descending" in raw and v["kind"] not in DIRECTED:
         raise _fail(f"param '{where}.descending' applies only to kinds {list(DIRECTED)}, "
-                    f"not {kind!r}")
-    return Output(name, kind, column, descending)
+                    f"not {v['kind']!r}")
+    return Output(name, v["kind"], v["column"], v["descending"])
 
 
 def parse_params(params: Params) -> FieldParams:
     """Validate params without a schema; ``ValueError`` names the bad param."""
     if not isinstance(params, Mapping):
         raise _fail("params must be a JSON object")
-    unknown = sorted(set(params) - _KEYS)
-    if unknown:
-        raise _fail(f"unknown param(s) {unknown}; allowed: {sorted(_KEYS)}")
-    group_by = _columns(params, "group_by", required=True)
-    at = _columns(params, "at", required=False)
+    v = SPEC.parse(params, _fail)
+    group_by, at = tuple(v["group_by"]), tuple(v["at"])
+    if not group_by:
+        raise _fail("param 'group_by' must name at least one column")
     both = sorted(set(group_by) & set(at))
     if both:
         raise _fail(f"column(s) {both} appear in both 'group_by' and 'at'")
-    min_count = params.get("min_count", 1)
-    if not _is_int(min_count) or min_count < 1:
-        raise _fail(f"param 'min_count' must be an int >= 1, got {min_count!r}")
-    raw = params.get("outputs")
-    if not isinstance(raw, Mapping) or not raw:
+    min_count, raw = v["min_count"], v["outputs"]
+    if not raw:
         raise _fail("param 'outputs' is required: a non-empty object {output column: "
                     "{\"kind\": ..., \"column\": ...}}")
     outputs = tuple(_parse_output(name, spec) for name, spec in raw.items())

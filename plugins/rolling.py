@@ -15,8 +15,9 @@ A spec:
 
 - ``column`` (str): the value column (numeric or Boolean; Boolean counts as Int32 0/1).
   Optional when ``indicator`` names the column.
-- ``windows`` (list): each an int ``N >= 1`` (the last N rows) or a duration string made of
-  ``<int><unit>`` parts with units ``ns us ms s m h d w`` (e.g. ``"30m"``, ``"7d"``, ``"1h30m"``).
+- ``windows`` (list): each an int ``N >= 1`` (the last N rows), a duration string made of
+  ``<int><unit>`` parts with units ``ns us ms s m h d w`` (e.g. ``"30m"``, ``"7d"``, ``"1h30m"``),
+  or ``"all"``: the expanding window, every earlier row of the entity (a row window without end).
 - ``aggs`` (list): any of ``mean std min max sum count``.
 - ``include_current`` (bool, default ``true``): whether the row's own value is in its window.
   The default is what "the mean over the last 5 races" means: the window ends with the row, and
@@ -29,7 +30,8 @@ A spec:
 - ``min_periods`` (int >= 1, default 1): fewer non-null values in the window than this gives
   null (``count`` is never null). For a row window it may not exceed N.
 - ``indicator`` (object, optional): ``{"column": <optional, defaults to column>, <op>: value}``
-  with exactly one op among ``eq ne lt le gt ge in`` (``in`` takes a non-empty list). The value
+  with exactly one op among ``eq ne lt le gt ge in`` (``in`` takes a non-empty list), and
+  ``"ignore_case": true`` to compare strings case-insensitively (``eq ne in``). The value
   becomes Int32 1 where the comparison holds, 0 where it does not, null where the column is null.
   ``laps_led_last_Nl`` is ``{"column": "position", "indicator": {"eq": 1}, "aggs": ["sum"]}``.
 - ``where`` (object, optional): ``{"column": <optional, defaults to column>, <op>: value}``;
@@ -84,7 +86,15 @@ from typing import Any
 
 import polars as pl
 
+from featurestore.conditions import (
+    Condition,
+    check_condition,
+    compare,
+    default_alias,
+    parse_condition,
+)
 from featurestore.hookspecs import hookimpl
+from featurestore.paramspec import Param, ParamSpec
 from featurestore.transforms import (
     AVAILABLE_AT,
     EVENT_TIMESTAMP,
@@ -95,40 +105,54 @@ from featurestore.transforms import (
 
 NAME = "rolling"
 AGGS = ("mean", "std", "min", "max", "sum", "count")
-OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in")
 DEFAULT_NAME = "{column}_{agg}_last_{window}"
+EXPANDING = "all"
+_EXPANDING_ROWS = 2**31 - 1
 _NAME_FIELDS = frozenset({"column", "agg", "window"})
-_SPEC_KEYS = frozenset(
-    {
-        "column",
-        "windows",
-        "aggs",
-        "include_current",
-        "min_periods",
-        "indicator",
-        "where",
-        "name",
-        "alias",
-        "outputs",
-    }
-)
+ITEM = ParamSpec("A rolling spec", (
+    Param("column", "column", "The value column: numeric or Boolean (Boolean counts as Int32 "
+          "0/1). Optional when `indicator` names the column."),
+    Param("windows", "list", "Each an int N >= 1 (the last N rows), a duration like `\"30m\"`, "
+          "`\"7d\"`, `\"1h30m\"` (units ns us ms s m h d w: rows with event time in "
+          "(t - P, t)), or `\"all\"` (every earlier row). Required unless `outputs` is given."),
+    Param("aggs", "list", "Any of mean std min max sum count. Required unless `outputs` is given."),
+    Param("include_current", "bool", "Whether the row's own value is in its window.",
+          default=True),
+    Param("min_periods", "int", "Fewer non-null values than this gives null (count is never "
+          "null); at most N for a row window.", default=1, low=1),
+    Param("indicator", "condition", "Aggregate `column <op> value` as Int32 0/1: "
+          "`{\"column\": ..., <op>: value, \"ignore_case\": bool}`, op one of eq ne lt le gt "
+          "ge in."),
+    Param("where", "condition", "Rows whose condition is false or null contribute null (ignored "
+          "by the aggregations, still counted as a row of a row window)."),
+    Param("name", "any", "Output naming template with fields {column} (the alias), {agg} and "
+          "{window}; or an object agg -> template.", default_doc=f"`\"{DEFAULT_NAME}\"`"),
+    Param("alias", "str", "What {column} means in names.",
+          default_doc="the column, or `<column>_<op>_<value>` with an indicator"),
+    Param("outputs", "object", "`{output name: {\"agg\": ..., \"window\": ...}}`: explicit "
+          "columns instead of windows/aggs/name."),
+), example={"column": "lap_time", "windows": [5, "30m", "all"], "aggs": ["mean", "max"]})
+SPEC = ParamSpec("Params", (
+    Param("features", "list", "Several specs computed in one pass (each an object as below); "
+          "without it the params are one spec."),
+    Param("tie_break", "columns", "Extra ordering columns after (event_timestamp, "
+          "available_at), e.g. `[\"lap\"]` for date-only timestamps; nulls sort first.",
+          default=[]),
+), doc="Per-entity aggregations over the last N rows, a period, or the whole history, computed "
+       "at each row (anchored at the row, not at the cutoff: see `window` for that).",
+    example={"features": [
+        {"column": "finish", "windows": [5], "aggs": ["mean"]},
+        {"column": "position", "indicator": {"eq": 1}, "windows": ["all"], "aggs": ["sum"],
+         "alias": "wins"}], "tie_break": ["race_id"]},
+    nested=(ITEM,))
 _DURATION_PART = re.compile(r"(\d+)(ns|us|ms|s|m|h|d|w)")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A comparison ``column <op> value`` used by ``indicator`` and ``where``."""
-
-    column: str
-    op: str
-    value: Any
 
 
 @dataclass(frozen=True)
 class Output:
     name: str
     agg: str
-    window: int | str  # int: rows; str: a duration
+    window: int | str  # int: rows; str: a duration, or "all" (expanding)
 
 
 @dataclass(frozen=True)
@@ -160,10 +184,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)
-
-
 def is_duration(window: Any) -> bool:
     """Whether ``window`` is a valid positive duration string (``"30m"``, ``"1h30m"``, ...)."""
     if not isinstance(window, str) or not window:
@@ -178,34 +198,7 @@ def is_duration(window: Any) -> bool:
 
 
 def _parse_condition(raw: Any, param: str, default_column: str | None) -> Condition:
-    if not isinstance(raw, Mapping):
-        raise _fail(f"param '{param}' must be an object like {{\"eq\": 1}}")
-    unknown = sorted(set(raw) - {"column", *OPS})
-    if unknown:
-        raise _fail(f"param '{param}' has unknown key(s) {unknown}; ops are {list(OPS)}")
-    ops = [op for op in OPS if op in raw]
-    if len(ops) != 1:
-        raise _fail(f"param '{param}' needs exactly one op among {list(OPS)}, got {ops}")
-    op = ops[0]
-    column = raw.get("column", default_column)
-    if not isinstance(column, str) or not column:
-        raise _fail(f"param '{param}.column' must be a non-empty column name")
-    value = raw[op]
-    if op == "in":
-        if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
-            raise _fail(f"param '{param}.in' must be a non-empty list of scalars")
-        value = tuple(value)
-    elif not _is_scalar(value):
-        raise _fail(f"param '{param}.{op}' must be a string, number or boolean")
-    return Condition(column, op, value)
-
-
-def _default_alias(column: str, indicator: Condition | None) -> str:
-    if indicator is None:
-        return column
-    values = indicator.value if isinstance(indicator.value, tuple) else (indicator.value,)
-    text = "_".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-    return f"{column}_{indicator.op}_{text}"
+    return parse_condition(raw, param, default_column, _fail)
 
 
 def _check_template(template: Any, param: str) -> str:
@@ -221,7 +214,13 @@ def _check_template(template: Any, param: str) -> str:
     return template
 
 
+def _is_time(window: int | str) -> bool:
+    return isinstance(window, str) and window != EXPANDING
+
+
 def _parse_window(window: Any, param: str) -> int | str:
+    if window == EXPANDING:
+        return window
     if _is_int(window):
         if window < 1:
             raise _fail(f"param '{param}' row window must be >= 1, got {window}")
@@ -229,8 +228,8 @@ def _parse_window(window: Any, param: str) -> int | str:
     if isinstance(window, str):
         if not is_duration(window):
             raise _fail(
-                f"param '{param}' must be a row count or a duration like '30m', '7d', "
-                f"'1h30m' (units ns us ms s m h d w), got {window!r}"
+                f"param '{param}' must be a row count, a duration like '30m', '7d', "
+                f"'1h30m' (units ns us ms s m h d w) or 'all', got {window!r}"
             )
         return window
     raise _fail(f"param '{param}' must be an int (rows) or a duration string, got {window!r}")
@@ -246,15 +245,8 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     def p(key: str) -> str:
         return f"{path}{key}"
 
-    if not isinstance(raw, Mapping):
-        raise _fail(f"param '{path.rstrip('.') or 'params'}' must be an object")
-    unknown = sorted(set(raw) - _SPEC_KEYS)
-    if unknown:
-        raise _fail(f"unknown param(s) {[p(k) for k in unknown]}; allowed: {sorted(_SPEC_KEYS)}")
-
-    column = raw.get("column")
-    if column is not None and (not isinstance(column, str) or not column):
-        raise _fail(f"param '{p('column')}' must be a non-empty column name")
+    v = ITEM.parse(raw, _fail, path)
+    column = v["column"]
     indicator = None
     if raw.get("indicator") is not None:
         indicator = _parse_condition(raw["indicator"], p("indicator"), column)
@@ -270,14 +262,9 @@ def _parse_spec(raw: Any, path: str) -> Spec:
     if raw.get("where") is not None:
         where = _parse_condition(raw["where"], p("where"), column)
 
-    include_current = raw.get("include_current", True)
-    if not isinstance(include_current, bool):
-        raise _fail(f"param '{p('include_current')}' must be true or false")
-    min_periods = raw.get("min_periods", 1)
-    if not _is_int(min_periods) or min_periods < 1:
-        raise _fail(f"param '{p('min_periods')}' must be an int >= 1, got {min_periods!r}")
-    alias = raw.get("alias", _default_alias(column, indicator))
-    if not isinstance(alias, str) or not alias:
+    include_current, min_periods = v["include_current"], v["min_periods"]
+    alias = v["alias"] if v["alias"] is not None else default_alias(column, indicator)
+    if not alias:
         raise _fail(f"param '{p('alias')}' must be a non-empty string")
 
     outputs: list[Output] = []
@@ -345,11 +332,7 @@ def parse_params(params: Params) -> Plan:
     """Validate params without a schema and return the plan; ``ValueError`` names the bad param."""
     if not isinstance(params, Mapping):
         raise _fail("params must be a JSON object")
-    tie_break = params.get("tie_break", [])
-    if not isinstance(tie_break, list) or not all(isinstance(c, str) and c for c in tie_break):
-        raise _fail("param 'tie_break' must be a list of column names")
-    if len(set(tie_break)) != len(tie_break):
-        raise _fail("param 'tie_break' has duplicates")
+    tie_break = SPEC.parse(params, _fail, ignore=ITEM.names)["tie_break"]
     if "features" in params:
         extra = sorted(set(params) - {"features", "tie_break"})
         if extra:
@@ -380,29 +363,11 @@ def parse_params(params: Params) -> Plan:
 # --------------------------------------------------------------------------- schema
 
 
-def _comparable(dtype: pl.DataType, value: Any) -> bool:
-    values = value if isinstance(value, tuple) else (value,)
-    if dtype == pl.Boolean:
-        return all(isinstance(v, bool) for v in values)
-    if dtype.is_numeric():
-        return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
-        return all(isinstance(v, str) for v in values)
-    return False
-
-
 def _value_dtype(spec: Spec, schema: Mapping[str, pl.DataType]) -> pl.DataType:
     """The dtype of the series being aggregated (after indicator / Boolean casting)."""
     for cond, key in ((spec.indicator, "indicator"), (spec.where, "where")):
-        if cond is None:
-            continue
-        if cond.column not in schema:
-            raise _fail(f"param '{spec.path}{key}.column': no column {cond.column!r} in input")
-        if not _comparable(schema[cond.column], cond.value):
-            raise _fail(
-                f"param '{spec.path}{key}.{cond.op}': value {cond.value!r} cannot be compared "
-                f"with column {cond.column!r} of dtype {schema[cond.column]}"
-            )
+        if cond is not None:
+            check_condition(cond, schema, f"{spec.path}{key}", _fail)
     if spec.column not in schema:
         raise _fail(f"param '{spec.path}column': no column {spec.column!r} in input")
     if spec.indicator is not None:
@@ -438,7 +403,7 @@ def _declare(plan: Plan, schema: Mapping[str, pl.DataType]) -> dict[str, pl.Data
         value_dtype = _value_dtype(spec, schema)
         for out in spec.outputs:
             temporal = time_dtype is None or isinstance(time_dtype, pl.Datetime | pl.Date)
-            if isinstance(out.window, str) and not temporal:
+            if _is_time(out.window) and not temporal:
                 raise _fail(
                     f"param '{spec.path}windows': time window {out.window!r} needs a temporal "
                     "event time column"
@@ -459,7 +424,7 @@ def lookback(params: Params) -> int | None:
     plan = parse_params(params)
     rows = 0
     for spec, out in plan.outputs:
-        if isinstance(out.window, str):
+        if isinstance(out.window, str):  # a period, or the whole history
             return None
         rows = max(rows, out.window - 1 if spec.include_current else out.window)
     return rows
@@ -468,17 +433,7 @@ def lookback(params: Params) -> int | None:
 # --------------------------------------------------------------------------- compute
 
 
-def _compare(expr: pl.Expr, cond: Condition) -> pl.Expr:
-    if cond.op == "in":
-        return pl.when(expr.is_not_null()).then(expr.is_in(list(cond.value)))
-    return {
-        "eq": expr.__eq__,
-        "ne": expr.__ne__,
-        "lt": expr.__lt__,
-        "le": expr.__le__,
-        "gt": expr.__gt__,
-        "ge": expr.__ge__,
-    }[cond.op](pl.lit(cond.value))
+_compare = compare
 
 
 def _value_expr(
@@ -498,7 +453,9 @@ def _value_expr(
 
 
 def _row_window(value: pl.Expr, spec: Spec, out: Output, sum_dtype: pl.DataType) -> pl.Expr:
-    n, m = int(out.window), spec.min_periods
+    # "all": a window longer than any entity is the whole history so far.
+    n = _EXPANDING_ROWS if out.window == EXPANDING else int(out.window)
+    m = spec.min_periods
     v = value if spec.include_current else value.shift(1)
     if out.agg == "count":
         return v.is_not_null().cast(pl.Int64).rolling_sum(n, min_samples=1)
@@ -565,7 +522,7 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
         if name in base:
             raise _fail(f"output column {name!r} clashes with a key or time column")
     time_dtype = schema.get(ctx.time_column)
-    if any(isinstance(out.window, str) for _, out in plan.outputs) and not isinstance(
+    if any(_is_time(out.window) for _, out in plan.outputs) and not isinstance(
         time_dtype, pl.Datetime | pl.Date
     ):
         raise _fail(
@@ -590,7 +547,7 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
         value_dtype = _value_dtype(spec, schema)
         sum_dtype = _out_dtype("sum", value_dtype)
         for out in spec.outputs:
-            if isinstance(out.window, str):
+            if _is_time(out.window):
                 expr = _time_window(value, spec, out, sum_dtype, ctx.time_column)
             else:
                 expr = _row_window(value, spec, out, sum_dtype)

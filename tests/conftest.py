@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.realdata import shared_data_root
+
 # CI runs every property test on the same examples (HYPOTHESIS_PROFILE=ci, set by .ci/run), so
 # a red build is reproducible; a developer's default run keeps exploring new ones.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
@@ -79,14 +81,8 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The public motorsport data in ../shared/data; skipped when absent unless required."""
-    root = Path(os.environ.get("FEATURESTORE_SHARED_DATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
-    if not root.is_dir():
-        if os.environ.get("FEATURESTORE_TEST_REAL_DATA") == "1":
-            pytest.fail(f"FEATURESTORE_TEST_REAL_DATA=1 but {root} is missing")
-        pytest.skip(f"real data folder {root} is absent")
-    return root
+    """The public motorsport data (see ``tests/realdata.py``)."""
+    return shared_data_root()
 
 
 SPARK_ENV = "FEATURESTORE_TEST_SPARK"

@@ -195,6 +195,36 @@ def test_rerun_failure_is_a_plugin_error():
         verify_causality(transform, {}, frame, CTX)
 
 
+def test_one_wrapper_names_a_crashing_transform_everywhere(tmp_path):
+    """Verification, the conformance kit and the contract helper report a crash the same way,
+    and a featurestore error the transform raises on purpose passes through unchanged."""
+    from featurestore.contract import run_transform
+    from featurestore.errors import DataError
+
+    def crash(frame_, params, ctx):
+        raise ValueError("boom")
+
+    def refuses(frame_, params, ctx):
+        raise DataError("column 'x' is empty")
+
+    crashing = Transform("crashing", crash, lambda p, s: {"f": pl.Float64})
+    refusing = Transform("refusing", refuses, lambda p, s: {"f": pl.Float64})
+    frame = laps()
+    with pytest.raises(PluginError, match=r"^transform 'crashing' failed on the full input: "
+                                          r"ValueError: boom$"):
+        verify_causality(crashing, {}, frame, CTX)
+    with pytest.raises(ConformanceError, match=r"^\[contract\] transform 'crashing' failed: "
+                                               "ValueError: boom$"):
+        assert_transform_conforms(crashing, {}, frame)
+    with pytest.raises(DataError, match=r"^column 'x' is empty$"):
+        verify_causality(refusing, {}, frame, CTX)
+    with pytest.raises(DataError, match=r"^column 'x' is empty$"):
+        run_transform(refusing, {}, frame, CTX, "transform 'refusing'")
+    with pytest.raises(PluginError, match=r"returned builtins\.int, expected a polars LazyFrame"):
+        run_transform(Transform("num", lambda f, p, c: 1, lambda p, s: {}), {}, frame, CTX,
+                      "transform 'num'", collect_output=True)
+
+
 def big_frame(n_entities: int, per_entity: int, seed: int = 1) -> pl.DataFrame:
     start = datetime(2020, 1, 1, tzinfo=UTC)
     return pl.DataFrame({"driver_id": pl.int_range(n_entities * per_entity, eager=True)

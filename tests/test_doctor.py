@@ -81,6 +81,34 @@ def test_tampered_bytes_are_found_by_checksum(store: FeatureStore) -> None:
     assert checksums(store.root) == before
 
 
+def test_unchecked_damaged_footer_is_a_problem_not_a_crash(store: FeatureStore) -> None:
+    """--no-checksums lets unverified bytes through to the footer read: pyarrow reads it first,
+    so a damaged footer is a reported problem, never an aborted process."""
+    art = view_artifact(store)
+    path = store.root / art["path"]
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")  # the footer's length, before the magic
+    data[-8 - footer:-8] = b"\xff" * footer  # the whole footer is garbage; the size is the same
+    path.write_bytes(bytes(data))
+    code, report = doctor(store, "--no-checksums")
+    assert code == 5
+    [problem] = report["problems"]
+    assert f"artifact {art['id']}" in problem and "not a readable Parquet file" in problem
+
+
+def test_unchecked_row_count_is_compared_with_the_registry(store: FeatureStore) -> None:
+    from featurestore.artifacts import verify_artifact
+    from featurestore.errors import ArtifactError
+
+    art = view_artifact(store)
+    assert verify_artifact(store.root, art, checksum=False) == store.root / art["path"]
+    lying = {**art, "row_count": art["row_count"] + 1}
+    with pytest.raises(ArtifactError, match=f"holds {art['row_count']} rows, the registry "
+                                            f"recorded {art['row_count'] + 1}"):
+        verify_artifact(store.root, lying, checksum=False)
+    verify_artifact(store.root, lying)  # a verified checksum vouches for the rows already
+
+
 def test_rewritten_artifact_with_another_schema(store: FeatureStore) -> None:
     art = view_artifact(store)
     path = store.root / art["path"]

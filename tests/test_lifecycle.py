@@ -418,6 +418,11 @@ def test_gc_keep_and_older_than(tmp_path: Path, store: FeatureStore) -> None:
     assert store.gc(older_than="1h", dry_run=True).removed == []
     assert {r["id"] for r in store.gc(keep=2, dry_run=True).removed} == set(roll[:2])
     assert {r["id"] for r in store.gc(keep=0, dry_run=True).removed} == set(roll[:3])
+    # A file already gone is reported by the dry run exactly as the real run will report it.
+    lost = store.artifact(roll[0])["path"]
+    Path(store.root, lost).unlink()
+    assert store.gc(keep=0, dry_run=True).missing == [lost]
+    assert store.list("artifact")  # the dry run changed nothing
     # "Younger than D" at a chosen moment: an hour after the second artifact was made.
     second = store.artifact(roll[1])["created_at"]
     with store.registry.read() as conn:

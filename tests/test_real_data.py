@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 
+from tests.realdata import shared_data_root
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nascar_real" / "run.py"
 EASTERN = ZoneInfo("America/New_York")
 
@@ -37,15 +39,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 @pytest.fixture(scope="module")
 def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import os
-
-    root = Path(os.environ.get("FEATURESTORE_SHARED_DATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "data"))
-    if not root.is_dir():
-        if os.environ.get("FEATURESTORE_TEST_REAL_DATA") == "1":
-            pytest.fail(f"FEATURESTORE_TEST_REAL_DATA=1 but {root} is missing")
-        pytest.skip(f"real data folder {root} is absent")
-    return root
+    return shared_data_root()  # module-scoped here: one real run serves every test
 
 
 def test_audit_is_clean(real_run) -> None:  # type: ignore[no-untyped-def]
@@ -96,3 +90,14 @@ def test_in_race_rolling_position_matches_a_plain_loop(real_run) -> None:  # typ
                          if s[0] <= last[0])
         window = [p for _, _, p in history[-10:]]
         assert row["avg_position_last_10l"] == pytest.approx(sum(window) / len(window)), row
+
+
+def test_absent_data_names_the_variable_to_set(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without the data a developer is told which variable to set; CI is failed instead."""
+    monkeypatch.setenv("FEATURESTORE_SHARED_DATA", str(tmp_path / "absent"))
+    monkeypatch.delenv("FEATURESTORE_TEST_REAL_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="set FEATURESTORE_SHARED_DATA"):
+        shared_data_root()
+    monkeypatch.setenv("FEATURESTORE_TEST_REAL_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"FEATURESTORE_TEST_REAL_DATA=1 .* missing"):
+        shared_data_root()

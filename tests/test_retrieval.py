@@ -333,7 +333,7 @@ def test_parquet_artifact_round_trip(tmp_path):
         ]
     )
     path = tmp_path / "view.parquet"
-    sort_for_retrieval(raw, ["driver_id"]).sink_parquet(path)
+    sort_for_retrieval(raw.lazy(), ["driver_id"]).sink_parquet(path)
     q = pl.DataFrame(
         {"driver_id": [1, 2, 3, 4] * 5, ET: [utc(2024, 1, 1 + i % 7, i % 4) for i in range(20)]}
     )
@@ -511,13 +511,34 @@ def test_dst_spring_forward_missing_wall_time_raises():
 
 BASE = datetime(2024, 3, 1, tzinfo=UTC)
 GRID = [BASE + timedelta(hours=h) for h in range(6)]
+# Instants the generated views and queries draw from. "pre1970": negative epoch values. "wide":
+# two centuries, so with nanosecond columns (key runs) x (time span) overflows Int64 and the
+# engine packs into Int128 as soon as two keys are present. Every instant is a whole
+# microsecond, so the Python oracle (datetime, microseconds) stays exact on nanosecond columns.
+GRIDS = {
+    "2024": GRID,
+    "pre1970": [datetime(1950, 3, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(6)],
+    "wide": [datetime(1900, 1, 15, 12, tzinfo=UTC), datetime(1950, 6, 15, 12, tzinfo=UTC),
+             datetime(1969, 12, 31, 23, tzinfo=UTC), datetime(1970, 1, 1, 1, tzinfo=UTC),
+             datetime(2024, 3, 1, 12, tzinfo=UTC), datetime(2100, 1, 15, 12, tzinfo=UTC)],
+}
+FLOATS = st.sampled_from([-0.0, 0.5, -2.25, 1e300, -1e-300, float("inf"), None])
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, grids=tuple(GRIDS)):
+    """A query and 1-3 views with everything the contract must survive: ties, nulls,
+    duplicates, composite keys, key width casts, and (drawn per case) float and categorical
+    features, a categorical key column, millisecond to nanosecond units on either side and
+    instants before 1970 or spread over two centuries (the Int128 packing path)."""
+    grid = GRIDS[draw(st.sampled_from(grids))]
+    unit = draw(st.sampled_from(["us", "ns", "ms"] if grid is not GRIDS["wide"] else ["ns", "us"]))
+    query_unit = draw(st.sampled_from(["us", "ns"]))
+    categorical = draw(st.booleans())
+    string_type = pl.Categorical if categorical else pl.String
     n_views = draw(st.integers(1, 3))
     composite = draw(st.lists(st.booleans(), min_size=n_views, max_size=n_views))
-    times = st.sampled_from(GRID)
+    times = st.sampled_from(grid)
     maybe_time = st.one_of(times, times, times, times, st.none())
     drivers = st.sampled_from([1, 2, 3, None]) if draw(st.booleans()) else st.sampled_from([1, 2])
     sessions = st.sampled_from(["a", "b", None])
@@ -532,6 +553,7 @@ def scenarios(draw):
                     maybe_time,
                     st.one_of(st.integers(-5, 5), st.none()),
                     st.sampled_from(["p", "q", None]),
+                    FLOATS,
                 ),
                 max_size=14,
             )
@@ -540,20 +562,23 @@ def scenarios(draw):
             rows,
             schema={
                 "driver": pl.Int64,
-                "session": pl.String,
+                "session": string_type,
                 ET: pl.Datetime("us", "UTC"),
                 AV: pl.Datetime("us", "UTC"),
                 "num": pl.Int64,
-                "txt": pl.String,
+                "txt": string_type,
+                "flt": pl.Float64,
             },
             orient="row",
-        )
+        ).with_columns(pl.col(ET, AV).dt.cast_time_unit(unit))
         keys = ("driver", "session") if composite[i] else ("driver",)
         presorted = draw(st.booleans())
         lf = sort_for_retrieval(f, keys) if presorted else f.lazy()
         feats = {f"v{i}_num": "num"}
         if draw(st.booleans()):
             feats[f"v{i}_txt"] = "txt"
+        if draw(st.booleans()):
+            feats[f"v{i}_flt"] = "flt"
         views.append(ViewFrame(f"view{i}", lf, keys, feats, presorted=presorted))
     qrows = draw(
         st.lists(
@@ -565,7 +590,7 @@ def scenarios(draw):
                     times,
                     times,
                     st.none(),
-                    st.sampled_from([g + timedelta(minutes=30) for g in GRID]),
+                    st.sampled_from([g + timedelta(minutes=30) for g in grid]),
                 ),
             ),
             max_size=16,
@@ -576,7 +601,7 @@ def scenarios(draw):
         qrows,
         schema={"driver": qdtype, "session": pl.String, ET: pl.Datetime("us", "UTC")},
         orient="row",
-    )
+    ).with_columns(pl.col(ET).dt.cast_time_unit(query_unit))
     q = q.with_columns(pl.int_range(pl.len()).alias("qid"))
     if q.height and draw(st.booleans()):  # duplicated query rows
         q = pl.concat([q, q.sample(fraction=0.5, seed=draw(st.integers(0, 9)))])
@@ -593,6 +618,35 @@ def scenarios(draw):
     return q, views, kw
 
 
+def test_generated_cases_reach_the_int128_packing_path(monkeypatch):
+    """The strategy is not only narrow cases: it produces views whose packed (key run,
+    available_at) column needs Int128, which the engine then packs that way."""
+    import hypothesis
+
+    from featurestore import retrieval_packed
+
+    real, seen = retrieval_packed._pack, []
+
+    def recording(*args, **kwargs):
+        packed = real(*args, **kwargs)
+        if packed is not None:
+            seen.append(packed[0].dtype)
+        return packed
+
+    monkeypatch.setattr(retrieval_packed, "_pack", recording)
+
+    def packs_int128(case) -> bool:
+        seen.clear()
+        q, views, kw = case
+        point_in_time_join(q, views, **kw)
+        return pl.Int128 in seen
+
+    q, views, kw = hypothesis.find(
+        scenarios(grids=("wide",)), packs_int128,
+        settings=settings(max_examples=500, database=None, derandomize=True, deadline=None))
+    check_all(q, views, **kw)  # and that case agrees with both oracles
+
+
 @SETTINGS
 @given(scenarios())
 def test_engine_matches_both_oracles_on_generated_cases(case):
@@ -601,7 +655,8 @@ def test_engine_matches_both_oracles_on_generated_cases(case):
 
 
 @SETTINGS
-@given(scenarios(), st.sampled_from(["Europe/London", "Australia/Lord_Howe", "America/Santiago"]))
+@given(scenarios(grids=("2024",)),
+       st.sampled_from(["Europe/London", "Australia/Lord_Howe", "America/Santiago"]))
 def test_generated_cases_in_other_time_zones(case, zone):
     q, views, kw = case
     zoned = q.with_columns(pl.col(ET).dt.convert_time_zone(zone))

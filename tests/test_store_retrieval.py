@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -23,6 +24,7 @@ from featurestore import (
     NotFoundError,
     Source,
 )
+from featurestore.errors import DataWarning
 from featurestore.materialize import materialize
 from tests.storekit import open_store
 
@@ -136,6 +138,43 @@ def test_audit_counts_every_value(store: FeatureStore) -> None:
                                         with_availability=True)
     report = store.audit(out, ["finish", "grid"])
     assert report.n_violations == 0 and report.n_checked == 4  # non-null values
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.one_of(st.none(), st.integers(0, 3)), min_size=0, max_size=8),
+       days=st.lists(st.one_of(st.none(), st.integers(0, 12)), min_size=8, max_size=8),
+       hour=st.sampled_from([0, 18, 20, 21]), inclusive=st.booleans(),
+       ttl=st.sampled_from([None, "2d", "7d"]), with_availability=st.booleans(),
+       features=st.sampled_from(["prerace", ["finish"], ["grid", "finish"]]))
+def test_lazy_retrieval_through_the_store_equals_the_eager_one(
+        store: FeatureStore, keys: list[int | None], days: list[int | None], hour: int,
+        inclusive: bool, ttl: str | None, with_availability: bool, features: object) -> None:
+    """``get_historical_features_lazy`` (the join_asof plan over the store's artifacts) gives
+    the eager engine's frame, null keys and cutoffs, ties, TTL and availability included."""
+    start = dt.datetime(2025, 2, 27, hour)
+    cutoffs = [None if d is None else start + dt.timedelta(days=d) for d in days[:len(keys)]]
+    q = pl.DataFrame({"driver_id": keys, "event_timestamp": cutoffs, "row": range(len(keys))},
+                     schema={"driver_id": pl.Int64, "event_timestamp": pl.Datetime("us"),
+                             "row": pl.Int64})
+    kw = {"tier": "qualifying", "inclusive": inclusive, "ttl": ttl,
+          "with_availability": with_availability, "cutoff_timezone": "Europe/Paris"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # null keys and cutoffs are counted
+        lazy = store.get_historical_features_lazy(q, features, **kw)
+        assert isinstance(lazy, pl.LazyFrame)
+        got = lazy.collect()
+        want = store.get_historical_features(q, features, **kw)
+    assert got.equals(want)
+    if with_availability:
+        assert store.audit(got, ["finish"] if features == ["finish"] else ["finish", "grid"],
+                           cutoff_timezone="Europe/Paris").ok
+
+
+def test_lazy_retrieval_checks_the_tier_before_reading(store: FeatureStore) -> None:
+    for row in store.list("artifact"):
+        (store.root / row["path"]).unlink()
+    with pytest.raises(LeakageError, match=r"grid \(tier qualifying\)"):
+        store.get_historical_features_lazy(query(), ["finish", "grid"], tier="practice")
 
 
 def test_cli_retrieve_writes_the_frame(store: FeatureStore, tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class RegisteredEngine:
 
     @property
     def label(self) -> str:
-        from featurestore.plugins import PluginSource
+        from featurestore.plugin_loading import PluginSource
 
         return PluginSource(self.plugin, self.distribution, self.version).label
 
@@ -124,25 +124,26 @@ def get_engines() -> dict[str, RegisteredEngine]:
 
     Rebuilt whenever the set of registered plugins changes, like the transform registry.
     """
-    from featurestore import plugins as fp
+    from featurestore import plugin_loading as pl_
+    from featurestore.plugin_transforms import _registry_key, _same_plugins
 
-    with fp._lock:
-        fp.load_plugins()
-        key = fp._registry_key()
-        if fp._same_plugins(_cache.get("key"), key):
+    with pl_.lock:
+        pl_.load_plugins()
+        key = _registry_key()
+        if _same_plugins(_cache.get("key"), key):
             return dict(_cache["engines"])
         engines: dict[str, RegisteredEngine] = {}
-        problems: list[fp.PluginProblem] = []
-        for name, plugin in fp._plugins_in_order():
-            caller = fp._caller_for("register_engines", plugin)
+        problems: list[pl_.PluginProblem] = []
+        for name, plugin in pl_.plugins_in_order():
+            caller = pl_.caller_for("register_engines", plugin)
             if caller is None:
                 continue
-            source = fp._source_for(name)
+            source = pl_.source_for(name)
             pending: list[Any] = []
             try:
                 caller(register=pending.append)
             except Exception as exc:
-                problems.append(fp._problem(source, f"raised {fp._describe_exception(exc)} in "
+                problems.append(pl_.problem(source, f"raised {pl_.describe_exception(exc)} in "
                                                     "register_engines; none of its engines "
                                                     "were registered"))
                 continue
@@ -153,15 +154,15 @@ def get_engines() -> dict[str, RegisteredEngine]:
                     why = (f"registered engine {obj.name!r}, a name plugin {first.label} "
                            "already registered; kept that one, skipped this one")
                 if why is not None:
-                    problems.append(fp._problem(source, why))
+                    problems.append(pl_.problem(source, why))
                     continue
                 engines[obj.name] = RegisteredEngine(obj, source.name, source.distribution,
                                                      source.version, source.builtin)
         if DEFAULT_ENGINE not in engines:  # its plugin module was deselected: still the core's
             module = importlib.import_module(POLARS_MODULE)
             engines[DEFAULT_ENGINE] = RegisteredEngine(
-                module.ENGINE, POLARS_MODULE, fp.CORE_DISTRIBUTION, fp._core_version(), True)
-        fp._warn(problems)
+                module.ENGINE, POLARS_MODULE, pl_.CORE_DISTRIBUTION, pl_._core_version(), True)
+        pl_.warn_once(problems)
         _cache.update(key=key, engines=dict(sorted(engines.items())), problems=problems)
         return dict(_cache["engines"])
 

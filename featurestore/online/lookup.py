@@ -25,14 +25,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from featurestore.definitions import canonical_json, dtype_name
+from featurestore.dtypes import dtype_from_str
 from featurestore.errors import DataError, LeakageError, NotFoundError
 from featurestore.online.base import (
     NOT_FOUND,
@@ -43,13 +44,13 @@ from featurestore.online.base import (
     ViewMeta,
     encode_key,
     key_normalizer,
-    storage_dtype,
     to_storage,
 )
-from featurestore.plan import dtype_from_str
+from featurestore.online.result import EntityRows, OnlineResult, entity_columns, moment_us
 from featurestore.serving import feature_tiers, missing_tier_error, output_names
 from featurestore.tiers import TierOrder, parse_duration
 from featurestore.transforms import EVENT_TIMESTAMP
+from featurestore.windowserve import is_window, serve_online
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -58,7 +59,6 @@ DEFAULT_TIER_SETTING = "setting.default_tier"
 REGISTRY_TTL_S = 1.0
 _EVENT = "__fs_event_timestamp"
 _CUTOFF = "__fs_cutoff"
-EntityRows = pl.DataFrame | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 
 class NeedsArtifact(Exception):
@@ -97,110 +97,6 @@ class _Plan:
     tiers: TierOrder
     default_tier: str | None
     checked: dict[str, LeakageError | None] = field(default_factory=dict)
-
-
-@dataclass
-class OnlineResult:
-    """Column-wise result of one lookup: values in storage form plus per-value metadata."""
-
-    n: int
-    names: list[str]
-    dtypes: dict[str, pl.DataType]
-    views: dict[str, str]  # feature -> view
-    values: dict[str, list[Any]]
-    statuses: dict[str, list[str]]
-    available_at: dict[str, list[int | None]]  # microseconds since the epoch, UTC
-    event_timestamp: dict[str, list[int | None]]
-    served_from: dict[str, str]  # view -> "online" | "artifact" | "online+artifact"
-    tier: str
-    as_of_us: int
-
-    def frame(self, query: pl.DataFrame, *, with_status: bool = False,
-              with_availability: bool = False) -> pl.DataFrame:
-        """``query`` with one column per feature (plus status / available_at columns)."""
-        key = (tuple(self.names), tuple(self.dtypes[n] for n in self.names),
-               tuple(self.views[n] for n in self.names), with_status, with_availability)
-        shape = _SHAPES.get(key)
-        if shape is None:
-            shape = _SHAPES[key] = _frame_shape(self, with_status, with_availability)
-            if len(_SHAPES) > 512:
-                _SHAPES.clear()
-        columns, schema, casts = shape
-        clash = [c for c in schema if c in query.columns]
-        if clash:
-            raise DataError(f"entity rows: column(s) {', '.join(clash)} clash with requested "
-                            "features")
-        data = []
-        for kind, name in columns:
-            if kind == "value":
-                data.append(self.values[name])
-            elif kind == "status":
-                data.append(self.statuses[name])
-            else:
-                data.append([a if s in _SERVED else None for a, s in
-                             zip(self.available_at[name], self.statuses[name], strict=True)])
-        # Row-wise construction is one call into polars: far cheaper for the few rows served.
-        features = pl.DataFrame(list(zip(*data, strict=True)) if self.n else None,
-                                schema=schema, orient="row")
-        if casts:
-            features = features.with_columns(casts)
-        return pl.concat([query, features], how="horizontal")
-
-
-_SERVED = frozenset((PRESENT, NULL_VALUE))
-_SHAPES: dict[Any, tuple[list[tuple[str, str]], dict[str, pl.DataType], list[pl.Expr]]] = {}
-
-
-def _frame_shape(result: OnlineResult, with_status: bool, with_availability: bool
-                 ) -> tuple[list[tuple[str, str]], dict[str, pl.DataType], list[pl.Expr]]:
-    """Columns, storage schema and casts of ``OnlineResult.frame`` (cached per result shape)."""
-    columns: list[tuple[str, str]] = []
-    schema: dict[str, pl.DataType] = {}
-    casts = []
-    by_view: dict[str, list[str]] = {}
-    for name in result.names:
-        by_view.setdefault(result.views[name], []).append(name)
-    # As the join engine orders them: per view its features, then their availability.
-    for group in by_view.values():
-        for name in group:
-            stored, dtype = storage_dtype(result.dtypes[name]), result.dtypes[name]
-            columns.append(("value", name))
-            schema[name] = stored
-            if stored != dtype:
-                casts.append(pl.col(name).cast(dtype))
-        for name in group if with_availability else ():
-            columns.append(("available_at", name))
-            schema[f"{name}__available_at"] = pl.Int64()
-            casts.append(pl.col(f"{name}__available_at").cast(pl.Datetime("us", "UTC")))
-        for name in group if with_status else ():
-            columns.append(("status", name))
-            schema[f"{name}__status"] = pl.String()
-    return columns, schema, casts
-
-
-def _columns(entities: EntityRows) -> tuple[dict[str, list[Any]], int]:
-    if isinstance(entities, pl.DataFrame):
-        return {c: entities[c].to_list() for c in entities.columns}, entities.height
-    if isinstance(entities, Mapping):
-        cols = {str(k): list(v) for k, v in entities.items()}
-        lengths = {len(v) for v in cols.values()}
-        if len(lengths) > 1:
-            raise DataError(f"entity rows: key columns have different lengths "
-                            f"({', '.join(f'{k}={len(v)}' for k, v in cols.items())})")
-        return cols, lengths.pop() if lengths else 0
-    rows = list(entities)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    return {k: [r.get(k) for r in rows] for k in names}, len(rows)
-
-
-def _moment_us(as_of: datetime | None) -> int:
-    if as_of is None:
-        return time.time_ns() // 1000
-    moment = as_of
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # a naive request time is UTC
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta // timedelta(microseconds=1)
 
 
 class OnlineReader:
@@ -338,8 +234,8 @@ class OnlineReader:
         """
         plan = self._plan(features)
         chosen_tier = self._tier(plan, tier)
-        columns, n = _columns(entities)
-        t = _moment_us(as_of)
+        columns, n = entity_columns(entities)
+        t = moment_us(as_of)
         ttl_us = None if ttl is None else parse_duration(ttl, what="ttl") // timedelta(microseconds=1)
         for vp in plan.views:
             missing = [k for k in vp.keys if k not in columns]
@@ -361,7 +257,15 @@ class OnlineReader:
         for vp in plan.views:
             text, payloads = snapshot[vp.name]
             layout = self._layout(vp, text) if text is not None else None
-            if layout is not None and layout.served:
+            if is_window(vp.features[0][1]):  # anchored at t: never a published latest value
+                if not allow_artifact:
+                    raise NeedsArtifact(vp.name)
+                art = self._artifact(vp, None)
+                self._check_verified(vp, bool(art["verified"]), allow_unverified)
+                serve_online(self.store, art, vp.features, vp.keys, columns, t,
+                             inclusive=inclusive, ttl_us=ttl_us, result=result)
+                result.served_from[vp.name] = "artifact"
+            elif layout is not None and layout.served:
                 self._check_verified(vp, layout.meta.verified, allow_unverified)
                 pending = self._from_payloads(vp, layout, encoded[vp.name], payloads, t,
                                               inclusive, ttl_us, result)

@@ -221,7 +221,7 @@ def _publish_one(store: FeatureStore, backend: OnlineBackend, view: dict[str, An
 def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], keys: Sequence[str],
              at: datetime, history: int | None) -> _Prepared:
     from featurestore.artifacts import verify_artifact
-    from featurestore.materialize import in_order
+    from featurestore.layout import retrieval_nulls_last, sorted_by
 
     keys = list(keys)
     # Published values are served without rereading the file: check it against its checksum.
@@ -252,9 +252,10 @@ def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], key
                 .with_columns(pl.col("__complete").fill_null(1))
                 .drop("__from"))
     frame = kept.collect(engine="streaming")
-    order = [*keys, "__a", "__e", "__r"]
-    if not in_order(frame, order):
-        frame = frame.sort(order, nulls_last=False)
+    # Artifact order (``featurestore.layout``), so a published artifact needs no sort.
+    order, nulls_last = [*keys, "__a", "__e", "__r"], [*retrieval_nulls_last(len(keys)), False]
+    if not sorted_by(frame, order, nulls_last):
+        frame = frame.sort(order, nulls_last=nulls_last)
     group = pl.struct(keys).rle_id() if len(keys) > 1 else pl.col(keys[0]).rle_id()
     frame = frame.with_columns(group.alias("__g"))
     hashed = ["__a", "__e", *columns]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from featurestore.cli import emit_json, print_table, progress_bar
+from featurestore.cli_output import emit_json, print_table, progress_bar
 
 
 @click.command()

@@ -42,8 +42,9 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                 strict: bool = False) -> list[MaterializeResult]:
     """``featurestore.materialize.materialize`` on Spark (see the module doc)."""
     from featurestore.engines.spark import ENGINE
+    from featurestore.layout import retrieval_order
     from featurestore.lifecycle import refuse_deleted, runnable_views
-    from featurestore.materialize import MaterializeResult, retrieval_order, view_fingerprint
+    from featurestore.materialize import MaterializeResult, view_fingerprint
     from featurestore.readers import reading
 
     registered = store.registry.latest("view")

@@ -35,15 +35,15 @@ from polars.exceptions import ComputeError, InvalidOperationError
 
 from featurestore.artifacts import artifact_files
 from featurestore.errors import DataError
-from featurestore.retrieval import (
+from featurestore.retrieval_plan import (
     ViewFrame,
-    _internal_prefix,
-    _normalize_views,
-    _plan,
-    _timestamp_unit,
-    _utc_instant,
-    _ViewPlan,
+    ViewPlan,
     availability_column,
+    internal_prefix,
+    normalize_views,
+    plan_views,
+    timestamp_unit,
+    utc_instant,
 )
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
@@ -67,64 +67,57 @@ def read_artifact(path: Path | str) -> Any:
     return out
 
 
-def _micros(column: str, dtype: pl.DataType) -> Any:
-    """A UTC Datetime/Date column as whole microseconds since the epoch (Spark expression)."""
+def _instant(column: str, dtype: pl.DataType, unit: str) -> Any:
+    """A UTC Datetime/Date column as whole ``unit``s since the epoch (a Spark expression); the
+    values are exact: ``unit`` is never coarser than the column's own."""
     from pyspark.sql import functions as F
 
     if isinstance(dtype, pl.Datetime) and dtype.time_unit == "ns":
-        return F.floor(F.col(column) / 1000)  # read as the raw nanosecond count
-    if dtype == pl.Date:
-        return F.unix_micros(F.col(column).cast("timestamp"))
-    return F.unix_micros(F.col(column).cast("timestamp"))
+        return F.col(column)  # read as the raw nanosecond count (spark.sql.legacy...nanosAsLong)
+    ts = F.col(column).cast("timestamp")
+    if unit == "ms":
+        return F.unix_millis(ts)
+    return F.unix_micros(ts) * (1000 if unit == "ns" else 1)
 
 
-def _query_bounds(q: pl.DataFrame, cutoff: str, cutoff_timezone: str | None, inclusive: bool,
-                  ttl: timedelta | None) -> tuple[pl.Series, pl.Series | None]:
-    """Per query row: the last ``available_at`` (µs) a value may have, and with ``ttl`` the
-    first one it may have (None when the row has no cutoff)."""
+def _query_bounds(q: pl.DataFrame, plans: Sequence[ViewPlan], cutoff: str,
+                  cutoff_timezone: str | None, inclusive: bool, ttl: timedelta | None,
+                  prefix: str) -> list[pl.Series]:
+    """Per view and query row: the last ``available_at`` a value may have and, with ``ttl``,
+    the first, as integers in the view's comparison unit (the Polars engine's: the finer of the
+    cutoff's and the view's), so the comparisons are the Polars engine's, exactly."""
+    from featurestore.retrieval_packed import _ttl_units
+
     tz = cutoff_timezone or "UTC"
     try:
-        cut = q.select(_utc_instant(pl.col(cutoff), q.schema[cutoff], tz)).to_series()
+        cut = q.select(utc_instant(pl.col(cutoff), q.schema[cutoff], tz)).to_series()
     except (ComputeError, InvalidOperationError) as exc:
         raise DataError(
             f"query cutoff column {cutoff!r}: cannot read naive times in zone {tz!r}: {exc}"
         ) from exc
-    unit = cut.dtype.time_unit  # type: ignore[attr-defined]
-    t = cut.to_physical().cast(pl.Int64)
-    per_us = {"ms": None, "us": 1, "ns": 1000}[unit]
-
-    def floor_us(x: pl.Series) -> pl.Series:
-        return x * 1000 if per_us is None else x // per_us
-
-    def ceil_us(x: pl.Series) -> pl.Series:
-        return x * 1000 if per_us is None else -((-x) // per_us)
-
-    last = floor_us(t) if inclusive else ceil_us(t) - 1
-    if ttl is None:
-        return last, None
-    ttl_units = ttl // timedelta(microseconds=1) * (per_us or 1)
-    if per_us is None:
-        ttl_units = ttl // timedelta(milliseconds=1)
-    # av >= T - ttl, the Polars engine's rule in the cutoff's unit (ttl floored to it).
-    first = ceil_us(t - ttl_units) if per_us is not None else (t - ttl_units) * 1000
-    return last, first
+    out = []
+    for plan in plans:
+        t = cut.dt.cast_time_unit(plan.unit).to_physical().cast(pl.Int64)  # type: ignore[arg-type]
+        out.append((t if inclusive else t - 1).alias(f"{prefix}last{plan.index}"))
+        if ttl is not None:
+            out.append((t - min(_ttl_units(ttl, plan.unit), 2**62))
+                       .alias(f"{prefix}first{plan.index}"))
+    return out
 
 
-def _spark_query(q: pl.DataFrame, plans: Sequence[_ViewPlan], last: pl.Series,
-                 first: pl.Series | None, prefix: str) -> Any:
-    """The query's part Spark needs: row number, every view's aligned keys, the time bounds."""
+def _spark_query(q: pl.DataFrame, plans: Sequence[ViewPlan], bounds: list[pl.Series],
+                 prefix: str) -> Any:
+    """The query's part Spark needs: row number, every view's aligned keys and time bounds."""
     from featurestore.engines.spark.session import to_spark
 
     cols = [pl.int_range(pl.len(), dtype=pl.Int64).alias(f"{prefix}row"),
-            pl.lit(last).alias(f"{prefix}last")]
-    if first is not None:
-        cols.append(pl.lit(first).alias(f"{prefix}first"))
+            *[pl.lit(b) for b in bounds]]
     for plan in plans:
         cols += [p.query_expr().alias(f"{p.internal}_{plan.index}") for p in plan.pairs]
     return to_spark(q.select(cols))
 
 
-def _join_one(sq: Any, plan: _ViewPlan, path: Path | str, prefix: str,
+def _join_one(sq: Any, plan: ViewPlan, path: Path | str, prefix: str,
               with_availability: bool) -> Any:
     """Spark DataFrame (row, features..., availability...) of one view, one row per matched
     query row."""
@@ -135,20 +128,23 @@ def _join_one(sq: Any, plan: _ViewPlan, path: Path | str, prefix: str,
     keys = [f"{p.internal}_{plan.index}" for p in plan.pairs]
     t, kind, et, fpos, pos, val = (f"{prefix}{n}" for n in ("t", "kind", "et", "file", "pos",
                                                             "val"))
-    row, last, first = f"{prefix}row", f"{prefix}last", f"{prefix}first"
+    row = f"{prefix}row"
+    last, first = f"{prefix}last{plan.index}", f"{prefix}first{plan.index}"
     art = read_artifact(path)
     schema = view.frame.collect_schema()
-    et_col = (_micros(EVENT_TIMESTAMP, schema[EVENT_TIMESTAMP]) if EVENT_TIMESTAMP in schema
-              else F.lit(None).cast("long"))
+    # Event times only order ties within this view: their own exact unit does.
+    et_dtype = schema.get(EVENT_TIMESTAMP)
+    et_col = (F.lit(None).cast("long") if et_dtype is None else _instant(
+        EVENT_TIMESTAMP, et_dtype, "ns" if timestamp_unit(et_dtype) == "ns" else "us"))
     feats = list(dict.fromkeys(c for _, c, _ in plan.outputs))
     qtypes = dict(sq.dtypes)
     fv = art.select(
         *[F.col(p.frame_col).cast(qtypes[k]).alias(k) for p, k in zip(plan.pairs, keys,
                                                                        strict=True)],
-        _micros(AVAILABLE_AT, plan.av_dtype).alias(t),
+        _instant(AVAILABLE_AT, plan.av_dtype, plan.unit).alias(t),
         F.lit(0).alias(kind), et_col.alias(et), F.col("__fs_file").alias(fpos),
         F.col("__fs_pos").alias(pos),
-        F.struct(_micros(AVAILABLE_AT, plan.av_dtype).alias("__av"),
+        F.struct(_instant(AVAILABLE_AT, plan.av_dtype, plan.unit).alias("__av"),
                  *[F.col(c).alias(f"c{i}") for i, c in enumerate(feats)]).alias(val),
         F.lit(None).cast("long").alias(row), F.lit(None).cast("long").alias(first),
     ).where(F.col(t).isNotNull() & _all_not_null(keys))
@@ -189,29 +185,26 @@ def historical_features(query: pl.DataFrame, views: Sequence[ViewFrame],
                         paths: Sequence[Path | str], *, cutoff: str = EVENT_TIMESTAMP,
                         inclusive: bool = False, ttl: timedelta | None = None,
                         cutoff_timezone: str | None = None, with_availability: bool = False
-                        ) -> tuple[Any, list[_ViewPlan], str]:
+                        ) -> tuple[Any, list[ViewPlan], str]:
     """The join as a Spark DataFrame: ``<prefix>row`` (the query row number) and each view's
-    output columns (availability as µs since the epoch); plus the plans and the prefix.
+    output columns (availability as an integer in the view's comparison unit, ``plan.unit``);
+    plus the plans and the prefix.
 
     Only query rows some view matched appear; rows absent get nulls."""
-    vs = _normalize_views(views)
+    vs = normalize_views(views)
     if len(paths) != len(vs):
         raise ValueError(f"{len(vs)} views but {len(paths)} artifact paths")
-    prefix = _internal_prefix(query.columns, vs)
-    plans = [p for p in _plan(query.schema, vs, cutoff, cutoff_timezone, with_availability, ttl,
+    prefix = internal_prefix(query.columns, vs)
+    plans = [p for p in plan_views(query.schema, vs, cutoff, cutoff_timezone, with_availability, ttl,
                               prefix) if p.outputs]
-    for p in plans:
-        if isinstance(p.av_dtype, pl.Datetime) and p.av_dtype.time_unit == "ns":
-            raise DataError(f"view {p.view.name!r}: {AVAILABLE_AT!r} is in nanoseconds, which the "
-                            "spark engine does not compare; the store writes microseconds")
     if not plans or query.height == 0:
         return None, plans, prefix
-    last, first = _query_bounds(query, cutoff, cutoff_timezone, inclusive, ttl)
-    sq = _spark_query(query, plans, last, first, prefix).cache()
+    bounds = _query_bounds(query, plans, cutoff, cutoff_timezone, inclusive, ttl, prefix)
+    sq = _spark_query(query, plans, bounds, prefix).cache()
     row = f"{prefix}row"
     result = None
     for plan in plans:
-        part = _join_one(sq, plan, paths[vs.index(plan.view)], prefix, with_availability)
+        part = _join_one(sq, plan, paths[plan.index], prefix, with_availability)
         result = part if result is None else result.join(part, on=row, how="full")
     return result, plans, prefix
 
@@ -226,7 +219,7 @@ def point_in_time_join(query: pl.DataFrame | pl.LazyFrame, views: ViewFrame | Se
     from featurestore.engines.spark.session import to_polars
 
     q = query.collect() if isinstance(query, pl.LazyFrame) else query
-    vs = _normalize_views(views)
+    vs = normalize_views(views)
     result, plans, prefix = historical_features(
         q, vs, paths, cutoff=cutoff, inclusive=inclusive, ttl=ttl,
         cutoff_timezone=cutoff_timezone, with_availability=with_availability)
@@ -244,18 +237,18 @@ def point_in_time_join(query: pl.DataFrame | pl.LazyFrame, views: ViewFrame | Se
     got = order.join(got.with_columns(pl.col(row).cast(pl.Int64)), on=row, how="left",
                      maintain_order="left")
     columns = []
-    all_plans = _plan(q.schema, vs, cutoff, cutoff_timezone, with_availability, ttl, prefix)
+    all_plans = plan_views(q.schema, vs, cutoff, cutoff_timezone, with_availability, ttl, prefix)
     for plan in all_plans:
         names = [out for out, _, _ in plan.outputs]
         for out, _, dtype in plan.outputs:
             columns.append(_restore(got, out, dtype))
         if with_availability:
-            unit = _timestamp_unit(plan.av_dtype)
+            unit = timestamp_unit(plan.av_dtype)
             for out in names:
                 a = availability_column(out)
                 av = got[a] if a in got.columns else pl.Series(a, [None] * q.height, pl.Int64)
-                columns.append(av.cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
-                               .dt.cast_time_unit(unit).alias(a))
+                columns.append(av.cast(pl.Int64).cast(pl.Datetime(plan.unit, "UTC"))  # type: ignore[arg-type]
+                               .dt.cast_time_unit(unit).alias(a))  # type: ignore[arg-type]
     return pl.concat([q, pl.DataFrame(columns)], how="horizontal") if columns else q
 
 

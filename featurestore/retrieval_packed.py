@@ -1,0 +1,299 @@
+"""The eager retrieval engine: packed binary search, then one streaming pass over the matches.
+
+See ``featurestore.retrieval``'s module doc for the semantics and the two-pass design.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from datetime import timedelta
+
+import polars as pl
+from polars.exceptions import ComputeError, InvalidOperationError
+
+from featurestore.errors import DataError
+from featurestore.retrieval_plan import (
+    ViewFrame,
+    ViewPlan,
+    availability_column,
+    internal_prefix,
+    normalize_views,
+    plan_views,
+    timestamp_unit,
+    utc_instant,
+)
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+
+_INT128_LIMIT = 2**63
+
+
+def _ttl_units(ttl: timedelta, unit: str) -> int:
+    """ttl in whole ``unit`` (floored: with integer instants, ``av < T - ttl`` is
+    ``av < T - floor(ttl)``)."""
+    if unit == "ns":
+        return (ttl // timedelta(microseconds=1)) * 1000
+    if unit == "us":
+        return ttl // timedelta(microseconds=1)
+    return ttl // timedelta(milliseconds=1)
+
+
+def _null_result(plan: ViewPlan, n: int, with_availability: bool) -> list[pl.Series]:
+    schema = {out: dt for out, _, dt in plan.outputs}
+    if with_availability:
+        schema |= {availability_column(out): plan.av_out_dtype for out, _, _ in plan.outputs}
+    return pl.DataFrame(schema=schema).clear(n).get_columns()
+
+
+def point_in_time_join(
+    query: pl.DataFrame | pl.LazyFrame,
+    views: ViewFrame | Sequence[ViewFrame],
+    *,
+    cutoff: str = EVENT_TIMESTAMP,
+    inclusive: bool = False,
+    ttl: timedelta | None = None,
+    cutoff_timezone: str | None = None,
+    with_availability: bool = False,
+) -> pl.DataFrame:
+    """Join each view's features to ``query`` as of each row's ``cutoff`` (see module doc).
+
+    Returns the query's columns unchanged followed, view by view, by the feature columns (and
+    their ``<feature>__available_at`` columns when ``with_availability``).
+    """
+    q = query.collect() if isinstance(query, pl.LazyFrame) else query
+    vs = normalize_views(views)
+    prefix = internal_prefix(q.columns, vs)
+    plans = plan_views(q.schema, vs, cutoff, cutoff_timezone, with_availability, ttl, prefix)
+    if not plans:
+        return q
+    tz = cutoff_timezone or "UTC"
+    try:
+        cut_utc = q.select(utc_instant(pl.col(cutoff), q.schema[cutoff], tz)).to_series()
+    except (ComputeError, InvalidOperationError) as exc:
+        raise DataError(
+            f"query cutoff column {cutoff!r}: cannot read naive times in zone {tz!r}: {exc}"
+        ) from exc
+    out = [q]
+    for plan in plans:
+        cols = _join_view(q, cut_utc, plan, inclusive, ttl, with_availability, prefix)
+        out.append(pl.DataFrame(cols))
+    return pl.concat(out, how="horizontal")
+
+
+def _join_view(
+    q: pl.DataFrame,
+    cut_utc: pl.Series,
+    plan: ViewPlan,
+    inclusive: bool,
+    ttl: timedelta | None,
+    with_availability: bool,
+    prefix: str,
+) -> list[pl.Series]:
+    view = plan.view
+    n_query = q.height
+    if not plan.outputs or n_query == 0:
+        return _null_result(plan, n_query, with_availability)
+    fkeys = [p.frame_col for p in plan.pairs]
+    ridx = f"{prefix}i"
+    avp = f"{prefix}av"
+    av_expr = (
+        pl.col(AVAILABLE_AT).cast(pl.Datetime("us"))
+        if plan.av_dtype == pl.Date
+        else pl.col(AVAILABLE_AT)
+    )
+    av_phys = av_expr.dt.cast_time_unit(plan.unit).to_physical().alias(avp)
+
+    gcol = f"{prefix}g"
+    run = (pl.struct(fkeys) if len(fkeys) > 1 else pl.col(fkeys[0])).rle_id().alias(gcol)
+    source: pl.LazyFrame | pl.DataFrame = view.frame
+    packed = None
+    if view.presorted:
+        k = view.frame.select(*fkeys, av_phys).with_columns(run).collect()
+        n_rows = k.height
+        if k[avp].null_count():
+            k = k.with_row_index(ridx).filter(pl.col(avp).is_not_null()).with_columns(run)
+        packed = _pack(k, fkeys, avp, gcol)
+        if packed is not None and not _ties_in_order(view.frame, k, packed[0], ridx):
+            packed = None
+        if packed is None:
+            warnings.warn(
+                f"view {view.name!r}: frame flagged presorted is not sorted by "
+                f"(keys, {AVAILABLE_AT}, {EVENT_TIMESTAMP}); sorting it",
+                stacklevel=3,
+            )
+    if packed is None:
+        # Not presorted: materialize once, sort only the narrow columns (stable: ingestion order
+        # decides full ties), and gather features from the in-memory frame.
+        df = view.frame.collect()
+        source = df
+        n_rows = df.height
+        et = [pl.col(EVENT_TIMESTAMP)] if EVENT_TIMESTAMP in df.columns else []
+        k = (
+            df.select(*fkeys, av_phys, *et)
+            .with_row_index(ridx)
+            .filter(pl.col(avp).is_not_null())
+            .sort(
+                [*fkeys, avp, *([EVENT_TIMESTAMP] if et else [])],
+                nulls_last=False,
+                maintain_order=True,
+            )
+            .with_columns(run)
+        )
+        packed = _pack(k, fkeys, avp, gcol)
+        assert packed is not None  # sorted just above
+    packed_a, grp, lo, span = packed
+    k = k.select(avp, *([ridx] if ridx in k.columns else []))  # free the key columns
+
+    # Query side: run number of each key (hash join against the distinct keys), packed cutoff.
+    internals = [p.internal for p in plan.pairs]
+    gtab = grp.select(*[p.frame_expr().alias(p.internal) for p in plan.pairs], pl.col(gcol))
+    qk = q.select([p.query_expr().alias(p.internal) for p in plan.pairs])
+    g = qk.join(gtab, on=internals, how="left", maintain_order="left", nulls_equal=False)[gcol]
+    t = cut_utc.dt.cast_time_unit(plan.unit).to_physical()
+    dt = packed_a.dtype
+    packed_q = pl.select(
+        (
+            pl.lit(g).cast(dt) * pl.lit(span, dtype=dt)
+            + (pl.lit(t).clip(lo - 1, lo + span - 2).cast(dt) - pl.lit(lo - 1, dtype=dt))
+        ).alias("q")
+    ).to_series()
+    # Sort only the query (nulls: no key run or no cutoff, last and dropped), then search.
+    order = packed_q.arg_sort(nulls_last=True).slice(0, n_query - packed_q.null_count())
+    pos = packed_a.search_sorted(packed_q.gather(order), side="right" if inclusive else "left")
+    m = pos.cast(pl.Int64) - 1
+    m_safe = m.clip(0, None)
+    # A hit in an earlier key run packs below this run's base: not a match.
+    ok = pl.select(
+        (pl.lit(m) >= 0)
+        & (
+            pl.lit(packed_a.gather(m_safe))
+            > pl.lit(g.gather(order)).cast(dt) * pl.lit(span, dtype=dt)
+        )
+    ).to_series()
+    if ttl is not None:
+        stale_before = t.gather(order) - min(_ttl_units(ttl, plan.unit), 2**62)
+        ok = ok & (k[avp].gather(m_safe) >= stale_before)
+    rows = k[ridx].gather(m_safe) if ridx in k.columns else m_safe
+    return _fetch(
+        plan, source, n_rows, n_query, order, ok, rows, k[avp], m_safe, with_availability, prefix
+    )
+
+
+def _pack(
+    k: pl.DataFrame, fkeys: list[str], avp: str, gcol: str
+) -> tuple[pl.Series, pl.DataFrame, int, int] | None:
+    """Pack (key run, available_at) of a key-sorted frame into one sorted integer column.
+
+    ``k`` holds the key columns, the physical ``available_at`` (no nulls) and the key run
+    number ``gcol`` (``rle_id``). Returns (packed, distinct keys with their run number, lowest
+    instant, span) or None when ``k`` is not sorted by (keys, available_at): a key in two runs,
+    or time going back within a run.
+    """
+    if k.height == 0:
+        return pl.Series("A", [], dtype=pl.Int64), k.select(*fkeys, gcol), 0, 3
+    runs = k[gcol]
+    n_runs = int(runs[-1]) + 1
+    starts = runs.search_sorted(pl.int_range(n_runs, dtype=pl.UInt32, eager=True), side="left")
+    grp = k.select(*fkeys, gcol).gather(starts)
+    if n_runs > 1 and grp.select(pl.struct(fkeys).is_duplicated().any()).item():
+        return None
+    lo, hi = k.select(pl.col(avp).min(), pl.col(avp).max().alias("hi")).row(0)
+    span = hi - lo + 3  # offsets 1..hi-lo+1 for rows; 0 and hi-lo+2 for cutoffs outside
+    dt = pl.Int64 if n_runs * span < _INT128_LIMIT else pl.Int128
+    packed = k.select(
+        (
+            pl.col(gcol).cast(dt) * pl.lit(span, dtype=dt)
+            + (pl.col(avp).cast(dt) - pl.lit(lo - 1, dtype=dt))
+        ).alias("A")
+    ).to_series()
+    if not packed.is_sorted():
+        return None
+    return packed, grp, lo, span
+
+
+def _ties_in_order(frame: pl.LazyFrame, k: pl.DataFrame, packed: pl.Series, ridx: str) -> bool:
+    """Within each (keys, available_at) tie, is ``event_timestamp`` non-decreasing (nulls first)?
+
+    Only read when there are ties at all (a strictly increasing packed column has none).
+    """
+    same = (packed == packed.shift(1)).fill_null(False)
+    if EVENT_TIMESTAMP not in frame.collect_schema() or not same.any():
+        return True
+    et = frame.select(pl.col(EVENT_TIMESTAMP).to_physical()).collect().to_series()
+    if ridx in k.columns:  # rows with a null available_at were dropped from k
+        et = et.gather(k[ridx])
+    prev = et.shift(1)
+    back = (et.is_null() & prev.is_not_null()) | (et < prev).fill_null(False)
+    return not (same & back).any()
+
+
+def _fetch(
+    plan: ViewPlan,
+    source: pl.LazyFrame | pl.DataFrame,
+    n_rows: int,
+    n_query: int,
+    order: pl.Series,
+    ok: pl.Series,
+    rows: pl.Series,
+    av: pl.Series,
+    m: pl.Series,
+    with_availability: bool,
+    prefix: str,
+) -> list[pl.Series]:
+    """Gather the matched rows' features (one pass over ``source``) into query order.
+
+    ``order[j]`` is the query row of the j-th searched value, ``rows[j]`` its matched row in
+    ``source`` (valid where ``ok[j]``), ``m[j]`` its position in the searched frame.
+    """
+    view = plan.view
+    valid_order = order.filter(ok)
+    valid_rows = rows.filter(ok).cast(pl.UInt32)
+    if valid_rows.len() == 0:
+        return _null_result(plan, n_query, with_availability)
+    if valid_rows.is_sorted():  # always, for a presorted frame: no hashing needed
+        uniq = valid_rows.filter(valid_rows.ne_missing(valid_rows.shift(1)))
+    else:
+        uniq = valid_rows.unique().sort()
+    # Position of each matched row in the fetched subset (ascending unique rows), in query order.
+    sub_pos = uniq.search_sorted(valid_rows, side="left")
+    pos = pl.repeat(None, n_query, dtype=pl.UInt32, eager=True).scatter(valid_order, sub_pos)
+    distinct_cols = list(dict.fromkeys(c for _, c, _ in plan.outputs))
+    if isinstance(source, pl.DataFrame):
+        sub = source.select(distinct_cols).gather(uniq)
+    else:
+        ridx = f"{prefix}row"
+        mask = pl.repeat(False, n_rows, dtype=pl.Boolean, eager=True).scatter(uniq, True)
+        sub = (
+            source.select(distinct_cols)
+            .with_row_index(ridx)
+            .filter(pl.lit(mask).gather(pl.col(ridx)))
+            .drop(ridx)
+            .collect(engine="streaming")
+        )
+        if sub.height != uniq.len():
+            raise DataError(
+                f"view {view.name!r}: frame returned different rows on a second read; a "
+                "presorted frame must be deterministic (e.g. a Parquet scan)"
+            )
+    # Column by column (peak memory: the fetched rows plus one column): rechunk (the scan gives
+    # one chunk per row group: slow gathers), gather with non-null indices, then null the
+    # unmatched rows, which is faster than a gather with null indices.
+    idx = pos.fill_null(0)
+    matched = pos.is_not_null() if pos.null_count() else None
+    got: dict[str, pl.Series] = {}
+    for c in distinct_cols:
+        col = sub.get_column(c).rechunk().gather(idx)
+        sub = sub.drop(c)
+        if matched is not None:
+            col = pl.select(pl.when(matched).then(col)).to_series()
+        got[c] = col
+    result = [got[c].alias(out) for out, c, _ in plan.outputs]
+    if with_availability:
+        av_q = pl.repeat(None, n_query, dtype=pl.Int64, eager=True).scatter(
+            valid_order, av.gather(m.filter(ok))
+        )
+        av_dt = av_q.cast(pl.Datetime(plan.unit, "UTC")).dt.cast_time_unit(
+            timestamp_unit(plan.av_dtype)
+        )
+        result += [av_dt.alias(availability_column(out)) for out, _, _ in plan.outputs]
+    return result

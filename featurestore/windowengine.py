@@ -1,0 +1,375 @@
+"""Windows anchored at the cutoff: aggregate each entity's rows over ``[T - w, T)`` per query row.
+
+For a query row (keys ``K``, cutoff ``T``) and a window of width ``w``, the window holds the rows
+of ``K`` with ``T - w <= available_at < T`` (``<= T`` with ``inclusive``); the lower bound is
+always closed. ``w = None`` is the expanding window: every row of ``K`` available before ``T``.
+With ``ttl`` a row available before ``T - ttl`` is stale, as in point-in-time retrieval, so the
+lower bound becomes ``max(T - w, T - ttl)``. Whatever the newest row's time, an empty window
+gives count 0 and null for every other aggregation: never a stale value.
+
+Aggregations over a value column (a null value, NaN included, is not a value: it is skipped, so a
+``where`` filter is expressed by nulling the rows it rejects): ``count`` (non-null values),
+``sum``, ``mean``, ``std`` (sample, ddof 1: null below two values), ``min``, ``max``, ``first``
+and ``last`` (the value of the earliest and of the latest row with a value, in the order
+``available_at``, ``event_timestamp``, then the rows' order in the frame, the tie rule of
+point-in-time retrieval). A query row with a null key or a null cutoff matches nothing: every
+output, count included, is null.
+
+Cost, with ``n`` rows and ``q`` query rows: rows are sorted by (keys, ``available_at``) once (a
+frame already in that order, as view artifacts are, is only checked), every key run becomes a
+segment, and the (segment, time) pairs pack into one sorted integer column, so each window
+boundary of every query row is one binary search (``numpy.searchsorted``). Then
+
+* count, sum, mean, std: differences of prefix sums at the two boundaries. For floats the sums
+  are of values shifted by their segment's mean and restart at every segment, so a large common
+  offset (timestamps as values, say) does not cancel digits away;
+* min, max: a sparse table over blocks of 16 rows plus in-block prefix and suffix extrema,
+  three lookups per query row (a short scan when both ends fall in one block);
+* first, last: the next and the previous row with a value, precomputed for every row.
+
+So ``O((n + q) log n)`` time and ``O(n)`` memory per value column, never a scan per query row.
+When the packed integers would overflow (very many segments times a very long time span in
+nanoseconds), the searches fall back to a vectorized bisection within each segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+
+from featurestore.errors import DataError
+from featurestore.layout import sorted_by
+from featurestore.windowagg import Column, aggregate, newest_row, row_segments
+
+__all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
+
+AGGS = ("count", "sum", "mean", "std", "min", "max", "first", "last")
+_UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
+_PACK_LIMIT = 2**62
+
+
+@dataclass(frozen=True)
+class WindowOutput:
+    """One output column: ``agg`` of ``value`` (a column of the rows frame) over ``window``.
+
+    ``window`` is a width (``timedelta``) or None for the expanding window (all rows before T).
+    """
+
+    name: str
+    value: str
+    agg: str
+    window: timedelta | None
+
+    def __post_init__(self) -> None:
+        if self.agg not in AGGS:
+            raise ValueError(f"window output {self.name!r}: unknown aggregation {self.agg!r}; "
+                             f"expected one of {', '.join(AGGS)}")
+        if self.window is not None and self.window <= timedelta(0):
+            raise ValueError(f"window output {self.name!r}: window must be positive, "
+                             f"got {self.window}")
+
+
+def output_dtype(agg: str, value_dtype: pl.DataType) -> pl.DataType:
+    """The dtype of ``agg`` over a value column of ``value_dtype`` (Boolean counts as Int32)."""
+    if value_dtype == pl.Boolean:
+        value_dtype = pl.Int32()
+    if agg in ("mean", "std"):
+        return pl.Float64()
+    if agg == "count":
+        return pl.Int64()
+    if agg == "sum":
+        return pl.Float64() if value_dtype.is_float() else pl.Int64()
+    return value_dtype
+
+
+# --------------------------------------------------------------------------------------------
+# layout: segments and boundary searches
+
+
+def _ns(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _unit_of(dtype: pl.DataType) -> str:
+    return dtype.time_unit if isinstance(dtype, pl.Datetime) else "us"  # type: ignore[union-attr]
+
+
+def _physical(s: pl.Series, unit: str) -> pl.Series:
+    """A Datetime/Date series as Int64 instants in ``unit`` (UTC when zoned)."""
+    if s.dtype == pl.Date:
+        s = s.cast(pl.Datetime("us"))
+    if s.dtype.time_zone is not None:  # type: ignore[union-attr]
+        s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return s.dt.cast_time_unit(unit).to_physical()  # type: ignore[arg-type]
+
+
+def _finest(units: Sequence[str]) -> str:
+    return min(units, key=lambda u: _UNIT_NS[u])
+
+
+@dataclass
+class _Layout:
+    """Rows sorted by (segment, time) and every query row's segment and cutoff."""
+
+    av: np.ndarray  # int64 instants of the sorted rows
+    seg_start: np.ndarray  # per segment: first row (int64), plus n at the end
+    q_seg: np.ndarray  # per query row (sorted by segment, cutoff): segment, -1 for none
+    q_t: np.ndarray  # per query row: cutoff instant (valid where q_ok)
+    q_ok: np.ndarray  # key and cutoff present
+    packed: np.ndarray | None = None  # seg * span + (av - lo_t + 1), when that fits an int64
+    lo_t: int = 0
+    span: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.av) == 0:
+            return
+        self.lo_t = int(self.av.min())
+        self.span = int(self.av.max()) - self.lo_t + 3
+        n_seg = len(self.seg_start) - 1
+        if n_seg * self.span < _PACK_LIMIT:
+            # Rows pack to seg * span + (1 .. span - 2); a bound clipped to [0, span - 1] stays
+            # in its segment, so one global search answers within the segment.
+            self.packed = row_segments(self.seg_start) * self.span + (self.av - (self.lo_t - 1))
+
+
+def _segments(keys_df: pl.DataFrame) -> np.ndarray:
+    """First row of every key run of a key-sorted frame, plus its height at the end."""
+    n = keys_df.height
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    if keys_df.width == 1 and keys_df.dtypes[0].is_numeric():
+        k = keys_df.to_series().to_numpy()
+        starts = np.flatnonzero(k[1:] != k[:-1]) + 1
+        return np.concatenate([[0], starts, [n]]).astype(np.int64)
+    change = pl.select(pl.any_horizontal(
+        [pl.lit(keys_df[c]).ne_missing(pl.lit(keys_df[c]).shift(1)) for c in keys_df.columns]
+    )).to_series().fill_null(True).to_numpy()
+    change[0] = True
+    return np.append(np.flatnonzero(change), n).astype(np.int64)
+
+
+def _query_segments(rows_keys: pl.DataFrame, seg_start: np.ndarray, query_keys: pl.DataFrame,
+                    keys: Sequence[str], query_key_names: Sequence[str]) -> np.ndarray:
+    """Each query row's segment (hash join against the distinct keys), -1 for none."""
+    starts = seg_start[:-1]
+    distinct = rows_keys.gather(starts).with_columns(
+        pl.int_range(len(starts), dtype=pl.Int64).alias("__seg"))
+    names = [f"__k{i}" for i in range(len(keys))]
+    left = distinct.select([pl.col(k).alias(n) for k, n in zip(keys, names, strict=True)]
+                           + [pl.col("__seg")])
+    cols = []
+    for k, qk, n in zip(keys, query_key_names, names, strict=True):
+        target = rows_keys.schema[k]
+        q = query_keys[qk]
+        if q.dtype != target:
+            if target in (pl.String, pl.Categorical) or isinstance(target, pl.Enum):
+                left = left.with_columns(pl.col(n).cast(pl.String))
+                q = q.cast(pl.String)
+            else:
+                q = q.cast(target, strict=False)  # a value that cannot fit is in no segment
+        cols.append(q.alias(n))
+    joined = pl.DataFrame(cols).join(left, on=names, how="left", maintain_order="left",
+                                     nulls_equal=False)
+    return joined["__seg"].fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.ndarray:
+    """For each query row (where ``mask``), the first row of its segment whose time is ``>=
+    bound`` (``side="left"``) or ``> bound`` (``side="right"``); other rows get 0."""
+    out = np.zeros(len(bound), dtype=np.int64)
+    if not mask.any() or len(lay.av) == 0:
+        return out
+    seg = lay.q_seg[mask]
+    b = bound[mask]
+    if lay.packed is not None:
+        q = seg * lay.span + np.clip(b - (lay.lo_t - 1), 0, lay.span - 1)
+        out[mask] = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
+        return out
+    lo = lay.seg_start[seg].copy()
+    hi = lay.seg_start[seg + 1].copy()
+    while True:  # bisection within each segment, all query rows at once
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        t = lay.av[np.minimum(mid, len(lay.av) - 1)]
+        go_right = active & ((t < b) if side == "left" else (t <= b))
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where(active & ~go_right, mid, hi)
+    out[mask] = lo
+    return out
+
+
+def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str],
+              unit: str) -> bool:
+    """Whether ``rows`` (no null key or time) are sorted by (keys, available_at, event time),
+    checked in one pass: view artifacts are, and then nothing is sorted."""
+    if rows.height < 2:
+        return True
+    if len(keys) > 1 or not rows[keys[0]].is_sorted():
+        return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
+    av = _physical(rows[available_at], unit).to_numpy()
+    same_key = (rows[keys[0]].to_numpy()[1:] == rows[keys[0]].to_numpy()[:-1])
+    step = np.diff(av)
+    if (same_key & (step < 0)).any():
+        return False
+    tie = same_key & (step == 0)
+    if not ets or not tie.any():
+        return True
+    et = rows[ets[0]]
+    back = pl.select((et.is_null() & et.shift(1).is_not_null())
+                     | (et < et.shift(1)).fill_null(False)).to_series().to_numpy()[1:]
+    return not (tie & back).any()
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[WindowOutput],
+                     *, keys: Sequence[str], query_keys: Sequence[str] | None = None,
+                     cutoff: str, available_at: str = "available_at",
+                     event_timestamp: str | None = "event_timestamp", inclusive: bool = False,
+                     ttl: timedelta | None = None, cutoff_timezone: str = "UTC",
+                     with_availability: bool = False) -> list[pl.Series]:
+    """One series per output (and, with ``with_availability``, one ``Datetime(unit, "UTC")``
+    series per output right after it: the ``available_at`` of the newest row that contributed,
+    null when none, except an empty window's count of 0, known just before T: ``T - 1`` unit,
+    ``T`` when inclusive), each with one value per query row, in the query's order.
+
+    ``rows`` holds ``keys``, ``available_at`` and the value columns (and ``event_timestamp``,
+    which breaks ``available_at`` ties); any order. ``query`` holds ``query_keys`` (default
+    ``keys``) and ``cutoff``; naive cutoffs are read in ``cutoff_timezone`` (an ambiguous wall
+    time as the earlier instant), naive ``available_at`` as UTC.
+    """
+    keys = list(keys)
+    query_keys = list(query_keys) if query_keys is not None else keys
+    if len(query_keys) != len(keys):
+        raise DataError(f"window: {len(keys)} key columns {keys} but {len(query_keys)} query key "
+                        f"columns {query_keys}")
+    for col in (*keys, available_at, *(o.value for o in outputs)):
+        if col not in rows.columns:
+            raise DataError(f"window: the rows have no column {col!r}")
+    for col in (*query_keys, cutoff):
+        if col not in query.columns:
+            raise DataError(f"window: the query has no column {col!r}")
+    if ttl is not None and ttl < timedelta(0):
+        raise DataError(f"ttl must not be negative, got {ttl}")
+    cdt, adt = query.schema[cutoff], rows.schema[available_at]
+    for what, dt in (("query cutoff", cdt), ("rows available_at", adt)):
+        if not (isinstance(dt, pl.Datetime) or dt == pl.Date):
+            raise DataError(f"window: {what} column has dtype {dt}; expected Datetime or Date")
+
+    widths = [_ns(o.window) for o in outputs if o.window is not None]
+    if ttl is not None:
+        widths.append(_ns(ttl))
+    units = [_unit_of(cdt), _unit_of(adt)]
+    if any(w % _UNIT_NS[u] for w in widths for u in units):
+        units.append("ns")
+    unit = _finest(units)
+
+    # Rows: drop never-available ones, order by (keys, available_at, event_timestamp).
+    ets = [event_timestamp] if event_timestamp and event_timestamp in rows.columns else []
+    # A row with a null key or time can match nothing.
+    rows = rows.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in (*keys, available_at)]))
+    order = [*keys, available_at, *ets]
+    if not _in_order(rows, keys, available_at, ets, unit):
+        # a null event time sorts first: it loses an available_at tie
+        rows = rows.sort(order, nulls_last=False, maintain_order=True)
+    av = _physical(rows[available_at], unit).to_numpy().astype(np.int64)
+    seg_start = _segments(rows.select(keys))
+
+    # Query: cutoff as a UTC instant; segment of each key.
+    cut = query[cutoff]
+    if cdt == pl.Date:
+        cut = cut.cast(pl.Datetime("us"))
+    if cut.dtype.time_zone is None:  # type: ignore[union-attr]
+        cut = cut.dt.replace_time_zone(cutoff_timezone, ambiguous="earliest",
+                                       non_existent="raise")
+    q_t_s = _physical(cut, unit)
+    q_seg = _query_segments(rows.select(keys), seg_start, query.select(query_keys), keys,
+                            query_keys)
+    q_ok = q_t_s.is_not_null().to_numpy() & query.select(
+        pl.all_horizontal([pl.col(k).is_not_null() for k in query_keys])).to_series().to_numpy()
+    q_t = q_t_s.fill_null(0).to_numpy().astype(np.int64)
+    # Work on the query rows in (segment, cutoff) order: every lookup into the row arrays then
+    # moves forward through memory instead of jumping; results go back to query order at the end.
+    perm = np.lexsort((q_t, q_seg))
+    q_seg, q_t, q_ok = q_seg[perm], q_t[perm], q_ok[perm]
+
+    def back(a: np.ndarray) -> np.ndarray:
+        out = np.empty_like(a)
+        out[perm] = a
+        return out
+
+    lay = _Layout(av, seg_start, q_seg, q_t, q_ok)
+    found = q_ok & (q_seg >= 0)
+
+    hi = _search(lay, q_t, "right" if inclusive else "left", found)
+    starts = np.where(found, seg_start[np.maximum(q_seg, 0)], 0)
+    ttl_units = None if ttl is None else _ns(ttl) // _UNIT_NS[unit]
+    lows: dict[timedelta | None, np.ndarray] = {}
+    for w in dict.fromkeys(o.window for o in outputs):
+        bounds = []
+        if w is not None:
+            bounds.append(_ns(w) // _UNIT_NS[unit])
+        if ttl_units is not None:
+            bounds.append(ttl_units)
+        if not bounds:
+            lows[w] = starts
+            continue
+        lower = q_t - min(min(bounds), 2**62)
+        lows[w] = np.minimum(_search(lay, lower, "left", found), hi)
+    av_unit = _unit_of(adt)
+    columns: dict[str, Column] = {}
+    result: list[pl.Series] = []
+    for o in outputs:
+        if o.value not in columns:
+            columns[o.value] = Column.of(rows[o.value], seg_start)
+        col = columns[o.value]
+        lo = lows[o.window]
+        h = np.where(found, hi, 0)
+        lo = np.where(found, lo, 0)
+        values, valid, newest = aggregate(col, o.agg, lo, h, starts)
+        if with_availability and newest is None:
+            cnt = col.get("count")
+            newest = newest_row(col, h, (cnt[h] - cnt[lo]) > 0)
+        dtype = output_dtype(o.agg, rows.schema[o.value])
+        ok = back(valid & q_ok)
+        if with_availability:
+            assert newest is not None
+            has = (newest >= 0) & q_ok
+            stamp_np = np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0)
+            if o.agg == "count":
+                # An empty window's 0 is known from the rows available before T: the last
+                # instant before T (T itself when inclusive) is its availability.
+                empty = (newest < 0) & q_ok
+                stamp_np = np.where(empty, q_t - (0 if inclusive else 1), stamp_np)
+                has = has | empty
+            stamp_np, has = back(stamp_np), back(has)
+        values = back(values)
+        if o.agg in ("min", "max", "first", "last"):
+            if o.agg in ("first", "last"):
+                n = len(col.series)
+                series = col.series.gather(np.clip(values, 0, n - 1)) if n else \
+                    pl.Series(o.value, [None] * len(values), dtype=col.series.dtype)
+            else:
+                series = pl.Series(o.value, values)
+            series = series.cast(dtype)
+        else:
+            series = pl.Series(o.value, values).cast(dtype)
+        invalid = np.flatnonzero(~ok)
+        if len(invalid):
+            series = series.scatter(invalid, None)
+        result.append(series.alias(o.name))
+        if with_availability:
+            stamp = pl.Series(stamp_np)
+            if not has.all():
+                stamp = stamp.scatter(np.flatnonzero(~has), None)
+            result.append(stamp.cast(pl.Datetime(unit, "UTC")).dt.cast_time_unit(av_unit)
+                          .alias(f"{o.name}__available_at"))
+    return result

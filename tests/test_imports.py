@@ -1,0 +1,77 @@
+"""Start-up stays light: what ``import featurestore`` and the command line load (not how fast).
+
+Each check runs in a fresh interpreter and inspects ``sys.modules``: deterministic, unlike a
+timing (``benchmarks/imports.py`` measures the time).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import featurestore.plugin_loading as loading
+
+HEAVY = ("polars", "sqlalchemy", "pyarrow", "numpy", "pandas", "rich")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loaded_after(code: str) -> list[str]:
+    """Top-level packages of ``HEAVY`` present in ``sys.modules`` after running ``code``."""
+    probe = (f"{code}\nimport json, sys\n"
+             f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r})))")
+    env = {k: v for k, v in os.environ.items() if k != "FEATURESTORE_PLUGINS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("code", [
+    "import featurestore",
+    "import featurestore.errors",
+    "from featurestore import DataError, LeakageError",
+    "import featurestore.cli",
+    "import featurestore.plugins",
+    # What `featurestore --help` does before printing: every verb and every plugin command.
+    "from featurestore.cli import _register_extra_commands; _register_extra_commands()",
+])
+def test_startup_loads_no_heavy_library(code: str) -> None:
+    assert loaded_after(code) == []
+
+
+def test_the_lazy_names_still_resolve() -> None:
+    """The cheap import is not a broken one: the lazy public names load on first use."""
+    assert "polars" in loaded_after("import featurestore; featurestore.FeatureStore")
+
+
+def test_help_lists_every_core_verb() -> None:
+    out = subprocess.run([sys.executable, "-m", "featurestore", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for verb in ("apply", "ingest", "materialize", "retrieve", "online", "plugins", "delete",
+                 "config", "serve", "quickstart"):
+        assert f"  {verb} " in out, verb
+
+
+def test_builtin_plugins_add_no_commands() -> None:
+    """``featurestore --help`` collects plugin commands without importing the built-in plugins;
+    that is right only while no built-in implements ``register_commands`` outside
+    ``BUILTIN_COMMANDS``."""
+    import importlib
+
+    for name in loading.DEFAULT_PLUGINS:
+        module = importlib.import_module(name)
+        if hasattr(module, "register_commands"):
+            assert name in loading.BUILTIN_COMMANDS, name
+
+
+def test_serving_does_not_import_the_store() -> None:
+    """``store`` imports ``serving``; ``serving`` types its store with a protocol instead."""
+    tree = ast.parse((ROOT / "featurestore" / "serving.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "featurestore.store" not in imported
