@@ -3,7 +3,7 @@
 This module is a pure engine: it knows nothing about the registry. A caller hands it a query
 frame and one ``ViewFrame`` per feature view, and gets back the query with feature columns added.
 
-Semantics (``DESIGN.md``, "Retrieval semantics"), for each query row (keys ``K``, cutoff ``T``)
+Semantics (``docs/semantics.md``, "The point-in-time rule"), for each query row (keys ``K``, cutoff ``T``)
 and each view, independently:
 
 * the value comes from the view row of the same ``K`` with the greatest ``available_at < T``

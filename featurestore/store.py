@@ -476,6 +476,8 @@ class FeatureStore:
         are read in ``cutoff_timezone`` (UTC by default). ``with_availability`` adds each
         feature's ``available_at`` so ``audit`` can prove the frame clean. Output columns are
         the feature names, or ``name@version`` when two versions of one feature are requested.
+        Features of ``window`` views aggregate, per query row, the rows available in
+        ``[cutoff - w, cutoff)`` (see docs/semantics.md, "Windows anchored at the cutoff").
         A view materialized without causality verification (``--no-verify``) raises
         ``LeakageError`` unless ``allow_unverified``. Rows with a null key or a null cutoff match
         nothing: they are counted in a ``DataWarning``, or refused with a ``DataError`` when
@@ -502,6 +504,8 @@ class FeatureStore:
 
         The files are read when the frame is collected, after this returns: if ``gc`` may run
         meanwhile, build and collect it inside ``featurestore.readers.reading(store.root)``.
+        Features of ``window`` views are computed now (their engine is eager), so a request
+        holding any collects the query here and returns the finished frame as a ``LazyFrame``.
         """
         from featurestore.serving import get_historical_features
 

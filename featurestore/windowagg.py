@@ -108,8 +108,6 @@ class Column:
     def of(cls, series: pl.Series, seg_start: np.ndarray) -> Column:
         if series.dtype == pl.Boolean:
             series = series.cast(pl.Int32)
-        if series.dtype.is_float():
-            series = series.fill_nan(None)
         return cls(series, seg_start, {}, {})
 
     @property
@@ -125,13 +123,23 @@ class Column:
         return row_segments(self.seg_start)
 
     def _build_valid(self) -> np.ndarray:
+        if self.is_float:  # NaN is not a value either
+            return ~np.isnan(self.get("raw"))
         return self.series.is_not_null().to_numpy()
+
+    def _build_raw(self) -> np.ndarray:
+        """Float values as float64 with NaN for null (one conversion, numpy-owned)."""
+        return self.series.cast(pl.Float64).to_numpy()
 
     def _build_count(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.get("valid"), dtype=np.int64)])
 
     def _build_x0(self) -> np.ndarray:
         """The values as float64, 0 where null."""
+        if self.is_float:
+            x = self.get("raw").copy()
+            x[~self.get("valid")] = 0.0
+            return x
         return self.series.cast(pl.Float64).fill_null(0.0).to_numpy()
 
     def _build_int(self) -> np.ndarray:

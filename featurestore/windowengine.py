@@ -102,9 +102,11 @@ def _physical(s: pl.Series, unit: str) -> pl.Series:
     """A Datetime/Date series as Int64 instants in ``unit`` (UTC when zoned)."""
     if s.dtype == pl.Date:
         s = s.cast(pl.Datetime("us"))
-    if s.dtype.time_zone is not None:  # type: ignore[union-attr]
-        s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-    return s.dt.cast_time_unit(unit).to_physical()  # type: ignore[arg-type]
+    # A zoned datetime's physical value is already the UTC instant (a naive one is read as
+    # UTC): only the unit may need converting, and no copy is made when it does not.
+    if s.dtype.time_unit != unit:  # type: ignore[union-attr]
+        s = s.dt.cast_time_unit(unit)  # type: ignore[arg-type]
+    return s.to_physical()
 
 
 def _finest(units: Sequence[str]) -> str:
@@ -133,7 +135,11 @@ class _Layout:
         if n_seg * self.span < _PACK_LIMIT:
             # Rows pack to seg * span + (1 .. span - 2); a bound clipped to [0, span - 1] stays
             # in its segment, so one global search answers within the segment.
-            self.packed = row_segments(self.seg_start) * self.span + (self.av - (self.lo_t - 1))
+            packed = row_segments(self.seg_start)  # in place from here: no temporaries
+            packed *= self.span
+            packed += self.av
+            packed -= self.lo_t - 1
+            self.packed = packed
 
 
 def _segments(keys_df: pl.DataFrame) -> np.ndarray:
@@ -213,7 +219,8 @@ def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[
     if len(keys) > 1 or not rows[keys[0]].is_sorted():
         return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
     av = _physical(rows[available_at], unit).to_numpy()
-    same_key = (rows[keys[0]].to_numpy()[1:] == rows[keys[0]].to_numpy()[:-1])
+    k = rows[keys[0]].to_numpy()
+    same_key = k[1:] == k[:-1]
     step = np.diff(av)
     if (same_key & (step < 0)).any():
         return False
@@ -275,12 +282,15 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     # Rows: drop never-available ones, order by (keys, available_at, event_timestamp).
     ets = [event_timestamp] if event_timestamp and event_timestamp in rows.columns else []
     # A row with a null key or time can match nothing.
-    rows = rows.filter(pl.all_horizontal([pl.col(c).is_not_null() for c in (*keys, available_at)]))
+    if any(rows[c].null_count() for c in (*keys, available_at)):
+        rows = rows.filter(pl.all_horizontal([pl.col(c).is_not_null()
+                                              for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
+    rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
     if not _in_order(rows, keys, available_at, ets, unit):
         # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)
-    av = _physical(rows[available_at], unit).to_numpy().astype(np.int64)
+    av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
     seg_start = _segments(rows.select(keys))
 
     # Query: cutoff as a UTC instant; segment of each key.

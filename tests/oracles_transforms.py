@@ -352,3 +352,62 @@ def assert_outputs_match(
             assert same_value(g[column], w[column], tol), (
                 f"row {i} column {column}: got {g[column]!r}, want {w[column]!r}"
             )
+
+
+# ------------------------------------------------------------------ shared property checks
+
+
+class TransformUnderTest:
+    """The property checks every row-wise transform test runs (against its oracle, causal
+    truncation, input order), written once. ``order(params)`` gives the columns after the
+    keys that order an entity's rows (ties then keep input order), ``oracle(rows, keys,
+    params)`` the expected outputs in input order."""
+
+    def __init__(self, transform: Any, schema: dict[str, Any], order: Any, oracle: Any) -> None:
+        self.transform, self.schema, self.order, self.oracle = transform, schema, order, oracle
+
+    def run(self, rows: list[dict], keys: list[str], params: dict,
+            frame: Any = None) -> tuple[dict[str, Any], Any, list[dict]]:
+        """Run the transform; return (declared schema, output frame, outputs in input order)."""
+        import polars as pl
+
+        from featurestore.transforms import TransformContext
+
+        frame = pl.DataFrame(rows, schema=self.schema) if frame is None else frame
+        declared = self.transform.declared_schema(params, frame.schema)
+        out = self.transform(frame.lazy(), params, TransformContext(keys=tuple(keys))).collect()
+        return declared, out, outputs_in_input_order(out.to_dicts(), rows, keys,
+                                                     self.order(params))
+
+    def check_matches_oracle(self, rows: list[dict], keys: list[str], params: dict) -> None:
+        """Output schema is keys, times and the declared columns; values are the oracle's."""
+        declared, out, got = self.run(rows, keys, params)
+        assert dict(out.schema) == {**{k: self.schema[k] for k in keys}, TS: self.schema[TS],
+                                    AV: self.schema[AV], **declared}
+        assert_outputs_match(got, self.oracle(rows, keys, params), list(declared))
+
+    def check_causal_truncation(self, rows: list[dict], keys: list[str], params: dict,
+                                cut: float, inside_tie: bool) -> None:
+        """Dropping every row after a cut point (in event order) leaves earlier outputs
+        unchanged. With ``inside_tie`` the cut falls between two rows with the same event time
+        if there are any."""
+        order = entity_order(rows, [], self.order(params))
+        end = int(cut * len(rows))
+        ties = [c for c in range(1, len(rows)) if rows[order[c - 1]][TS] == rows[order[c]][TS]]
+        if inside_tie and ties:
+            end = ties[int(cut * (len(ties) - 1))]
+        kept = sorted(order[:end])
+        declared, _, full = self.run(rows, keys, params)
+        _, _, part = self.run([rows[i] for i in kept], keys, params)
+        assert_outputs_match(part, [full[i] for i in kept], list(declared), tol=0.0)
+
+    def check_input_order_irrelevant(self, rows: list[dict], keys: list[str], params: dict,
+                                     seed: int) -> None:
+        """Shuffling the input (exact duplicates of keys and times included) changes nothing."""
+        import random
+
+        from polars.testing import assert_frame_equal
+
+        shuffled = list(rows)
+        random.Random(seed).shuffle(shuffled)
+        assert_frame_equal(self.run(rows, keys, params)[1], self.run(shuffled, keys, params)[1])

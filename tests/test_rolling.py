@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -21,8 +20,8 @@ try:
     from oracles_transforms import (
         AV,
         TS,
+        TransformUnderTest,
         assert_outputs_match,
-        entity_order,
         load_benchmark_module,
         outputs_in_input_order,
         rolling_oracle,
@@ -32,8 +31,8 @@ except ImportError:  # tests/ imported as a package
     from tests.oracles_transforms import (
         AV,
         TS,
+        TransformUnderTest,
         assert_outputs_match,
-        entity_order,
         load_benchmark_module,
         outputs_in_input_order,
         rolling_oracle,
@@ -140,13 +139,13 @@ def to_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
+UNDER_TEST = TransformUnderTest(ROLLING, SCHEMA, rolling_order, rolling_oracle)
+
+
 def run(rows: list[dict], keys: list[str], params: dict, transform: Transform = ROLLING):
     """Run the transform; return (declared schema, output frame, outputs in input order)."""
-    frame = to_frame(rows)
-    declared = transform.declared_schema(params, frame.schema)
-    out = transform(frame.lazy(), params, TransformContext(keys=tuple(keys))).collect()
-    order = rolling_order(params)
-    return declared, out, outputs_in_input_order(out.to_dicts(), rows, keys, order)
+    return TransformUnderTest(transform, SCHEMA, rolling_order, rolling_oracle).run(
+        rows, keys, params)
 
 
 # ------------------------------------------------------------------------ oracle comparisons
@@ -155,14 +154,7 @@ def run(rows: list[dict], keys: list[str], params: dict, transform: Transform = 
 @SETTINGS
 @given(rows=lap_rows(), keys=st.sampled_from(KEY_CHOICES), params=rolling_params())
 def test_matches_oracle(rows: list[dict], keys: list[str], params: dict) -> None:
-    declared, out, got = run(rows, keys, params)
-    assert dict(out.schema) == {
-        **{k: SCHEMA[k] for k in keys},
-        TS: SCHEMA[TS],
-        AV: SCHEMA[AV],
-        **declared,
-    }
-    assert_outputs_match(got, rolling_oracle(rows, keys, params), list(declared))
+    UNDER_TEST.check_matches_oracle(rows, keys, params)
 
 
 @SETTINGS
@@ -176,19 +168,7 @@ def test_matches_oracle(rows: list[dict], keys: list[str], params: dict) -> None
 def test_causal_truncation(
     rows: list[dict], keys: list[str], params: dict, cut: float, inside_tie: bool
 ) -> None:
-    """Dropping every row after a cut point (in event order) leaves earlier outputs unchanged.
-
-    With ``inside_tie`` the cut falls between two rows with the same event time if there are any.
-    """
-    order = entity_order(rows, [], rolling_order(params))
-    end = int(cut * len(rows))
-    ties = [c for c in range(1, len(rows)) if rows[order[c - 1]][TS] == rows[order[c]][TS]]
-    if inside_tie and ties:
-        end = ties[int(cut * (len(ties) - 1))]
-    kept = sorted(order[:end])
-    declared, _, full = run(rows, keys, params)
-    _, _, part = run([rows[i] for i in kept], keys, params)
-    assert_outputs_match(part, [full[i] for i in kept], list(declared), tol=0.0)
+    UNDER_TEST.check_causal_truncation(rows, keys, params, cut, inside_tie)
 
 
 @SETTINGS
@@ -199,12 +179,7 @@ def test_causal_truncation(
     seed=st.integers(0, 2**32 - 1),
 )
 def test_input_order_irrelevant(rows: list[dict], keys: list[str], params: dict, seed: int) -> None:
-    """Shuffling the input (exact duplicates of keys and times included) changes nothing."""
-    shuffled = list(rows)
-    random.Random(seed).shuffle(shuffled)
-    _, first, _ = run(rows, keys, params)
-    _, second, _ = run(shuffled, keys, params)
-    assert_frame_equal(first, second)
+    UNDER_TEST.check_input_order_irrelevant(rows, keys, params, seed)
 
 
 def test_empty_input() -> None:

@@ -168,6 +168,22 @@ def test_online_lookup_is_anchored_at_the_request_time(store: FeatureStore) -> N
         assert got["points_mean_90d__status"][3] == "NOT_FOUND"
 
 
+def test_publish_leaves_window_views_to_request_time(store: FeatureStore) -> None:
+    from featurestore.online.publishing import publish
+
+    results = {r.view: r.status for r in publish(store)}
+    assert results["recent"] == "computed-at-request" and results["results"] == "published"
+    as_of = datetime(2030, 1, 1, tzinfo=UTC)  # long after the last race: every 90d window empty
+    got = store.get_online_features({"driver_id": [1, 2]}, ["points_count_90d", "points"],
+                                    tier="historical", as_of=as_of)
+    assert got["points_count_90d"].to_list() == [0, 0]
+    training = store.get_historical_features(
+        pl.DataFrame({"driver_id": [1, 2], "event_timestamp": [as_of] * 2}),
+        ["points_count_90d", "points"], tier="historical")
+    assert got.select("points_count_90d", "points").equals(
+        training.select("points_count_90d", "points"))
+
+
 def test_cli_retrieve_serves_window_features(store: FeatureStore, tmp_path: Path) -> None:
     query = _query(store).drop_nulls()
     query.write_parquet(tmp_path / "q.parquet")

@@ -34,6 +34,7 @@ from featurestore.online.base import (
     to_storage,
 )
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.windowspec import NAME as WINDOW
 
 if TYPE_CHECKING:
     from featurestore.store import FeatureStore
@@ -82,6 +83,7 @@ def open_backend(store: FeatureStore, url: str | None = None) -> OnlineBackend:
 class PublishResult:
     view: str
     status: str  # published | up-to-date | newer-published | not-materialized | removed
+    # | computed-at-request (a window view: lookups compute it at the request time)
     artifact_id: int | None = None
     view_version: int | None = None
     entities: int = 0
@@ -139,6 +141,13 @@ def publish(store: FeatureStore, views: Sequence[str] | None = None, *, history:
         results = []
         for name in names:
             view = registered[name]
+            if view["transform"] == WINDOW:
+                # Served anchored at the request time from the view's input rows: a published
+                # latest value would be the wrong answer, so there is nothing to publish.
+                results.append(PublishResult(name, "computed-at-request",
+                                             view_version=view["version"]))
+                backend.drop(name)
+                continue
             arts = [a for a in store.registry.artifacts(kind="view", name=name)
                     if a["object_version"] == view["version"]]
             if not arts:
