@@ -178,3 +178,13 @@ def test_ingest_refusals_name_the_file_and_column(spark, tmp_path):
     with pytest.raises(DataError, match=r"key column 'driver_id' has 2 null value\(s\) "
                                         r"\(first at row 1\)"):
         s.read_source("s")
+
+
+def test_one_session_on_the_master_from_the_environment(spark):
+    import os
+
+    from featurestore.engines.spark.session import MASTER_ENV, spark_session
+
+    assert spark.sparkContext.master == os.environ[MASTER_ENV] == "local[2]"
+    assert spark_session() is spark  # reused, never a second JVM
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
