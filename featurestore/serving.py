@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
-from featurestore.artifacts import reading_artifacts, verify_artifact
+from featurestore.artifacts import artifact_files, reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
 from featurestore.dtypes import dtype_from_str
 from featurestore.errors import (
@@ -142,14 +142,15 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
 def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
                 paths: list[Path] | None = None,
-                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None
-                ) -> list[ViewFrame]:
+                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None,
+                parts: list[list[Path]] | None = None) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
     ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
     per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
-    regardless). ``paths``, when given, receives each artifact's file, for error messages.
+    regardless). ``paths``, when given, receives each artifact's file, for error messages;
+    ``parts`` each artifact's list of files (one, or a bucketed artifact's parts).
     ``groups`` (from ``served_artifacts``) replaces resolving ``features`` again.
     """
     if groups is None:
@@ -161,7 +162,10 @@ def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
         if paths is not None:
             paths.append(path)
         entity = store.registry.get("entity", entity_name)
-        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
+        files = artifact_files(store.root, art)
+        if parts is not None:
+            parts.append(files)
+        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(files),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
 
@@ -225,9 +229,10 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
     groups = served_artifacts(store, rows)
     check_verified([art for art, _, _ in groups], allow_unverified)
     paths: list[Path] = []
+    parts: list[list[Path]] = []
     frames = view_frames(store, rows, verify_checksums=verify_checksums, paths=paths,
                          groups=[g for g in groups if not is_window(g[0])],
-                         allow_unverified=allow_unverified)
+                         allow_unverified=allow_unverified, parts=parts)
     # Windows anchored at the cutoff are computed from the view's input snapshot.
     windows = [window_request(store, art, mapping,
                               store.registry.get("entity", entity)["join_keys"],
@@ -241,15 +246,13 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
         _check_nulls(entity_df, checked, cutoff, strict)
-    n_views = len(frames)  # paths: the views' artifacts first, then the windows' snapshots
+    options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": _ttl(ttl),
+               "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     with reading_artifacts(paths):
-        if lazy and not windows:
-            return point_in_time_join_lazy(
-                entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                cutoff_timezone=cutoff_timezone, with_availability=with_availability)
-        result = runner.point_in_time_join(
-            entity_df, frames, paths[:n_views], cutoff=cutoff, inclusive=inclusive,
-            ttl=_ttl(ttl), cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if lazy and not windows:  # a lazy plan reads a bucketed view's parts as one frame
+            result = point_in_time_join_lazy(entity_df, frames, **options)  # type: ignore[arg-type]
+        else:  # the engine; Polars joins bucketed views part by part
+            result = runner.point_in_time_join(entity_df, frames, parts, **options)
         if not windows:
             return result  # type: ignore[no-any-return]
         assert isinstance(entity_df, pl.DataFrame) and isinstance(result, pl.DataFrame)

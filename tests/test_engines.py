@@ -39,10 +39,10 @@ class Recording(PolarsEngine):
         self.calls.append("materialize")
         return super().materialize(store, views, **options)
 
-    def point_in_time_join(self, query, views, paths, **kw):
-        assert [Path(p).exists() for p in paths] == [True] * len(views)
+    def point_in_time_join(self, query, views, files, **kw):
+        assert [all(Path(f).exists() for f in fs) for fs in files] == [True] * len(views)
         self.calls.append("point_in_time_join")
-        return super().point_in_time_join(query, views, paths, **kw)
+        return super().point_in_time_join(query, views, files, **kw)
 
 
 @pytest.fixture

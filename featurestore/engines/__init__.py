@@ -73,11 +73,13 @@ class Engine(Protocol):
         """``featurestore.materialize.materialize`` on this engine."""
 
     def point_in_time_join(self, query: pl.DataFrame, views: Sequence[ViewFrame],
-                           paths: Sequence[Path], *, cutoff: str, inclusive: bool,
+                           files: Sequence[Sequence[Path]], *, cutoff: str, inclusive: bool,
                            ttl: timedelta | None, cutoff_timezone: str | None,
                            with_availability: bool) -> pl.DataFrame:
-        """``featurestore.retrieval.point_in_time_join`` on this engine; ``paths[i]`` is the
-        artifact file of ``views[i]`` (the tier guard and every registry check ran before)."""
+        """``featurestore.retrieval.point_in_time_join`` on this engine; ``files[i]`` are the
+        Parquet file(s) of ``views[i]``'s artifact in row order
+        (``featurestore.artifacts.artifact_files``: one file, or a bucketed artifact's parts);
+        the tier guard and every registry check ran before."""
 
 
 @dataclass(frozen=True)

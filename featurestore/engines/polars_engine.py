@@ -46,14 +46,15 @@ class PolarsEngine:
         return materialize_polars(store, views, **options)
 
     def point_in_time_join(self, query: pl.DataFrame, views: Sequence[ViewFrame],
-                           paths: Sequence[Path], *, cutoff: str, inclusive: bool,
+                           files: Sequence[Sequence[Path]], *, cutoff: str, inclusive: bool,
                            ttl: timedelta | None, cutoff_timezone: str | None,
                            with_availability: bool) -> pl.DataFrame:
-        from featurestore.retrieval import point_in_time_join
+        from featurestore.retrieval_buckets import point_in_time_join_parts
 
-        return point_in_time_join(query, list(views), cutoff=cutoff, inclusive=inclusive,
-                                  ttl=ttl, cutoff_timezone=cutoff_timezone,
-                                  with_availability=with_availability)
+        return point_in_time_join_parts(query, list(views), files, cutoff=cutoff,
+                                        inclusive=inclusive, ttl=ttl,
+                                        cutoff_timezone=cutoff_timezone,
+                                        with_availability=with_availability)
 
 
 ENGINE = PolarsEngine()

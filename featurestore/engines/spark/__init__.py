@@ -52,12 +52,12 @@ class SparkEngine:
         return materialize(store, views, **options)
 
     def point_in_time_join(self, query: pl.DataFrame, views: Sequence[ViewFrame],
-                           paths: Sequence[Path], *, cutoff: str, inclusive: bool,
+                           files: Sequence[Sequence[Path]], *, cutoff: str, inclusive: bool,
                            ttl: timedelta | None, cutoff_timezone: str | None,
                            with_availability: bool) -> pl.DataFrame:
         from featurestore.engines.spark.retrieval import point_in_time_join
 
-        return point_in_time_join(query, views, paths, cutoff=cutoff, inclusive=inclusive,
+        return point_in_time_join(query, views, files, cutoff=cutoff, inclusive=inclusive,
                                   ttl=ttl, cutoff_timezone=cutoff_timezone,
                                   with_availability=with_availability)
 

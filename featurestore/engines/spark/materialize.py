@@ -64,9 +64,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             view = registered[name]
             [ingested] = store.ingest([view["source"]], engine=ENGINE.name)
             src_row = ingested["artifact"]
-            from featurestore.artifacts import verify_artifact
+            from featurestore.artifacts import artifact_files, verify_artifact
 
-            snapshot = verify_artifact(store.root, src_row)
+            verify_artifact(store.root, src_row)
+            snapshot = artifact_files(store.root, src_row)  # one file, or a bucketed one's parts
             keys = list(store.registry.get("entity", store.registry.get(
                 "source", view["source"])["entity"])["join_keys"])
             plugin_name = plugin_version = transform = None
@@ -83,7 +84,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                 results.append(MaterializeResult(name, "up-to-date", latest))
                 continue
             t0 = time.perf_counter()
-            schema = dict(pl.read_parquet_schema(snapshot))
+            schema = dict(pl.read_parquet_schema(snapshot[0]))
             base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
             if transform is None:
                 missing = [c for c in view["params"]["columns"] if c not in schema]
@@ -113,10 +114,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
     return results
 
 
-def _read(path: Any) -> Any:
+def _read(files: list[Any]) -> Any:
     from featurestore.engines.spark.session import spark_session
 
-    return spark_session().read.parquet(str(path))
+    return spark_session().read.parquet(*[str(f) for f in files])
 
 
 def _spark_schema(schema: dict[str, pl.DataType]) -> Any:

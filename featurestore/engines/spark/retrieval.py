@@ -33,7 +33,6 @@ from typing import Any
 import polars as pl
 from polars.exceptions import ComputeError, InvalidOperationError
 
-from featurestore.artifacts import artifact_files
 from featurestore.errors import DataError
 from featurestore.retrieval_plan import (
     ViewFrame,
@@ -50,17 +49,19 @@ from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 __all__ = ["historical_features", "point_in_time_join", "read_artifact"]
 
 
-def read_artifact(path: Path | str) -> Any:
-    """A Spark DataFrame of an artifact's rows with their file order: ``__fs_file`` (the part
+def read_artifact(files: Sequence[Path | str] | Path | str) -> Any:
+    """A Spark DataFrame of an artifact's rows (its file, or its part files in row order, as
+    ``featurestore.artifacts.artifact_files`` lists them) with their order: ``__fs_file`` (the
     file's position) and ``__fs_pos`` (the row's position in it)."""
     from pyspark.sql import functions as F
 
     from featurestore.engines.spark.session import spark_session
 
     spark = spark_session()
-    frames = [spark.read.parquet(f).select("*", F.lit(i).alias("__fs_file"),
-                                          F.col("_metadata.row_index").alias("__fs_pos"))
-              for i, f in enumerate(artifact_files(path))]
+    listed = [files] if isinstance(files, str | Path) else list(files)
+    frames = [spark.read.parquet(str(f)).select("*", F.lit(i).alias("__fs_file"),
+                                               F.col("_metadata.row_index").alias("__fs_pos"))
+              for i, f in enumerate(listed)]
     out = frames[0]
     for f in frames[1:]:
         out = out.unionByName(f)
@@ -117,7 +118,7 @@ def _spark_query(q: pl.DataFrame, plans: Sequence[ViewPlan], bounds: list[pl.Ser
     return to_spark(q.select(cols))
 
 
-def _join_one(sq: Any, plan: ViewPlan, path: Path | str, prefix: str,
+def _join_one(sq: Any, plan: ViewPlan, files: Sequence[Path | str] | Path | str, prefix: str,
               with_availability: bool) -> Any:
     """Spark DataFrame (row, features..., availability...) of one view, one row per matched
     query row."""
@@ -130,7 +131,7 @@ def _join_one(sq: Any, plan: ViewPlan, path: Path | str, prefix: str,
                                                             "val"))
     row = f"{prefix}row"
     last, first = f"{prefix}last{plan.index}", f"{prefix}first{plan.index}"
-    art = read_artifact(path)
+    art = read_artifact(files)
     schema = view.frame.collect_schema()
     # Event times only order ties within this view: their own exact unit does.
     et_dtype = schema.get(EVENT_TIMESTAMP)
@@ -182,7 +183,8 @@ def _all_not_null(columns: Sequence[str]) -> Any:
 
 
 def historical_features(query: pl.DataFrame, views: Sequence[ViewFrame],
-                        paths: Sequence[Path | str], *, cutoff: str = EVENT_TIMESTAMP,
+                        files: Sequence[Sequence[Path | str] | Path | str], *,
+                        cutoff: str = EVENT_TIMESTAMP,
                         inclusive: bool = False, ttl: timedelta | None = None,
                         cutoff_timezone: str | None = None, with_availability: bool = False
                         ) -> tuple[Any, list[ViewPlan], str]:
@@ -192,8 +194,8 @@ def historical_features(query: pl.DataFrame, views: Sequence[ViewFrame],
 
     Only query rows some view matched appear; rows absent get nulls."""
     vs = normalize_views(views)
-    if len(paths) != len(vs):
-        raise ValueError(f"{len(vs)} views but {len(paths)} artifact paths")
+    if len(files) != len(vs):
+        raise ValueError(f"{len(vs)} views but {len(files)} artifacts' files")
     prefix = internal_prefix(query.columns, vs)
     plans = [p for p in plan_views(query.schema, vs, cutoff, cutoff_timezone, with_availability, ttl,
                               prefix) if p.outputs]
@@ -204,24 +206,26 @@ def historical_features(query: pl.DataFrame, views: Sequence[ViewFrame],
     row = f"{prefix}row"
     result = None
     for plan in plans:
-        part = _join_one(sq, plan, paths[plan.index], prefix, with_availability)
+        part = _join_one(sq, plan, files[plan.index], prefix, with_availability)
         result = part if result is None else result.join(part, on=row, how="full")
     return result, plans, prefix
 
 
 def point_in_time_join(query: pl.DataFrame | pl.LazyFrame, views: ViewFrame | Sequence[ViewFrame],
-                       paths: Sequence[Path | str], *, cutoff: str = EVENT_TIMESTAMP,
+                       files: Sequence[Sequence[Path | str] | Path | str], *,
+                       cutoff: str = EVENT_TIMESTAMP,
                        inclusive: bool = False, ttl: timedelta | None = None,
                        cutoff_timezone: str | None = None,
                        with_availability: bool = False) -> pl.DataFrame:
-    """``featurestore.retrieval.point_in_time_join`` computed by Spark from the artifact files
-    ``paths`` (one per view): the same frame, column for column and dtype for dtype."""
+    """``featurestore.retrieval.point_in_time_join`` computed by Spark from the artifacts'
+    files (``files[i]``: view ``i``'s file or part files in row order): the same frame, column
+    for column and dtype for dtype."""
     from featurestore.engines.spark.session import to_polars
 
     q = query.collect() if isinstance(query, pl.LazyFrame) else query
     vs = normalize_views(views)
     result, plans, prefix = historical_features(
-        q, vs, paths, cutoff=cutoff, inclusive=inclusive, ttl=ttl,
+        q, vs, files, cutoff=cutoff, inclusive=inclusive, ttl=ttl,
         cutoff_timezone=cutoff_timezone, with_availability=with_availability)
     if not plans:
         return q
