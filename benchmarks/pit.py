@@ -1,7 +1,10 @@
 """Point-in-time join benchmark: featurestore vs a hand-written Polars join_asof vs DuckDB ASOF.
 
     python benchmarks/pit.py --scale S|M|L|XL [--data-dir DIR] [--repeat N] [--skip-multi]
-                                [--peers a,b] [--cold-checksums]
+                                [--peers a,b] [--cold-checksums] [--engine spark]
+
+``--engine spark`` runs ``pit_spark.py`` instead: the store's polars engine against its spark
+engine on the same store and query (see that module).
 
 Scales (feature rows / query rows / entities): S 1M/100k/1k, M 10M/1M/10k, L 50M/5M/50k,
 XL 200M/20M/200k (about 16 GB on disk, written chunk by chunk).
@@ -533,6 +536,8 @@ def main() -> None:
         help="give each featurestore run an empty checksum cache: every run pays the first "
         "read's full artifact hash (by default it is timed once, outside the rounds)",
     )
+    ap.add_argument("--engine", choices=("polars", "spark"), default="polars",
+                    help="spark: compare the store's polars and spark engines (pit_spark.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--case", default="single", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -569,6 +574,13 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load avg {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    if args.engine == "spark":
+        import pit_spark
+
+        generate(paths, multi=False)
+        pit_spark.run(paths, repeat)
+        return
+
     cases = ["single"] if args.skip_multi else ["single", "multi"]
     generate(paths, multi="multi" in cases)
 

@@ -47,11 +47,31 @@ class MaterializeResult:
                 "seconds_verify": round(self.seconds_verify, 3)}
 
 
-@reads_artifacts  # gc never removes a snapshot or seed this run is reading
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
                 samples: int = DEFAULT_SAMPLES, budget: float | None = None, force: bool = False,
-                progress: Progress | None = None, strict: bool = False) -> list[MaterializeResult]:
-    """Materialize ``views`` (all registered views by default); see the module docstring.
+                progress: Progress | None = None, strict: bool = False,
+                engine: str | None = None) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) on ``engine``
+    (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
+
+    Every engine keeps the contract of ``materialize_polars`` below and writes the same
+    artifacts and registry rows.
+    """
+    from featurestore.engines import get_engine
+
+    return get_engine(engine).materialize(  # type: ignore[no-any-return]
+        store, views, verify=verify, samples=samples, budget=budget, force=force,
+        progress=progress, strict=strict)
+
+
+@reads_artifacts  # gc never removes a snapshot or seed this run is reading
+def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, *,
+                       verify: bool = True, samples: int = DEFAULT_SAMPLES,
+                       budget: float | None = None, force: bool = False,
+                       progress: Progress | None = None,
+                       strict: bool = False) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) with Polars; see the module
+    docstring.
 
     ``samples`` and ``budget`` size causality verification (``featurestore.verification``):
     every entity's (or group's) first cut, at least ``samples`` more cuts, more up to ``budget``
@@ -94,10 +114,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             registered_t = get_transform(view["transform"])
             transform = registered_t.transform
             plugin_name, plugin_version = registered_t.plugin, registered_t.version
-        fingerprint = "sha256:" + hashlib.sha256(canonical_json({
-            "source_checksum": src_row["checksum"], "view_version": view["version"],
-            "transform": view["transform"], "plugin_version": plugin_version,
-            "params": view["params"], "verify": verify}).encode()).hexdigest()
+        fingerprint = view_fingerprint(src_row, view, plugin_version, verify)
         latest = store.registry.latest_artifact("view", name)
         if (not force and latest and latest["input_fingerprint"] == fingerprint
                 and store.intact(latest, rebuilding="rebuilding the view")):
@@ -192,6 +209,15 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
     if progress:
         progress("materialize", len(names), len(names))
     return results
+
+
+def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_version: str | None,
+                     verify: bool) -> str:
+    """What a view artifact was computed from; the same on every engine (their results are)."""
+    return "sha256:" + hashlib.sha256(canonical_json({
+        "source_checksum": src_row["checksum"], "view_version": view["version"],
+        "transform": view["transform"], "plugin_version": plugin_version,
+        "params": view["params"], "verify": verify}).encode()).hexdigest()
 
 
 def _whole_snapshot(store: FeatureStore, src_row: dict[str, Any],

@@ -32,7 +32,6 @@ from featurestore.retrieval import (
     availability_column,
     point_in_time_join_lazy,
 )
-from featurestore.retrieval_buckets import point_in_time_join_parts
 from featurestore.tiers import TierOrder, parse_duration
 from featurestore.windowserve import is_window, window_request, window_values
 
@@ -217,8 +216,14 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
                             lazy: bool = False, verify_checksums: bool = False,
-                            allow_unverified: bool = False,
-                            strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
+                            allow_unverified: bool = False, strict: bool = False,
+                            engine: str | None = None) -> pl.DataFrame | pl.LazyFrame:
+    from featurestore.engines import engine_name, get_engine
+
+    runner = get_engine(engine)  # an unknown engine fails before any work
+    if lazy and engine_name(engine) != "polars":
+        raise DefinitionError(f"a lazy frame is a Polars plan: engine {engine_name(engine)!r} "
+                              "cannot build one; use get_historical_features")
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
     groups = served_artifacts(store, rows)
@@ -246,11 +251,10 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
     with reading_artifacts(paths):
         if lazy and not windows:  # a lazy plan reads a bucketed view's parts as one frame
             result = point_in_time_join_lazy(entity_df, frames, **options)  # type: ignore[arg-type]
-        else:  # bucketed views part by part (bounded by a part, not the artifact)
-            result = point_in_time_join_parts(entity_df, frames, parts,
-                                              **options)  # type: ignore[arg-type]
+        else:  # the engine; Polars joins bucketed views part by part
+            result = runner.point_in_time_join(entity_df, frames, parts, **options)
         if not windows:
-            return result
+            return result  # type: ignore[no-any-return]
         assert isinstance(entity_df, pl.DataFrame) and isinstance(result, pl.DataFrame)
         added = [s for w in windows for s in window_values(
             w, entity_df, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),

@@ -302,12 +302,17 @@ class FeatureStore:
         return causal_fill(df, keys, src["fills"])
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
-               progress: Progress = _noop_progress) -> list[dict[str, Any]]:
+               progress: Progress = _noop_progress,
+               engine: str | None = None) -> list[dict[str, Any]]:
         """Validate and snapshot sources into artifacts; unchanged inputs are skipped.
 
         Returns one dict per source: ``name``, ``status`` (``ingested`` / ``up-to-date``) and
-        the artifact row.
+        the artifact row. ``engine`` names the engine that reads and writes the data
+        (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
         """
+        from featurestore.engines import get_engine
+
+        runner = get_engine(engine)
         registered = self.registry.latest("source")
         names = list(sources) if sources else sorted(registered)
         for n in names:
@@ -319,20 +324,30 @@ class FeatureStore:
         results = []
         for i, name in enumerate(names):
             progress(f"ingest {name}", i, len(names))
-            results.append(self._ingest_one(name, registered[name], force=force)[0])
+            results.append(self._ingest_one(name, registered[name], force=force,
+                                            engine=runner)[0])
         progress("ingest", len(names), len(names))
         return results
 
-    def _ingest_one(self, name: str, src: dict[str, Any], *, force: bool = False
-                    ) -> tuple[dict[str, Any], pl.DataFrame | None]:
+    def _ingest_one(self, name: str, src: dict[str, Any], *, force: bool = False,
+                    engine: Any = None) -> tuple[dict[str, Any], pl.DataFrame | None]:
         """One source's ``ingest`` result, with the snapshot's rows when they were just
-        written (None when the snapshot was up to date and so not read)."""
+        written (None when the snapshot was up to date and so not read, or was written by an
+        engine other than Polars)."""
         fingerprint = self._source_fingerprint(src)
         latest = self.registry.latest_artifact("source", name)
         if (not force and latest and latest["input_fingerprint"] == fingerprint
                 and latest["object_version"] == src["version"]
                 and self.intact(latest, rebuilding="re-snapshotting the source")):
             return {"name": name, "status": "up-to-date", "artifact": latest}, None
+        if engine is not None and engine.name != "polars":  # the engine reads and writes
+            row = self._record_artifact("source", name, src["version"],
+                                        engine.read_source(self, name),
+                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        plugin_version=None, params={"fills": src["fills"]},
+                                        verified=True, verification="source snapshot",
+                                        engine=engine)
+            return {"name": name, "status": "ingested", "artifact": row}, None
         from featurestore.buckets import bucketed_source, source_buckets
 
         n = source_buckets(self, src)
@@ -349,21 +364,27 @@ class FeatureStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return f"data/{kind}s/{name}/v{version}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
 
-    def _record_artifact(self, kind: str, name: str, version: int,
-                         df: pl.DataFrame | Iterable[pl.DataFrame], *,
+    def _record_artifact(self, kind: str, name: str, version: int, df: Any, *,
                          fingerprint: str, transform: str | None, plugin: str | None,
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None,
-                         verification_report: str = "{}") -> dict[str, Any]:
+                         verification_report: str = "{}", engine: Any = None) -> dict[str, Any]:
+        """Write ``df`` (a frame of ``engine``, Polars by default) as a new artifact and record
+        it; on any failure neither the file nor the row is left behind."""
         self._require_writable(f"write an artifact of {kind} {name!r}")
         relpath = self._artifact_relpath(kind, name, version)
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             try:
                 # A frame is one file; an iterable of frames is a bucketed artifact, one part
-                # each, written as they come (one bucket in memory at a time).
-                written = (write_parquet_atomic(self.root, relpath, df,
+                # each, written as they come (one bucket in memory at a time). Another engine
+                # writes its own frame.
+                written = (engine.write_artifact(self.root, relpath, df,
+                                                 compression=self.compression,
+                                                 time_column=EVENT_TIMESTAMP)
+                           if engine is not None else
+                           write_parquet_atomic(self.root, relpath, df,
                                                 compression=self.compression,
                                                 time_column=EVENT_TIMESTAMP)
                            if isinstance(df, pl.DataFrame) else
@@ -493,7 +514,7 @@ class FeatureStore:
                                 with_availability: bool = False,
                                 verify_checksums: bool = False,
                                 allow_unverified: bool = False,
-                                strict: bool = False) -> pl.DataFrame:
+                                strict: bool = False, engine: str | None = None) -> pl.DataFrame:
         """A point-in-time correct training frame: one row per ``entity_df`` row, in order.
 
         ``features`` are names, ``name@version``, ``view:name``, or one feature set's name.
@@ -509,7 +530,8 @@ class FeatureStore:
         A view materialized without causality verification (``--no-verify``) raises
         ``LeakageError`` unless ``allow_unverified``. Rows with a null key or a null cutoff match
         nothing: they are counted in a ``DataWarning``, or refused with a ``DataError`` when
-        ``strict``.
+        ``strict``. ``engine`` runs the join (``featurestore.engines``; default
+        ``FEATURESTORE_ENGINE``, else ``polars``); the result is the same on every engine.
         """
         from featurestore.serving import get_historical_features
 
@@ -518,7 +540,7 @@ class FeatureStore:
                 self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl,
                 cutoff=cutoff, cutoff_timezone=cutoff_timezone,
                 with_availability=with_availability, verify_checksums=verify_checksums,
-                allow_unverified=allow_unverified, strict=strict)
+                allow_unverified=allow_unverified, strict=strict, engine=engine)
 
     def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                      features: str | Sequence[str], *, tier: str,
