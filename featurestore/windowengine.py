@@ -221,11 +221,12 @@ def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[
     av = _physical(rows[available_at], unit).to_numpy()
     k = rows[keys[0]].to_numpy()
     same_key = k[1:] == k[:-1]
-    step = np.diff(av)
-    if (same_key & (step < 0)).any():
+    if (same_key & (av[1:] < av[:-1])).any():
         return False
-    tie = same_key & (step == 0)
-    if not ets or not tie.any():
+    if not ets:
+        return True
+    tie = same_key & (av[1:] == av[:-1])
+    if not tie.any():
         return True
     et = rows[ets[0]]
     back = pl.select((et.is_null() & et.shift(1).is_not_null())
@@ -320,7 +321,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     found = q_ok & (q_seg >= 0)
 
     hi = _search(lay, q_t, "right" if inclusive else "left", found)
-    starts = np.where(found, seg_start[np.maximum(q_seg, 0)], 0)
+    starts = np.where(found, seg_start[np.maximum(q_seg, 0)], 0)  # expanding windows
     ttl_units = None if ttl is None else _ns(ttl) // _UNIT_NS[unit]
     lows: dict[timedelta | None, np.ndarray] = {}
     for w in dict.fromkeys(o.window for o in outputs):
@@ -336,18 +337,21 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         lows[w] = np.minimum(_search(lay, lower, "left", found), hi)
     av_unit = _unit_of(adt)
     columns: dict[str, Column] = {}
+    counts: dict[tuple[str, timedelta | None], np.ndarray] = {}  # shared by a window's outputs
+    seg = np.maximum(q_seg, 0)
     result: list[pl.Series] = []
     for o in outputs:
         if o.value not in columns:
             columns[o.value] = Column.of(rows[o.value], seg_start)
         col = columns[o.value]
-        lo = lows[o.window]
-        h = np.where(found, hi, 0)
-        lo = np.where(found, lo, 0)
-        values, valid, newest = aggregate(col, o.agg, lo, h, starts)
-        if with_availability and newest is None:
+        lo, h = lows[o.window], hi  # both 0 where not found: an empty range
+        if (o.value, o.window) not in counts:
             cnt = col.get("count")
-            newest = newest_row(col, h, (cnt[h] - cnt[lo]) > 0)
+            counts[o.value, o.window] = cnt[h] - cnt[lo]
+        count = counts[o.value, o.window]
+        values, valid, newest = aggregate(col, o.agg, lo, h, seg, count)
+        if with_availability and newest is None:
+            newest = newest_row(col, h, count > 0)
         dtype = output_dtype(o.agg, rows.schema[o.value])
         ok = back(valid & q_ok)
         if with_availability:
