@@ -210,6 +210,22 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     return out
 
 
+def _query_order(q_seg: np.ndarray, q_t: np.ndarray) -> np.ndarray:
+    """The stable order of query rows by (segment, cutoff): one argsort of a packed key when
+    it fits an int64 (about twice as fast as ``lexsort``), else ``lexsort``."""
+    if len(q_t) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0 = int(q_t.min())
+    span = int(q_t.max()) - t0 + 1
+    if (int(q_seg.max()) + 2) * span < _PACK_LIMIT:
+        key = q_seg + 1
+        key *= span
+        key += q_t
+        key -= t0
+        return np.argsort(key, kind="stable")
+    return np.lexsort((q_t, q_seg))
+
+
 def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str],
               unit: str) -> bool:
     """Whether ``rows`` (no null key or time) are sorted by (keys, available_at, event time),
@@ -288,6 +304,9 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
                                               for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
     rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
+    # One contiguous buffer per key and time column (a Parquet read gives one chunk per row
+    # group): every later conversion to numpy is then a view, not another copy.
+    rows = rows.with_columns([rows[c].rechunk() for c in (*keys, available_at)])
     if not _in_order(rows, keys, available_at, ets, unit):
         # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)
@@ -309,7 +328,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     q_t = q_t_s.fill_null(0).to_numpy().astype(np.int64)
     # Work on the query rows in (segment, cutoff) order: every lookup into the row arrays then
     # moves forward through memory instead of jumping; results go back to query order at the end.
-    perm = np.lexsort((q_t, q_seg))
+    perm = _query_order(q_seg, q_t)
     q_seg, q_t, q_ok = q_seg[perm], q_t[perm], q_ok[perm]
 
     def back(a: np.ndarray) -> np.ndarray:
