@@ -80,3 +80,22 @@ def test_reduce_ranges_takes_the_last_row():
     v = np.array([5.0, 1.0, 7.0, 3.0])
     got = reduce_ranges(v, np.maximum, np.array([0, 3, 1, 2]), np.array([4, 4, 2, 4]))
     assert got.tolist() == [7.0, 3.0, 1.0, 7.0]
+
+
+@pytest.mark.parametrize("dtype", [pl.Float64, pl.Int64])
+def test_an_extreme_on_the_first_or_last_row_is_found(dtype):
+    """The one row holding the extreme is a range's first or last row, at every offset within
+    a block: no head or tail row, however short, is skipped."""
+    n = 700
+    for p in [*range(0, windowagg._BLOCK + 2), *range(330, 330 + 2 * windowagg._BLOCK + 2),
+              n - 2, n - 1]:
+        values = [1] * n
+        values[p] = -5
+        ranges = []
+        for length in [1, 2, windowagg._BLOCK, windowagg._DIRECT + 1, 300, 650]:
+            if p + length <= n:
+                ranges.append((p, p + length))
+            if p + 1 - length >= 0:
+                ranges.append((p + 1 - length, p + 1))
+        _check([float(v) if dtype == pl.Float64 else v for v in values], dtype, ranges)
+        _check([-v for v in values], dtype, ranges)
