@@ -15,6 +15,7 @@ import polars as pl
 
 _BLOCK = 32
 _DIRECT = 4 * _BLOCK  # ranges of at most this many rows are reduced directly
+_CHUNK = 1 << 18
 
 
 def row_segments(seg_start: np.ndarray) -> np.ndarray:
@@ -142,7 +143,8 @@ class Column:
 
     def _build_count(self) -> np.ndarray:
         """Prefix counts of values, from 0: rows [lo, hi) hold ``count[hi] - count[lo]``."""
-        count = np.empty(len(self.series) + 1, dtype=np.int64)
+        n = len(self.series)
+        count = np.empty(n + 1, dtype=np.int32 if n < 2**31 else np.int64)
         count[0] = 0
         np.cumsum(self.get("valid"), out=count[1:])
         return count
@@ -176,7 +178,14 @@ class Column:
         np.copyto(out, 0.0, where=invalid)
         if "mean" not in self._cache:
             self._cache["mean"] = self._segment_means(out)
-        out -= np.repeat(self._cache["mean"], np.diff(self.seg_start))
+        mean, s, n = self._cache["mean"], self.seg_start, len(out)
+        # Each row's segment mean is repeated chunk by chunk: a small buffer that is reused,
+        # not one more array of n floats.
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            first = int(np.searchsorted(s, a, "right")) - 1
+            last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
+            out[a:b] -= np.repeat(mean[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
         np.copyto(out, 0.0, where=invalid)
         return out
 

@@ -35,7 +35,7 @@ nanoseconds), the searches fall back to a vectorized bisection within each segme
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -123,6 +123,8 @@ class _Layout:
     q_t: np.ndarray  # per query row: cutoff instant (valid where q_ok)
     q_ok: np.ndarray  # key and cutoff present
     packed: np.ndarray | None = None  # seg * span + (av - lo_t + 1), when that fits an int64
+    # per query row: its segment's offset in the packing (with ``packed``)
+    q_base: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     lo_t: int = 0
     span: int = 3
 
@@ -140,6 +142,7 @@ class _Layout:
             packed += self.av
             packed -= self.lo_t - 1
             self.packed = packed
+            self.q_base = np.maximum(self.q_seg, 0) * self.span
 
 
 def _segments(keys_df: pl.DataFrame) -> np.ndarray:
@@ -189,12 +192,15 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     out = np.zeros(len(bound), dtype=np.int64)
     if not mask.any() or len(lay.av) == 0:
         return out
+    if lay.packed is not None:
+        # in place on one temporary: the same packing as the rows', clipped into the segment
+        q = bound - (lay.lo_t - 1)
+        np.clip(q, 0, lay.span - 1, out=q)
+        q += lay.q_base
+        found = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
+        return np.where(mask, found, 0)
     seg = lay.q_seg[mask]
     b = bound[mask]
-    if lay.packed is not None:
-        q = seg * lay.span + np.clip(b - (lay.lo_t - 1), 0, lay.span - 1)
-        out[mask] = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
-        return out
     lo = lay.seg_start[seg].copy()
     hi = lay.seg_start[seg + 1].copy()
     while True:  # bisection within each segment, all query rows at once
@@ -304,9 +310,6 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
                                               for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
     rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
-    # One contiguous buffer per key and time column (a Parquet read gives one chunk per row
-    # group): every later conversion to numpy is then a view, not another copy.
-    rows = rows.with_columns([rows[c].rechunk() for c in (*keys, available_at)])
     if not _in_order(rows, keys, available_at, ets, unit):
         # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)

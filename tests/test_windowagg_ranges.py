@@ -99,3 +99,35 @@ def test_an_extreme_on_the_first_or_last_row_is_found(dtype):
                 ranges.append((p + 1 - length, p + 1))
         _check([float(v) if dtype == pl.Float64 else v for v in values], dtype, ranges)
         _check([-v for v in values], dtype, ranges)
+
+
+def test_segment_means_subtracted_chunk_by_chunk_equal_one_pass(monkeypatch):
+    """Chunks of 7 rows cut through segments of every length: sums, means and std are the same
+    as with one chunk holding every row."""
+    from datetime import UTC, datetime, timedelta
+
+    from featurestore.windowengine import WindowOutput, window_aggregate
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    keys = np.sort(rng.integers(0, 40, n) ** 2)  # segments from 1 row to hundreds
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = pl.DataFrame({"k": keys, "available_at": [base + timedelta(minutes=int(m)) for m in
+                                                     rng.integers(0, 5000, n)],
+                         "x": pl.Series(rng.normal(1e9, 5.0, n)).set(
+                             pl.Series(rng.random(n) < 0.1), None)}).sort("k", "available_at")
+    query = pl.DataFrame({"k": rng.integers(0, 1600, 500),
+                          "t": [base + timedelta(minutes=int(m)) for m in
+                                rng.integers(0, 5200, 500)]})
+    outs = [WindowOutput(f"{a}_{w}", "x", a, timedelta(minutes=w))
+            for a in ("sum", "mean", "std") for w in (30, 900)]
+
+    def run() -> pl.DataFrame:
+        return pl.DataFrame(window_aggregate(rows, query, outs, keys=["k"], cutoff="t",
+                                             event_timestamp=None))
+
+    whole = run()
+    monkeypatch.setattr(windowagg, "_CHUNK", 7)
+    chunked = run()
+    assert whole.equals(chunked)
+    assert whole["sum_900"].null_count() < len(whole)  # the windows are not all empty
