@@ -2,8 +2,9 @@
 
 ``featurestore.windowengine`` finds each window's row range with two binary searches; this
 module turns ranges into values: prefix sums (counts, integer sums, float sums of values shifted
-by their segment's mean so a large common offset cancels no digits), a block sparse table for
-min and max, and the next / previous row with a value for first and last.
+by their segment's mean so a large common offset cancels no digits), direct range reductions
+for short min / max windows and a sparse table over row blocks for long ones, and the next /
+previous row with a value for first and last.
 """
 
 from __future__ import annotations

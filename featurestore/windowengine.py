@@ -21,13 +21,18 @@ segment, and the (segment, time) pairs pack into one sorted integer column, so e
 boundary of every query row is one binary search (``numpy.searchsorted``). Then
 
 * count, sum, mean, std: differences of prefix sums at the two boundaries. For floats the sums
-  are of values shifted by their segment's mean and restart at every segment, so a large common
-  offset (timestamps as values, say) does not cancel digits away;
-* min, max: a sparse table over blocks of 16 rows plus in-block prefix and suffix extrema,
-  three lookups per query row (a short scan when both ends fall in one block);
+  are of values shifted by their segment's mean (so the running sum is back near zero at every
+  segment's end; the squares for std restart at every segment), so a large common offset
+  (timestamps as values, say) does not cancel digits away;
+* min, max: a window of at most 128 rows is reduced directly over its rows, all windows in one
+  ``reduceat`` (the query rows come in row order, so the rows between consecutive windows that
+  it also reduces add at most ``n``);
+  a longer one is its head and tail rows plus whole 32-row blocks from a sparse table over the
+  block extremes, built only up to the levels the windows need;
 * first, last: the next and the previous row with a value, precomputed for every row.
 
-So ``O((n + q) log n)`` time and ``O(n)`` memory per value column, never a scan per query row.
+So ``O((n + q) log n)`` time and ``O(n)`` memory per value column, never a scan of more than
+128 rows per query row.
 When the packed integers would overflow (very many segments times a very long time span in
 nanoseconds), the searches fall back to a vectorized bisection within each segment.
 """
