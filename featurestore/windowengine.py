@@ -221,18 +221,20 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     return out
 
 
-def _query_order(q_seg: np.ndarray, q_t: np.ndarray) -> np.ndarray:
-    """The stable order of query rows by (segment, cutoff): one argsort of a packed key when
-    it fits an int64 (about twice as fast as ``lexsort``), else ``lexsort``."""
-    if len(q_t) == 0:
-        return np.zeros(0, dtype=np.int64)
-    t0 = int(q_t.min())
-    span = int(q_t.max()) - t0 + 1
+def _query_order(q_seg: np.ndarray, q_t: np.ndarray, q_ok: np.ndarray) -> np.ndarray:
+    """An order of the query rows by (segment, cutoff), stable among the rows with a cutoff:
+    one argsort of a packed key when it fits an int64 (about twice as fast as ``lexsort``),
+    else ``lexsort``. A row without a cutoff (its placeholder time is clipped into the others'
+    range, so it cannot widen the key) matches nothing, so where it goes does not matter."""
+    if not q_ok.any():
+        return np.arange(len(q_t), dtype=np.int64)
+    t = q_t[q_ok]
+    t0, t1 = int(t.min()), int(t.max())
+    span = t1 - t0 + 1
     if (int(q_seg.max()) + 2) * span < _PACK_LIMIT:
-        key = q_seg + 1
-        key *= span
-        key += q_t
+        key = np.clip(q_t, t0, t1)
         key -= t0
+        key += (q_seg + 1) * span
         return np.argsort(key, kind="stable")
     return np.lexsort((q_t, q_seg))
 
@@ -336,7 +338,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     q_t = q_t_s.fill_null(0).to_numpy().astype(np.int64)
     # Work on the query rows in (segment, cutoff) order: every lookup into the row arrays then
     # moves forward through memory instead of jumping; results go back to query order at the end.
-    perm = _query_order(q_seg, q_t)
+    perm = _query_order(q_seg, q_t, q_ok)
     q_seg, q_t, q_ok = q_seg[perm], q_t[perm], q_ok[perm]
 
     def back(a: np.ndarray) -> np.ndarray:
