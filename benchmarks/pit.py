@@ -1,9 +1,13 @@
 """Point-in-time join benchmark: featurestore vs a hand-written Polars join_asof vs DuckDB ASOF.
 
-    python benchmarks/pit.py --scale S|M|L [--data-dir DIR] [--repeat N] [--skip-multi]
-                             [--cold-checksums]
+    python benchmarks/pit.py --scale S|M|L|XL [--data-dir DIR] [--repeat N] [--skip-multi]
+                                [--peers a,b] [--cold-checksums] [--engine spark]
 
-Scales (feature rows / query rows / entities): S 1M/100k/1k, M 10M/1M/10k, L 50M/5M/50k.
+``--engine spark`` runs ``pit_spark.py`` instead: the store's polars engine against its spark
+engine on the same store and query (see that module).
+
+Scales (feature rows / query rows / entities): S 1M/100k/1k, M 10M/1M/10k, L 50M/5M/50k,
+XL 200M/20M/200k (about 16 GB on disk, written chunk by chunk).
 Data is generated deterministically (fixed seeds) and cached in ``--data-dir``: a feature file
 with 10 float features in random row order (``available_at`` unique per entity, so no
 engine-specific tie rules are involved; ``f0`` has ~1% nulls), and a shuffled query frame
@@ -27,14 +31,26 @@ Each contestant runs as its own process; the parent measures wall time and peak 
 (c) duckdb: ``ASOF LEFT JOIN ... ON q.entity_id = f.entity_id AND q.event_timestamp >
     f.available_at`` on the raw file, ordered back to query order.
 
-Each writes its result (Arrow IPC, uncompressed); the parent checks the three are identical and
+(d) polars_art / (e) duckdb_art: (b) and (c) on the store's own artifacts (already sorted by
+    entity and ``available_at``; the files come from ``featurestore.artifacts.artifact_files``).
+
+The store's setup runs as its own process (wall, peak RSS), and so does a hand-written Polars
+"prepare" (scan, compute ``available_at``, sort by key and time, ``sink_parquet``): what a user
+would otherwise write once instead of the store's setup. At XL the raw-file peers (b, c) need
+more memory than the machine has and run only when named in ``--peers``.
+
+Each writes its result (Arrow IPC, uncompressed); the parent checks they are all identical and
 exits non-zero if not. A multi-view case (5 views x 10 features, each view file N/5 rows, one
 call) is timed the same way. Reports the median wall time and the peak RSS (max) over
 ``--repeat`` interleaved rounds, and ends with exactly one line
 
-    RESULT scale=M fs_vs_polars_wall=<x> fs_vs_polars_mem=<x> fs_vs_duckdb_wall=<x> fs_vs_duckdb_mem=<x>
+    RESULT scale=M fs_vs_polars_wall=<x> fs_vs_duckdb_wall=<x> fs_vs_polars_art_wall=<x>
+           fs_vs_duckdb_art_wall=<x> fs_mem_gib=<x> setup_vs_prepare_wall=<x>
+           setup_peak_gib=<x> e2e_vs_duckdb_wall=<x>
 
-(ratios featurestore / peer for the single-view case; below 1 means featurestore is better).
+(one line; ratios featurestore / peer for the single-view case, below 1 means featurestore is
+better; ``e2e`` is setup plus one retrieval against DuckDB on the raw file; ``nan`` for a peer
+that did not run).
 """
 
 from __future__ import annotations
@@ -56,7 +72,11 @@ SCALES = {
     "S": (1_000_000, 100_000, 1_000),
     "M": (10_000_000, 1_000_000, 10_000),
     "L": (50_000_000, 5_000_000, 50_000),
+    "XL": (200_000_000, 20_000_000, 200_000),
 }
+# Contestants reading the raw files hold all of them in memory: at XL that is more than this
+# machine has, so there they run only when asked for (--peers).
+BIG_SCALES = {"XL"}
 N_FEATURES = 10
 N_VIEWS = 5
 SEED = 20240601
@@ -152,20 +172,29 @@ def _write_features(path: Path, n_rows: int, n_entities: int, stream: int, pick:
     return np.concatenate(picks_e), np.concatenate(picks_t)
 
 
-def generate(paths: Paths) -> None:
+def generate(paths: Paths, multi: bool = True) -> None:
+    """Write the scale's data unless it is cached; the 5-view files only when ``multi``.
+
+    Feature files are written chunk by chunk (``CHUNK`` rows at a time), so even XL never holds
+    its feature rows in memory; the query frame (20M rows at XL, about 0.5 GB) is built whole.
+    """
     import numpy as np
     import polars as pl
 
     n_rows, n_query, n_entities = SCALES[paths.scale]
     meta = paths.root / f"meta_{paths.scale}.json"
     want = {"scale": paths.scale, "seed": SEED, "version": GEN_VERSION}
-    files = [paths.query, paths.raw(), *[paths.raw(v) for v in range(N_VIEWS)]]
-    if meta.exists() and json.loads(meta.read_text()) == want and all(f.exists() for f in files):
-        return
+    cached = meta.exists() and json.loads(meta.read_text()) == want
     t = time.perf_counter()
+    if multi and cached and paths.query.exists():
+        for v in range(N_VIEWS):
+            if not paths.raw(v).exists():
+                _write_features(paths.raw(v), n_rows // N_VIEWS, n_entities, 1 + v, 0)
+    if cached and paths.query.exists() and paths.raw().exists():
+        return
     n_exact = n_query // 10
     pick_e, pick_t = _write_features(paths.raw(), n_rows, n_entities, 0, n_exact)
-    for v in range(N_VIEWS):
+    for v in range(N_VIEWS) if multi else ():
         _write_features(paths.raw(v), n_rows // N_VIEWS, n_entities, 1 + v, 0)
     rng = np.random.default_rng([SEED, 99])
     ent = rng.integers(0, int(n_entities * 1.01), n_query)  # ~1% entities without data
@@ -249,18 +278,73 @@ def run_polars(paths: Paths, case: str):
 
 def run_duckdb(paths: Paths, case: str):
     """(c) DuckDB ASOF JOIN (strict: ``>``) on the raw files, back in query order."""
+    return _duckdb_query(paths, [f"'{raw}'" for raw in paths.raws(case)], case)
+
+
+def artifacts_json(paths: Paths, case: str) -> Path:
+    return paths.root / f"artifacts_{paths.scale}_{case}.json"
+
+
+def record_artifacts(paths: Paths, case: str) -> list[list[str]]:
+    """The files of each view's artifact (view j reads source raw{j}), for the peers that read
+    the store's own sorted data; written next to the data for their processes."""
+    from featurestore import FeatureStore
+    from featurestore.artifacts import artifact_files
+
+    with FeatureStore.open(store_root(paths, case), read_only=True) as store:
+        views = store.registry.latest("view")
+        files = []
+        for j in range(len(paths.raws(case))):
+            [name] = [n for n, v in views.items() if v["source"] == f"raw{j}"]
+            row = store.registry.latest_artifact("view", name)
+            files.append([str(f) for f in artifact_files(store.root, row)])
+    artifacts_json(paths, case).write_text(json.dumps(files))
+    return files
+
+
+def _artifact_files(paths: Paths, case: str) -> list[list[str]]:
+    return json.loads(artifacts_json(paths, case).read_text())
+
+
+def run_polars_art(paths: Paths, case: str):
+    """(d) Polars join_asof on the store's own artifacts: already sorted by (entity,
+    available_at), so no sort of the feature side; the query is sorted as in (b)."""
+    import polars as pl
+
+    lf = pl.scan_parquet(paths.query).with_row_index("__row").sort(CUTOFF)
+    for files, names in zip(_artifact_files(paths, case), output_names(case), strict=True):
+        feats = pl.scan_parquet(files).select(
+            KEY, "available_at", *[pl.col(c).alias(n) for c, n in zip(FEATURES, names, strict=True)]
+        )
+        lf = lf.join_asof(feats, left_on=CUTOFF, right_on="available_at", by=KEY,
+                          allow_exact_matches=False, check_sortedness=False).drop("available_at")
+    return lf.sort("__row").drop("__row").collect()
+
+
+def _duckdb_asof(sources: list[str], case: str):
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     joins, select = [], []
-    for j, (raw, names) in enumerate(zip(paths.raws(case), output_names(case), strict=True)):
+    for j, (src, names) in enumerate(zip(sources, output_names(case), strict=True)):
         joins.append(
-            f"ASOF LEFT JOIN read_parquet('{raw}') f{j} "
+            f"ASOF LEFT JOIN read_parquet({src}) f{j} "
             f"ON q.{KEY} = f{j}.{KEY} AND q.{CUTOFF} > f{j}.available_at"
         )
         select += [f'f{j}.{c} AS "{n}"' for c, n in zip(FEATURES, names, strict=True)]
+    return con, joins, select
+
+
+def run_duckdb_art(paths: Paths, case: str):
+    """(e) DuckDB ASOF JOIN on the store's own artifacts (the same query as (c))."""
+    sources = [repr(files) for files in _artifact_files(paths, case)]
+    return _duckdb_query(paths, sources, case)
+
+
+def _duckdb_query(paths: Paths, sources: list[str], case: str):
+    con, joins, select = _duckdb_asof(sources, case)
     sql = (
         f"SELECT q.query_id, q.{KEY}, q.{CUTOFF}, {', '.join(select)} "
         f"FROM read_parquet('{paths.query}', file_row_number = true) q {' '.join(joins)} "
@@ -269,7 +353,25 @@ def run_duckdb(paths: Paths, case: str):
     return con.sql(sql).to_arrow_table()
 
 
-RUNNERS = {"featurestore": run_featurestore, "polars": run_polars, "duckdb": run_duckdb}
+def prepared(paths: Paths, case: str, j: int) -> Path:
+    return paths.root / f"prepared_{paths.scale}_{case}_{j}.parquet"
+
+
+def run_prepare(paths: Paths, case: str) -> None:
+    """The hand-written counterpart of the store's setup: scan each raw file, compute
+    ``available_at`` (UTC), sort by key and time, write Parquet (Polars' streaming sink)."""
+    import polars as pl
+
+    for j, raw in enumerate(paths.raws(case)):
+        (pl.scan_parquet(raw)
+         .with_columns(pl.col("available_at").dt.convert_time_zone("UTC"))
+         .sort([KEY, "available_at", CUTOFF])
+         .sink_parquet(prepared(paths, case, j), compression="zstd"))
+
+
+RUNNERS = {"featurestore": run_featurestore, "polars": run_polars, "duckdb": run_duckdb,
+           "polars_art": run_polars_art, "duckdb_art": run_duckdb_art}
+RAW_PEERS = ("polars", "duckdb")
 
 
 def first_read(paths: Paths, case: str) -> float:
@@ -298,10 +400,13 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "first-read":
         print(json.dumps({"join_s": first_read(paths, args.case)}), flush=True)
         return
+    if args.child == "prepare":
+        run_prepare(paths, args.case)
+        return
     t = time.perf_counter()
     result = RUNNERS[args.child](paths, args.case)
     elapsed = time.perf_counter() - t
-    if args.child == "duckdb":
+    if args.child in ("duckdb", "duckdb_art"):
         import pyarrow.feather as feather
 
         feather.write_feather(result, args.out, compression="uncompressed")
@@ -396,6 +501,12 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def ratio(a: Run | None, b: Run | None, attr: str = "wall") -> str:
+    if a is None or b is None:
+        return "nan"
+    return f"{getattr(a, attr) / getattr(b, attr):.2f}"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--launch":
         launch(sys.argv[2:])
@@ -405,14 +516,28 @@ def main() -> None:
     ap.add_argument(
         "--data-dir", default=os.path.join(tempfile.gettempdir(), "featurestore-pit-bench")
     )
-    ap.add_argument("--repeat", type=int, default=None, help="rounds (default: 3, L: 1)")
+    ap.add_argument("--repeat", type=int, default=None, help="rounds (default: 3, L/XL: 1)")
     ap.add_argument("--skip-multi", action="store_true", help="skip the 5-view case")
+    ap.add_argument(
+        "--peers",
+        default=None,
+        help="comma-separated retrieval contestants (default: all; at XL all but the raw-file "
+        f"peers {', '.join(RAW_PEERS)}, which need more memory than the machine has)",
+    )
+    ap.add_argument(
+        "--memory-limit",
+        default=None,
+        help="FEATURESTORE_MEMORY_LIMIT for the store's setup (e.g. 2GiB): sources that would "
+        "not fit are ingested and materialized bucket by bucket (default: no limit)",
+    )
     ap.add_argument(
         "--cold-checksums",
         action="store_true",
         help="give each featurestore run an empty checksum cache: every run pays the first "
         "read's full artifact hash (by default it is timed once, outside the rounds)",
     )
+    ap.add_argument("--engine", choices=("polars", "spark"), default="polars",
+                    help="spark: compare the store's polars and spark engines (pit_spark.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--case", default="single", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -424,13 +549,24 @@ def main() -> None:
     root = Path(args.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     paths = Paths(root, args.scale)
-    repeat = args.repeat or (1 if args.scale == "L" else 3)
+    repeat = args.repeat or (1 if args.scale in ("L", "XL") else 3)
     n_rows, n_query, n_entities = SCALES[args.scale]
+    if args.peers:
+        contestants = [p.strip() for p in args.peers.split(",") if p.strip()]
+        unknown = [p for p in contestants if p not in RUNNERS]
+        if unknown:
+            raise SystemExit(f"unknown contestants {unknown}; choose from {list(RUNNERS)}")
+    else:
+        contestants = [p for p in RUNNERS
+                       if not (args.scale in BIG_SCALES and p in RAW_PEERS)]
+    if "featurestore" not in contestants:
+        contestants.insert(0, "featurestore")
     import polars as pl
 
     print(
         f"PIT benchmark scale={args.scale}: {n_rows:,} feature rows, {n_query:,} query rows, "
-        f"{n_entities:,} entities, {N_FEATURES} float features; {repeat} round(s)"
+        f"{n_entities:,} entities, {N_FEATURES} float features; {repeat} round(s); "
+        f"contestants {', '.join(contestants)}"
     )
     print(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
@@ -438,18 +574,41 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load avg {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    generate(paths)
+    if args.engine == "spark":
+        import pit_spark
+
+        generate(paths, multi=False)
+        pit_spark.run(paths, repeat)
+        return
 
     cases = ["single"] if args.skip_multi else ["single", "multi"]
+    generate(paths, multi="multi" in cases)
+
     summary: dict[str, dict[str, Run]] = {}
+    setups: dict[str, tuple[Run, Run]] = {}
     failed = False
+    setup_env = None
+    if args.memory_limit:
+        setup_env = {**os.environ, "FEATURESTORE_MEMORY_LIMIT": args.memory_limit}
     for case in cases:
-        mat = measure("materialize", paths, case, None)
+        mat = measure("materialize", paths, case, None, setup_env)
         print(
-            f"\n[{case}] one-time store setup (apply + ingest + materialize): "
-            f"wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
+            f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
+            f"{args.memory_limit or 'none'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
             flush=True,
         )
+        prep = measure("prepare", paths, case, None)
+        for j in range(len(paths.raws(case))):
+            prepared(paths, case, j).unlink(missing_ok=True)
+        print(
+            f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
+            f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
+            f"{mat.wall / prep.wall:.2f}",
+            flush=True,
+        )
+        setups[case] = (mat, prep)
+        files = record_artifacts(paths, case)
+        print(f"[{case}] artifact layout: {', '.join(f'{len(f)} file(s)' for f in files)}")
         if not args.cold_checksums:
             first = measure("first-read", paths, case, None)
             print(
@@ -457,11 +616,11 @@ def main() -> None:
                 f"the rounds): {first.join_s:.2f} s",
                 flush=True,
             )
-        runs: dict[str, list[Run]] = {k: [] for k in RUNNERS}
-        outs = {k: root / f"result_{args.scale}_{case}_{k}.arrow" for k in RUNNERS}
+        runs: dict[str, list[Run]] = {k: [] for k in contestants}
+        outs = {k: root / f"result_{args.scale}_{case}_{k}.arrow" for k in contestants}
         for r in range(repeat):
-            order = list(RUNNERS)
-            order = order[r % 3 :] + order[: r % 3]  # rotate: no engine always runs first
+            shift = r % len(contestants)
+            order = contestants[shift:] + contestants[:shift]  # no engine always runs first
             for name in order:
                 env = None
                 if args.cold_checksums and name == "featurestore":
@@ -481,7 +640,7 @@ def main() -> None:
             failed = True
             print("  RESULTS DIFFER: " + "; ".join(problems))
         else:
-            print("  results identical: featurestore == polars == duckdb")
+            print(f"  results identical: {' == '.join(contestants)}")
         for p in outs.values():
             p.unlink(missing_ok=True)
         med = {
@@ -506,11 +665,16 @@ def main() -> None:
     if failed:
         raise SystemExit("results differ between engines")
     s = summary["single"]
-    fs, po, dd = s["featurestore"], s["polars"], s["duckdb"]
+    fs = s["featurestore"]
+    po, dd, pa, da = (s.get(k) for k in ("polars", "duckdb", "polars_art", "duckdb_art"))
+    mat, prep = setups["single"]
+    e2e = "nan" if dd is None else f"{(mat.wall + fs.wall) / dd.wall:.2f}"
     print(
-        f"RESULT scale={args.scale} fs_vs_polars_wall={fs.wall / po.wall:.2f} "
-        f"fs_vs_polars_mem={fs.rss / po.rss:.2f} fs_vs_duckdb_wall={fs.wall / dd.wall:.2f} "
-        f"fs_vs_duckdb_mem={fs.rss / dd.rss:.2f}"
+        f"RESULT scale={args.scale} fs_vs_polars_wall={ratio(fs, po)} "
+        f"fs_vs_duckdb_wall={ratio(fs, dd)} fs_vs_polars_art_wall={ratio(fs, pa)} "
+        f"fs_vs_duckdb_art_wall={ratio(fs, da)} fs_mem_gib={fs.rss / 2**30:.2f} "
+        f"setup_vs_prepare_wall={mat.wall / prep.wall:.2f} setup_peak_gib={mat.rss / 2**30:.2f} "
+        f"e2e_vs_duckdb_wall={e2e}"
     )
 
 

@@ -9,10 +9,12 @@ artifact, which was never touched, stays current.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,11 +23,12 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.checksums import checksum_mismatch, file_checksum
+from featurestore.checksums import checksum_mismatch, file_checksum, write_hashed
 from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
 
-__all__ = ["file_checksum", "reading_artifacts", "verify_artifact", "write_parquet_atomic"]
+__all__ = ["artifact_files", "artifact_parts", "file_checksum", "reading_artifacts", "verify_artifact",
+           "write_parquet_atomic", "write_parts_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
@@ -98,6 +101,34 @@ def confine(root: Path, relative: str | Path) -> Path:
     return full
 
 
+def artifact_parts(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A bucketed artifact's parts (``file``, ``size``, ``checksum``, ``rows``); [] for a file."""
+    parts = row.get("parts") or []
+    return json.loads(parts) if isinstance(parts, str) else list(parts)
+
+
+def artifact_files(root: Path, row: dict[str, Any]) -> list[Path]:
+    """The Parquet files holding an artifact's rows, in row order: every reader (the Polars
+    engine, other engines, ``doctor``) lists them here and nowhere else. Not verified: see
+    ``verify_artifact``.
+
+    An artifact is one file, or (bucketed, see ``featurestore.buckets``) a directory of part
+    files, one per entity-hash bucket: each part holds whole entities, so every entity's rows
+    are contiguous in the concatenation, in the artifact's order.
+    """
+    path = confine(root, row["path"])
+    parts = artifact_parts(row)
+    return [path / p["file"] for p in parts] if parts else [path]
+
+
+def remove_artifact_path(path: Path) -> None:
+    """Remove an artifact's file, or a bucketed artifact's directory with its parts."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def schema_dict(schema: pl.Schema | dict[str, pl.DataType]) -> dict[str, str]:
     return {name: str(dtype) for name, dtype in schema.items()}
 
@@ -126,6 +157,7 @@ class WrittenArtifact:
     checksum: str
     size_bytes: int
     compression: str
+    parts: tuple[dict[str, Any], ...] = ()
 
 
 def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, *,
@@ -143,12 +175,13 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
         if not final.parent.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
-        # Created here first, so a refused write is an OSError naming the path.
+        # Created here first, so a refused write is an OSError naming the path; hashed as it
+        # is written, so the checksum costs no second read of the file.
         open(tmp, "xb").close()
-        frame.write_parquet(tmp, compression=compression, statistics=True)
+        checksum = write_hashed(tmp, lambda p: frame.write_parquet(
+            p, compression=compression, statistics=True))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        checksum = file_checksum(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, final)
         _fsync_dir(final.parent)
@@ -169,6 +202,129 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
                            frame.height, lo, hi, checksum, size, compression)
 
 
+def parts_checksum(parts: Sequence[dict[str, Any]]) -> str:
+    """A bucketed artifact's checksum: over its parts' names and checksums, in order."""
+    digest = hashlib.sha256()
+    for p in parts:
+        digest.update(f"{p['file']}:{p['checksum']}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def write_parts_atomic(root: Path, relative: str | Path, frames: Iterable[pl.DataFrame], *,
+                       compression: str = "zstd",
+                       time_column: str | None = None) -> WrittenArtifact:
+    """Write a bucketed artifact: one part file per frame of ``frames``, all or nothing.
+
+    ``frames`` is consumed one at a time (a generator keeps one bucket in memory). The parts go
+    to a temporary directory, each hashed as it is written; the directory is renamed to its
+    final name only once all are written and fsynced. Every part must have the same schema.
+    """
+    if compression not in COMPRESSIONS:
+        raise ArtifactError(
+            f"compression {compression!r} is not supported; choose one of {', '.join(COMPRESSIONS)}"
+        )
+    final = confine(root, relative)
+    if final.exists():
+        raise ArtifactError(f"artifact {relative} already exists; artifacts are never overwritten")
+    tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+    parts: list[dict[str, Any]] = []
+    schema: dict[str, str] | None = None
+    rows, lo, hi = 0, None, None
+    try:
+        if not final.parent.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(final.parent.parent)
+        tmp.mkdir()
+        for i, frame in enumerate(frames):
+            got = schema_dict(frame.schema)
+            if schema is not None and got != schema:
+                raise ArtifactError(f"artifact {relative}: part {i} has schema {got}, part 0 "
+                                    f"has {schema}; parts must agree")
+            schema = got
+            name = f"part-{i:05d}.parquet"
+            target = tmp / name
+            checksum = write_hashed(target, lambda p, f=frame: f.write_parquet(
+                p, compression=compression, statistics=True))
+            with open(target, "rb+") as fh:
+                os.fsync(fh.fileno())
+            parts.append({"file": name, "size": target.stat().st_size, "checksum": checksum,
+                          "rows": frame.height})
+            rows += frame.height
+            if time_column and frame.height:
+                lo = _earliest(lo, frame[time_column].min())
+                hi = _latest(hi, frame[time_column].max())
+        if schema is None:
+            raise ArtifactError(f"artifact {relative}: no parts to write")
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        remove_artifact_path(tmp)
+        if exc.errno in _READ_ONLY_ERRNOS:
+            raise read_only_error(Path(exc.filename or final.parent), exc) from None
+        raise
+    except BaseException:
+        remove_artifact_path(tmp)
+        raise
+    lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None
+    hi = hi.replace(tzinfo=None) if isinstance(hi, datetime) else None
+    return WrittenArtifact(str(Path(relative).as_posix()), final, schema, rows, lo, hi,
+                           parts_checksum(parts), sum(p["size"] for p in parts), compression,
+                           tuple(parts))
+
+
+def _earliest(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b < a) else a
+
+
+def _latest(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b > a) else a
+
+
+def _verify_parts(path: Path, row: dict[str, Any], label: str, expected: dict[str, str], *,
+                  checksum: bool, trust_cache: bool) -> Path:
+    """``verify_artifact`` for a bucketed artifact: the directory holds exactly the recorded
+    parts, each of its recorded size and checksum."""
+    parts = artifact_parts(row)
+    if not path.is_dir():
+        raise ArtifactError(f"{label}: directory of {len(parts)} parts is missing")
+    if parts_checksum(parts) != row["checksum"]:
+        raise ArtifactError(f"{label}: the registry's part list does not match its checksum")
+    present = {p.name for p in path.iterdir()}
+    missing = [p["file"] for p in parts if p["file"] not in present]
+    extra = sorted(present - {p["file"] for p in parts})
+    if missing or extra:
+        raise ArtifactError(f"{label}: parts differ from the registry (missing: "
+                            f"{', '.join(missing) or 'none'}; unexpected: {', '.join(extra) or 'none'})")
+    for p in parts:
+        part = path / p["file"]
+        try:
+            size = part.stat().st_size
+            if size != p["size"]:
+                raise ArtifactError(f"{label}: part {p['file']} is {size} bytes, the registry "
+                                    f"recorded {p['size']}{_schema_hint(part, expected)}")
+            got = (checksum_mismatch(part, p["checksum"], trust_cache=trust_cache)
+                   if checksum else None)
+        except FileNotFoundError:
+            raise ArtifactError(f"{label}: part {p['file']} is missing") from None
+        except PermissionError as exc:
+            raise ArtifactError(f"{label}: cannot read {part}: {exc.strerror}") from None
+        if got is not None:
+            raise ArtifactError(f"{label}: part {p['file']} has checksum {got}, the registry "
+                                f"recorded {p['checksum']}{_schema_hint(part, expected)}")
+    first = path / parts[0]["file"]
+    try:
+        with reading_artifacts([first]):
+            actual = schema_dict(pl.read_parquet_schema(first))
+    except Exception as exc:
+        raise ArtifactError(f"{label}: part {parts[0]['file']} is not a readable Parquet file "
+                            f"({exc})") from None
+    diffs = _schema_diffs(expected, actual)
+    if diffs:
+        raise ArtifactError(f"{label}: schema differs from the registry: {diffs}")
+    return path
+
+
 def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
                     trust_cache: bool = True) -> Path:
     """Check an artifact file against its registry row; return its path or raise ``ArtifactError``.
@@ -184,6 +340,11 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     path = confine(root, row["path"])
     label = f"artifact {row['id']} ({row['kind']} {row['name']!r}, {row['path']})"
     expected = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
+    if artifact_parts(row):
+        return _verify_parts(path, row, label, expected, checksum=checksum,
+                             trust_cache=trust_cache)
+    if path.is_dir():
+        raise ArtifactError(f"{label}: is a directory, the registry recorded one file")
     try:
         size = path.stat().st_size
         if row.get("size_bytes") and size != row["size_bytes"]:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENV = "FEATURESTORE_CACHE_DIR"
@@ -41,6 +43,48 @@ def file_checksum(path: Path) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def write_hashed(path: Path, write: Callable[[Path], None]) -> str:
+    """Run ``write(path)`` and return the ``sha256:<hex>`` of the file it wrote, hashing the
+    bytes as they land instead of reading the whole file again afterwards.
+
+    A thread follows the file while the writer (which releases the GIL) appends to it; once
+    the writer returns, the rest is read. Correct for writers that only append, as Parquet
+    writers do (magic, row groups, footer; never a seek back). Were that ever not so, the
+    recorded checksum would not match the file and its first read would refuse it: never a
+    silently wrong artifact.
+    """
+    digest = hashlib.sha256()
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            with open(path, "rb") as fh:
+                while True:
+                    finished = done.is_set()  # read before reading: then nothing is missed
+                    chunk = fh.read(_CHUNK)
+                    if chunk:
+                        digest.update(chunk)
+                    elif finished:
+                        return
+                    else:
+                        time.sleep(0.005)
+        except BaseException as exc:  # reported to the caller below
+            failed.append(exc)
+
+    path.touch()
+    thread = threading.Thread(target=follow, name="featurestore-hash", daemon=True)
+    thread.start()
+    try:
+        write(path)
+    finally:
+        done.set()
+        thread.join()
+    if failed:
+        raise failed[0]
     return "sha256:" + digest.hexdigest()
 
 

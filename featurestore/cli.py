@@ -18,6 +18,7 @@ import click
 
 from featurestore import __version__
 from featurestore.cli_output import cell_text, emit_json, print_table, progress_bar
+from featurestore.cli_values import engine_option
 from featurestore.errors import FeatureStoreError
 from featurestore.verifyreport import DEFAULT_SAMPLES
 
@@ -223,11 +224,14 @@ def show(c: Ctx, name: str, history: bool, as_json: bool) -> None:
 @click.argument("sources", nargs=-1)
 @click.option("--force", is_flag=True, help="Re-ingest even when the input files are unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@engine_option
 @pass_ctx
-def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None:
+def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool,
+           engine: str | None) -> None:
     """Validate SOURCES (all by default) and snapshot them into the store."""
     with progress_bar(not as_json) as progress:
-        results = c.store.ingest(list(sources) or None, force=force, progress=progress)
+        results = c.store.ingest(list(sources) or None, force=force, progress=progress,
+                                 engine=engine)
     out = [{"source": r["name"], "status": r["status"], "artifact_id": r["artifact"]["id"],
             "rows": r["artifact"]["row_count"], "path": r["artifact"]["path"]} for r in results]
     if as_json:
@@ -250,10 +254,11 @@ def ingest(c: Ctx, sources: tuple[str, ...], force: bool, as_json: bool) -> None
               help="Fail (exit 6) instead of skipping views whose transform's plugin is missing.")
 @click.option("--online", is_flag=True, help="Then publish the views to the online store.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@engine_option
 @pass_ctx
 def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int,
                 budget_text: str | None, force: bool, strict: bool, online: bool,
-                as_json: bool) -> None:
+                as_json: bool, engine: str | None) -> None:
     """Run VIEWS' transforms (all by default), verify causality and write artifacts.
 
     Causality verification checks every entity's (or group's) first cut, then --samples more,
@@ -275,7 +280,8 @@ def materialize(c: Ctx, views: tuple[str, ...], no_verify: bool, samples: int,
             warnings.simplefilter("ignore")
             warnings.simplefilter("always", MissingTransformWarning)  # skipped views: say so
             results = run(c.store, list(views) or None, verify=not no_verify, samples=samples,
-                          budget=budget, force=force, progress=progress, strict=strict)
+                          budget=budget, force=force, progress=progress, strict=strict,
+                          engine=engine)
     out = [r.as_dict() for r in results]
     if online:
         from featurestore.online import publish

@@ -24,7 +24,8 @@ def config(c: Ctx, key: str | None, value: str | None, unset: bool, as_json: boo
     featurestore config default_tier --unset    remove it
 
     Settings: default_tier, the prediction tier `online` uses when --tier is not given
-    (unset by default: then `online` needs --tier).
+    (unset by default: then `online` needs --tier); memory_limit, such as 2GiB, what ingest
+    and materialize stay within (FEATURESTORE_MEMORY_LIMIT overrides it; unset: no limit).
     """
     from featurestore.settings import SETTINGS, setting_name
 

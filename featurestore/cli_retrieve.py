@@ -11,6 +11,7 @@ from featurestore.cli import Ctx, pass_ctx
 from featurestore.cli_output import emit_json, print_table
 from featurestore.cli_values import (
     check_output_path,
+    engine_option,
     output_file,
     parse_key_args,
     parse_timestamp,
@@ -70,12 +71,12 @@ def _read_entities(path: str) -> pl.DataFrame:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Where to write the training frame (.parquet); missing directories are created.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@engine_option
 @pass_ctx
 def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: str, cutoff: str,
              cutoff_timezone: str | None, inclusive: bool, ttl: str | None,
              with_availability: bool, run_audit: bool, allow_unverified: bool, strict: bool,
-             output: str,
-             as_json: bool) -> None:
+             output: str, as_json: bool, engine: str | None) -> None:
     """Build a point-in-time training frame and write it to OUTPUT."""
     from featurestore.serving import output_names, served_artifacts, unverified_views
 
@@ -87,7 +88,7 @@ def retrieve(c: Ctx, entities_path: str, feature_args: tuple[str, ...], tier: st
     frame = c.store.get_historical_features(
         entities, features, tier=tier, inclusive=inclusive, ttl=ttl, cutoff=cutoff,
         cutoff_timezone=cutoff_timezone, with_availability=with_availability or run_audit,
-        allow_unverified=allow_unverified, strict=strict)
+        allow_unverified=allow_unverified, strict=strict, engine=engine)
     rows = c.store.resolve_features(features)
     names = output_names(rows)
     summary: dict[str, object] = {"rows": frame.height, "features": names, "output": output,

@@ -168,3 +168,13 @@ def output_file(path: str, *, option: str = "--output") -> Iterator[Path]:
         raise UsageError(f"{option} {path}: cannot write the file: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def engine_option(fn: Any) -> Any:
+    """``--engine NAME``: the engine a data verb runs on (``featurestore.engines``)."""
+    import click
+
+    return click.option(
+        "--engine", default=None, metavar="NAME",
+        help="Engine that runs this command: polars (default) or spark, or an engine a plugin "
+             "adds (default: $FEATURESTORE_ENGINE, else polars).")(fn)

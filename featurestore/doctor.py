@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from featurestore import schema
-from featurestore.artifacts import confine, temp_files, verify_artifact, writers_lock
+from featurestore.artifacts import (
+    confine,
+    remove_artifact_path,
+    temp_files,
+    verify_artifact,
+    writers_lock,
+)
 from featurestore.errors import ArtifactError, NotFoundError, StoreMismatchError
 from featurestore.migrations import LATEST, current_version
 from featurestore.plan import absolute_source_path
@@ -83,7 +89,7 @@ def run_doctor(store: FeatureStore, *, fix: bool = False, checksums: bool = True
                     f"but {store.root / 'data'} holds {len(unregistered)} artifact files; this "
                     "registry looks wrong or lost. Nothing was changed")
             for p in temps:
-                p.unlink(missing_ok=True)
+                remove_artifact_path(p)
                 removed.append(str(p))
             for p in unregistered:
                 quarantined.append({"path": str(p), "to": str(_quarantine(store.root, p))})

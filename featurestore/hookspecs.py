@@ -27,3 +27,8 @@ def validate_materialized(view: str, transform: str, params: Any, frame: Any) ->
 @hookspec
 def register_commands(cli: Any) -> None:
     """Add ``click`` commands to the ``featurestore`` CLI group ``cli``; returns nothing."""
+
+
+@hookspec
+def register_engines(register: Any) -> None:
+    """Call ``register(engine)`` once per ``featurestore.engines.Engine``; returns nothing."""

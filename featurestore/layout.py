@@ -42,7 +42,14 @@ def sort_for_retrieval(frame: Frame, keys: Sequence[str]) -> Frame:
     order, nulls_last = retrieval_order(keys), retrieval_nulls_last(len(keys))
     if isinstance(frame, pl.DataFrame) and sorted_by(frame, order, nulls_last):
         return frame
-    return frame.sort(order, nulls_last=nulls_last, maintain_order=True)
+    # The row number as the last sort column: an unstable sort (several times faster than
+    # polars' stable one on wide frames) with the stable sort's result.
+    row = "__fs_sort_row"
+    columns = frame.collect_schema().names() if isinstance(frame, pl.LazyFrame) else frame.columns
+    while row in columns:
+        row = "_" + row
+    return (frame.with_row_index(row)
+            .sort([*order, row], nulls_last=[*nulls_last, False]).drop(row))
 
 
 def sorted_by(

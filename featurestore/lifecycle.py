@@ -47,7 +47,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy import delete as sql_delete
 
 from featurestore import schema
-from featurestore.artifacts import _fsync_dir, confine, writers_lock
+from featurestore.artifacts import _fsync_dir, confine, remove_artifact_path, writers_lock
 from featurestore.definitions import canonical_json
 from featurestore.errors import (
     ArtifactError,
@@ -369,7 +369,7 @@ def gc(store: FeatureStore, *, keep: int = 0, older_than: timedelta | str | None
                         continue
                     if not path.exists():
                         result.missing.append(row["path"])
-                    path.unlink(missing_ok=True)
+                    remove_artifact_path(path)
                     dirs.add(path.parent)
                 for d in dirs:
                     _fsync_dir(d)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from featurestore.artifacts import artifact_files
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, NotFoundError, PluginError
@@ -46,11 +47,31 @@ class MaterializeResult:
                 "seconds_verify": round(self.seconds_verify, 3)}
 
 
-@reads_artifacts  # gc never removes a snapshot or seed this run is reading
 def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, verify: bool = True,
                 samples: int = DEFAULT_SAMPLES, budget: float | None = None, force: bool = False,
-                progress: Progress | None = None, strict: bool = False) -> list[MaterializeResult]:
-    """Materialize ``views`` (all registered views by default); see the module docstring.
+                progress: Progress | None = None, strict: bool = False,
+                engine: str | None = None) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) on ``engine``
+    (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
+
+    Every engine keeps the contract of ``materialize_polars`` below and writes the same
+    artifacts and registry rows.
+    """
+    from featurestore.engines import get_engine
+
+    return get_engine(engine).materialize(  # type: ignore[no-any-return]
+        store, views, verify=verify, samples=samples, budget=budget, force=force,
+        progress=progress, strict=strict)
+
+
+@reads_artifacts  # gc never removes a snapshot or seed this run is reading
+def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, *,
+                       verify: bool = True, samples: int = DEFAULT_SAMPLES,
+                       budget: float | None = None, force: bool = False,
+                       progress: Progress | None = None,
+                       strict: bool = False) -> list[MaterializeResult]:
+    """Materialize ``views`` (all registered views by default) with Polars; see the module
+    docstring.
 
     ``samples`` and ``budget`` size causality verification (``featurestore.verification``):
     every entity's (or group's) first cut, at least ``samples`` more cuts, more up to ``budget``
@@ -81,8 +102,9 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         if progress:
             progress(f"materialize {name}", i, len(names))
         view = registered[name]
-        src_row, snapshot_path = store.source_snapshot(view["source"])
-        snapshot_schema = dict(pl.read_parquet_schema(snapshot_path))
+        src_row, snapshot_path, fresh_rows = store.fresh_snapshot(view["source"])
+        snapshot_schema = (dict(fresh_rows.schema) if fresh_rows is not None
+                           else dict(pl.read_parquet_schema(snapshot_path)))
         keys = store.registry.get("entity", store.registry.get("source", view["source"])["entity"])["join_keys"]
         plugin_name = plugin_version = None
         transform = None
@@ -92,10 +114,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             registered_t = get_transform(view["transform"])
             transform = registered_t.transform
             plugin_name, plugin_version = registered_t.plugin, registered_t.version
-        fingerprint = "sha256:" + hashlib.sha256(canonical_json({
-            "source_checksum": src_row["checksum"], "view_version": view["version"],
-            "transform": view["transform"], "plugin_version": plugin_version,
-            "params": view["params"], "verify": verify}).encode()).hexdigest()
+        fingerprint = view_fingerprint(src_row, view, plugin_version, verify)
         latest = store.registry.latest_artifact("view", name)
         if (not force and latest and latest["input_fingerprint"] == fingerprint
                 and store.intact(latest, rebuilding="rebuilding the view")):
@@ -110,16 +129,27 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             if missing:
                 raise DataError(f"view {name!r}: source {view['source']!r} no longer has "
                                 f"column(s) {', '.join(missing)}; re-apply the definitions")
-            out = pl.read_parquet(snapshot_path, columns=[*base, *view["params"]["columns"]])
+            columns = [*base, *view["params"]["columns"]]
+            out: pl.DataFrame | Iterator[pl.DataFrame]
+            if src_row.get("parts"):
+                # Bucketed: part by part, one bucket in memory at a time.
+                out = (sort_for_retrieval(pl.read_parquet(f, columns=columns), keys)
+                       for f in artifact_files(store.root, src_row))
+            else:
+                # Ingested just now: its rows are in memory, so the file is not read back.
+                out = (fresh_rows.select(columns) if fresh_rows is not None
+                       else pl.read_parquet(snapshot_path, columns=columns))
             t1 = t2 = time.perf_counter()
         else:
+            fresh_rows = None  # the transform scans the file: only the columns it reads load
+            whole = _whole_snapshot(store, src_row, keys)
             ctx = TransformContext(keys=tuple(keys))
             params = view["params"]
             previous = None if force else _incremental_base(store, latest, view, src_row,
                                                               plugin_version, verify)
             grown = snapshot = None
             if previous is not None:
-                snapshot = pl.read_parquet(snapshot_path)
+                snapshot = pl.read_parquet(snapshot_path) if whole is None else whole
                 grown = growth(previous[0], snapshot, keys)
             if grown is not None and snapshot is not None:
                 subset = recompute_input(snapshot, keys, grown, transform.lookback(params))
@@ -130,9 +160,12 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                 verify_input, verify_output = subset, computed
             else:
                 # Scanned, not read: the transform's projection decides which columns load.
-                computed = _run_checked(transform, params, pl.scan_parquet(snapshot_path), ctx,
-                                        name, plugin_name, input_schema=snapshot_schema,
-                                        ids=pl.read_parquet(snapshot_path, columns=base))
+                computed = _run_checked(
+                    transform, params,
+                    pl.scan_parquet(snapshot_path) if whole is None else whole.lazy(), ctx,
+                    name, plugin_name, input_schema=snapshot_schema,
+                    ids=(pl.read_parquet(snapshot_path, columns=base) if whole is None
+                         else whole.select(base)))
                 fresh, scope = computed, ""
                 verify_input, verify_output = None, computed
             t1 = time.perf_counter()
@@ -142,7 +175,7 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
 
                 plan = None
                 if verify_input is None:  # the whole snapshot: its plan serves every view of it
-                    verify_input = pl.read_parquet(snapshot_path)
+                    verify_input = pl.read_parquet(snapshot_path) if whole is None else whole
                     plan = _shared_plan(plans, verify_input, ctx, transform, params, src_row,
                                         samples, budget)
                 report = verify_causality(transform, params, verify_input, ctx, samples=samples,
@@ -161,7 +194,8 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             t2 = time.perf_counter()
             fresh = fresh.select(*base, *[c for c in fresh.columns if c not in base])
             out = pl.concat([previous[1], fresh]) if grown is not None and previous else fresh
-        out = sort_for_retrieval(out, keys)
+        if isinstance(out, pl.DataFrame):
+            out = sort_for_retrieval(out, keys)
         row = store._record_artifact(
             "view", name, view["version"], out, fingerprint=fingerprint,
             transform=view["transform"], plugin=plugin_name, plugin_version=plugin_version,
@@ -171,9 +205,30 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
         results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
         # Drop this view's frames now: otherwise they stay alive while the next view computes.
         out = fresh = computed = verify_input = verify_output = snapshot = subset = None
+        fresh_rows = whole = None
     if progress:
         progress("materialize", len(names), len(names))
     return results
+
+
+def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_version: str | None,
+                     verify: bool) -> str:
+    """What a view artifact was computed from; the same on every engine (their results are)."""
+    return "sha256:" + hashlib.sha256(canonical_json({
+        "source_checksum": src_row["checksum"], "view_version": view["version"],
+        "transform": view["transform"], "plugin_version": plugin_version,
+        "params": view["params"], "verify": verify}).encode()).hexdigest()
+
+
+def _whole_snapshot(store: FeatureStore, src_row: dict[str, Any],
+                    keys: Sequence[str]) -> pl.DataFrame | None:
+    """A bucketed snapshot's rows in one frame in snapshot order (None for a one-file snapshot,
+    which is scanned instead). Transforms read a whole snapshot: not bounded by the memory limit
+    yet (entity-scope transforms could run bucket by bucket)."""
+    if not src_row.get("parts"):
+        return None
+    frame = pl.read_parquet(artifact_files(store.root, src_row))
+    return frame.sort([*keys, EVENT_TIMESTAMP])  # unique per snapshot: no stable sort needed
 
 
 def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,
@@ -231,6 +286,8 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
 
     if get_transform(view["transform"]).transform.scope != "entity":
         return None  # other entities' new rows can change a group's old rows: recompute all
+    if src_row.get("parts") or (latest and latest.get("parts")):
+        return None  # bucketed: recomputed in full (touched buckets only: not done yet)
     if (latest is None or latest.get("input_artifact_id") is None
             or latest["object_version"] != view["version"]
             or latest["plugin_version"] != plugin_version
@@ -240,6 +297,8 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
         return None
     try:
         old_src = store.artifact(latest["input_artifact_id"])
+        if old_src.get("parts"):
+            return None
         old_snapshot = pl.read_parquet(verify_artifact(store.root, old_src))
         old_out = pl.read_parquet(verify_artifact(store.root, latest))
     except (ArtifactError, NotFoundError):

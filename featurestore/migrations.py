@@ -20,7 +20,7 @@ from featurestore.errors import FeatureStoreError
 _LATER_TABLES = {"feature_sets", "store_info"}
 _LATER_COLUMNS = {
     "artifacts": {"size_bytes", "plugin_version", "verification", "input_artifact_id",
-                  "verification_report"},
+                  "verification_report", "parts"},
     "tiers": {"forbidden_columns"},
     **{t.name: {"deleted_at"} for t in schema.VERSIONED.values()},
 }
@@ -80,7 +80,13 @@ def _to_v5(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE sources ADD COLUMN available_lag_seconds FLOAT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
+def _to_v6(conn: Connection) -> None:
+    # Bucketed artifacts: a directory of part files, each with its own checksum.
+    conn.execute(text("ALTER TABLE artifacts ADD COLUMN parts TEXT NOT NULL DEFAULT '[]'"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5,
+                                                   _to_v6]
 LATEST = len(MIGRATIONS)
 
 

@@ -27,7 +27,8 @@ ENTRY_POINT_GROUP = "featurestore"
 ENV_VAR = "FEATURESTORE_PLUGINS"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "featurestore_plugins.rolling", "featurestore_plugins.falloff", "featurestore_plugins.field",
-    "featurestore_plugins.window")
+    "featurestore_plugins.window", "featurestore.engines.polars_engine",
+    "featurestore.engines.spark")
 # Built-in plugins that implement register_commands: none, so the command line can add plugin
 # commands without importing the built-ins (see load_plugins(builtins=False)).
 BUILTIN_COMMANDS: frozenset[str] = frozenset()

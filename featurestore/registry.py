@@ -473,4 +473,5 @@ def decode_row(kind: str, row: dict[str, Any]) -> dict[str, Any]:
 def decode_artifact(row: dict[str, Any]) -> dict[str, Any]:
     row["schema"] = json.loads(row["schema"])
     row["params"] = json.loads(row["params"]) if row.get("params") else {}
+    row["parts"] = json.loads(row.get("parts") or "[]")
     return row

@@ -141,6 +141,8 @@ artifacts = Table(
     Column("input_artifact_id", Integer),
     # JSON: exactly what causality verification checked (mode, cuts, entities, rows compared).
     Column("verification_report", Text, nullable=False, default="{}"),
+    # JSON: a bucketed artifact's part files (file, size, checksum, rows); [] for one file.
+    Column("parts", Text, nullable=False, default="[]"),
 )
 
 VERSIONED = {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
-from featurestore.artifacts import reading_artifacts, verify_artifact
+from featurestore.artifacts import artifact_files, reading_artifacts, verify_artifact
 from featurestore.definitions import dtype_name
 from featurestore.dtypes import dtype_from_str
 from featurestore.errors import (
@@ -30,7 +30,6 @@ from featurestore.retrieval import (
     ViewFrame,
     audit,
     availability_column,
-    point_in_time_join,
     point_in_time_join_lazy,
 )
 from featurestore.tiers import TierOrder, parse_duration
@@ -143,14 +142,15 @@ def check_verified(artifacts: Sequence[dict[str, Any]], allow_unverified: bool) 
 def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
                 verify_checksums: bool = False, allow_unverified: bool = False,
                 paths: list[Path] | None = None,
-                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None
-                ) -> list[ViewFrame]:
+                groups: list[tuple[dict[str, Any], dict[str, str], str]] | None = None,
+                parts: list[list[Path]] | None = None) -> list[ViewFrame]:
     """One ``ViewFrame`` per artifact the requested features live in, in request order.
 
     Raises ``LeakageError`` for an artifact materialized without causality verification unless
     ``allow_unverified``. Every artifact is checked against its recorded checksum first (a
     per-user cache makes repeat reads cost a ``stat``; ``verify_checksums`` rehashes
-    regardless). ``paths``, when given, receives each artifact's file, for error messages.
+    regardless). ``paths``, when given, receives each artifact's file, for error messages;
+    ``parts`` each artifact's list of files (one, or a bucketed artifact's parts).
     ``groups`` (from ``served_artifacts``) replaces resolving ``features`` again.
     """
     if groups is None:
@@ -162,7 +162,10 @@ def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
         if paths is not None:
             paths.append(path)
         entity = store.registry.get("entity", entity_name)
-        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(path),
+        files = artifact_files(store.root, art)
+        if parts is not None:
+            parts.append(files)
+        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(files),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
 
@@ -213,16 +216,23 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
                             ttl: timedelta | str | None = None, cutoff: str = "event_timestamp",
                             cutoff_timezone: str | None = None, with_availability: bool = False,
                             lazy: bool = False, verify_checksums: bool = False,
-                            allow_unverified: bool = False,
-                            strict: bool = False) -> pl.DataFrame | pl.LazyFrame:
+                            allow_unverified: bool = False, strict: bool = False,
+                            engine: str | None = None) -> pl.DataFrame | pl.LazyFrame:
+    from featurestore.engines import engine_name, get_engine
+
+    runner = get_engine(engine)  # an unknown engine fails before any work
+    if lazy and engine_name(engine) != "polars":
+        raise DefinitionError(f"a lazy frame is a Polars plan: engine {engine_name(engine)!r} "
+                              "cannot build one; use get_historical_features")
     rows = store.resolve_features(features)
     store.tiers.check_usable(tier, feature_tiers(rows))
     groups = served_artifacts(store, rows)
     check_verified([art for art, _, _ in groups], allow_unverified)
     paths: list[Path] = []
+    parts: list[list[Path]] = []
     frames = view_frames(store, rows, verify_checksums=verify_checksums, paths=paths,
                          groups=[g for g in groups if not is_window(g[0])],
-                         allow_unverified=allow_unverified)
+                         allow_unverified=allow_unverified, parts=parts)
     # Windows anchored at the cutoff are computed from the view's input snapshot.
     windows = [window_request(store, art, mapping,
                               store.registry.get("entity", entity)["join_keys"],
@@ -236,12 +246,15 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
         if isinstance(entity_df, pl.LazyFrame):
             entity_df = entity_df.collect()
         _check_nulls(entity_df, checked, cutoff, strict)
-    join = point_in_time_join_lazy if lazy and not windows else point_in_time_join
+    options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": _ttl(ttl),
+               "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     with reading_artifacts(paths):
-        result = join(entity_df, frames, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),
-                      cutoff_timezone=cutoff_timezone, with_availability=with_availability)
+        if lazy and not windows:  # a lazy plan reads a bucketed view's parts as one frame
+            result = point_in_time_join_lazy(entity_df, frames, **options)  # type: ignore[arg-type]
+        else:  # the engine; Polars joins bucketed views part by part
+            result = runner.point_in_time_join(entity_df, frames, parts, **options)
         if not windows:
-            return result
+            return result  # type: ignore[no-any-return]
         assert isinstance(entity_df, pl.DataFrame) and isinstance(result, pl.DataFrame)
         added = [s for w in windows for s in window_values(
             w, entity_df, cutoff=cutoff, inclusive=inclusive, ttl=_ttl(ttl),

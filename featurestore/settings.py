@@ -6,6 +6,9 @@ it is written.
 
 - ``default_tier``: the prediction tier online lookups use when the caller gives none. Unset by
   default, and then an online lookup without a tier is refused: serving has no safe default.
+- ``memory_limit``: the memory ``ingest`` and ``materialize`` aim to stay within, such as
+  ``2GiB`` (``FEATURESTORE_MEMORY_LIMIT`` overrides it per process). Unset: no limit, every
+  artifact one file. See ``featurestore.buckets``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,18 @@ def _check_tier(registry: Registry, conn: Connection, value: str) -> str:
     return value
 
 
+def _check_memory(registry: Registry, conn: Connection, value: str) -> str:
+    from featurestore.buckets import parse_bytes
+
+    parse_bytes(value, what="setting memory_limit")
+    return value.strip()
+
+
 # name -> (description, check(registry, conn, value) -> normalized value)
 SETTINGS: dict[str, tuple[str, Callable[[Registry, Connection, str], str]]] = {
     "default_tier": ("prediction tier of online lookups that name none", _check_tier),
+    "memory_limit": ("memory ingest and materialize stay within, e.g. 2GiB "
+                     "(FEATURESTORE_MEMORY_LIMIT overrides)", _check_memory),
 }
 
 

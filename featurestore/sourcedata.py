@@ -8,7 +8,8 @@ timestamps are read in the source's declared time zone and converted to UTC here
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -158,32 +159,77 @@ def normalize(lf: pl.LazyFrame, *, path: str, keys: Sequence[str], event_time: s
                      avail.alias(AVAILABLE_AT), *[pl.col(c) for c in others])
 
 
+@contextmanager
+def source_read_errors(path: str, name: str) -> Iterator[None]:
+    """Turn the engine's failures while reading a source into ``DataError`` naming the file."""
+    from featurestore.artifacts import engine_read_fault
+
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # a Rust panic on damaged bytes is a BaseException
+        fault = engine_read_fault(exc)
+        if fault is not None:
+            raise DataError(f"{path}: cannot read as Parquet ({fault})") from None
+        if not isinstance(exc, pl.exceptions.ComputeError):
+            raise
+        raise DataError(f"{path}: cannot convert times of source {name!r}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
 def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_time: str,
-                  on_duplicate: str) -> pl.DataFrame:
-    """Row-level checks on a collected, normalized frame: nulls, order of times, duplicates."""
+                  on_duplicate: str, row_column: str | None = None) -> pl.DataFrame:
+    """Row-level checks on a collected, normalized frame, and the snapshot's order.
+
+    Refuses null keys and times and rows available before their event; handles rows that
+    share their keys and event time per ``on_duplicate`` (``keep_last``: the last one read).
+    Returns the rows sorted by keys, event time (unique from here on, so also by
+    ``available_at``): one sort, after which duplicates are neighbours, so finding them needs
+    no hash table.
+
+    ``row_column`` names a column holding each row's position in the whole source, when
+    ``df`` is one bucket of it (``featurestore.buckets``): it orders duplicates and is what
+    errors cite; it is dropped. Counts in errors are then this bucket's ("at least").
+    """
+    some = "" if row_column is None else "at least "
+    row = row_column or "__fs_ingest_row"
+    if row_column is None:
+        while row in df.columns:
+            row = "_" + row
+        df = df.with_row_index(row)
     for col, label in [*[(k, f"key column {k!r}") for k in keys],
                        (EVENT_TIMESTAMP, f"event-time column {event_time!r}"),
                        (AVAILABLE_AT, "availability time")]:
         n = df[col].null_count()
         if n:
-            first = df.with_row_index("_row").filter(pl.col(col).is_null())["_row"][0]
-            raise DataError(f"{path}: {label} has {n} null value(s) (first at row {first}); "
-                            "every row needs a key and a time")
-    early = df.filter(pl.col(AVAILABLE_AT) < pl.col(EVENT_TIMESTAMP))
-    if early.height:
-        raise DataError(f"{path}: {early.height} row(s) are available before their event time; "
+            first = df.filter(pl.col(col).is_null())[row].min()
+            raise DataError(f"{path}: {label} has {some}{n} null value(s) (first at row "
+                            f"{first}); every row needs a key and a time")
+    early = df.select((pl.col(AVAILABLE_AT) < pl.col(EVENT_TIMESTAMP)).sum()).item()
+    if early:
+        raise DataError(f"{path}: {some}{early} row(s) are available before their event time; "
                         "availability must be at or after the event")
     dup_cols = [*keys, EVENT_TIMESTAMP]
-    dup = df.select(dup_cols).is_duplicated()
-    if dup.any():
-        example = df.filter(dup).row(0, named=True)
+    # The row number as the last sort column: an unstable sort (much faster than a stable one)
+    # that still keeps rows sharing keys and event time in the order they were read.
+    df = df.sort([*dup_cols, row])
+    if df.height < 2:
+        return df.drop(row)
+    same_next = pl.all_horizontal(pl.col(c) == pl.col(c).shift(-1) for c in dup_cols)
+    same_prev = pl.all_horizontal(pl.col(c) == pl.col(c).shift(1) for c in dup_cols)
+    flags = df.select(same_next.fill_null(False).alias("n"),
+                      (same_next | same_prev).fill_null(False).alias("d"))
+    n_dup = int(flags["d"].sum())
+    if n_dup:
+        example = df.filter(flags["d"]).row(0, named=True)
         shown = ", ".join([*(f"{k}={example[k]!r}" for k in keys),
                            f"{event_time}={_iso(example[EVENT_TIMESTAMP])}"])
         if on_duplicate == "error":
-            raise DataError(f"{path}: {int(dup.sum())} rows share their key and event time "
+            raise DataError(f"{path}: {some}{n_dup} rows share their key and event time "
                             f"(e.g. {shown}); set on_duplicate = \"keep_last\" to keep the last")
-        df = df.unique(subset=dup_cols, keep="last", maintain_order=True)
-    return df
+        df = df.filter(~flags["n"])  # the last one read of each run survives
+    return df.drop(row)
 
 
 def _iso(value: Any) -> str:

@@ -18,11 +18,13 @@ from sqlalchemy import Connection, select
 from featurestore import catalog, schema
 from featurestore.artifacts import (
     WrittenArtifact,
-    engine_read_fault,
+    confine,
     file_checksum,
     reading_artifacts,
+    remove_artifact_path,
     verify_artifact,
     write_parquet_atomic,
+    write_parts_atomic,
     writers_lock,
 )
 from featurestore.definitions import (
@@ -38,7 +40,6 @@ from featurestore.definitions import (
 )
 from featurestore.errors import (
     ArtifactError,
-    DataError,
     DefinitionError,
     NotFoundError,
     ReadOnlyStoreError,
@@ -46,9 +47,16 @@ from featurestore.errors import (
 from featurestore.plan import Plan, absolute_source_path, build_plan, execute_plan
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
-from featurestore.sourcedata import causal_fill, normalize, resolve_files, scan, validate_rows
+from featurestore.sourcedata import (
+    causal_fill,
+    normalize,
+    resolve_files,
+    scan,
+    source_read_errors,
+    validate_rows,
+)
 from featurestore.tiers import TierOrder
-from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
+from featurestore.transforms import EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.lifecycle import DeleteResult, GcResult
@@ -273,8 +281,8 @@ class FeatureStore:
         own = src.get("available_lag_seconds")
         return timedelta(seconds=own) if own is not None else self.tiers.get(src["tier"]).lag
 
-    def read_source(self, name: str) -> pl.DataFrame:
-        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+    def source_frame(self, name: str) -> tuple[pl.LazyFrame, dict[str, Any], list[str], str]:
+        """A source's rows in store layout, lazily, unvalidated: (frame, source row, keys, path)."""
         src = self.registry.get("source", name)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
         lag = self.source_lag(src)
@@ -282,30 +290,29 @@ class FeatureStore:
         lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
                        timezone=src["timezone"], lag=lag, available_time=src["available_time"],
                        expected_schema=src["schema"])
-        try:
+        return lf, src, keys, path
+
+    def read_source(self, name: str) -> pl.DataFrame:
+        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+        lf, src, keys, path = self.source_frame(name)
+        with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a Rust panic on damaged bytes is a BaseException
-            fault = engine_read_fault(exc)
-            if fault is not None:
-                raise DataError(f"{path}: cannot read as Parquet ({fault})") from None
-            if not isinstance(exc, pl.exceptions.ComputeError):
-                raise
-            raise DataError(f"{path}: cannot convert times of source {name!r}: "
-                            f"{str(exc).splitlines()[0]}") from None
         df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
-                           on_duplicate=src["on_duplicate"])
-        df = df.sort([*keys, EVENT_TIMESTAMP, AVAILABLE_AT], maintain_order=True)
+                           on_duplicate=src["on_duplicate"])  # and sorts by keys, event time
         return causal_fill(df, keys, src["fills"])
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
-               progress: Progress = _noop_progress) -> list[dict[str, Any]]:
+               progress: Progress = _noop_progress,
+               engine: str | None = None) -> list[dict[str, Any]]:
         """Validate and snapshot sources into artifacts; unchanged inputs are skipped.
 
         Returns one dict per source: ``name``, ``status`` (``ingested`` / ``up-to-date``) and
-        the artifact row.
+        the artifact row. ``engine`` names the engine that reads and writes the data
+        (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
         """
+        from featurestore.engines import get_engine
+
+        runner = get_engine(engine)
         registered = self.registry.latest("source")
         names = list(sources) if sources else sorted(registered)
         for n in names:
@@ -317,41 +324,73 @@ class FeatureStore:
         results = []
         for i, name in enumerate(names):
             progress(f"ingest {name}", i, len(names))
-            src = registered[name]
-            fingerprint = self._source_fingerprint(src)
-            latest = self.registry.latest_artifact("source", name)
-            if (not force and latest and latest["input_fingerprint"] == fingerprint
-                    and latest["object_version"] == src["version"]
-                    and self.intact(latest, rebuilding="re-snapshotting the source")):
-                results.append({"name": name, "status": "up-to-date", "artifact": latest})
-                continue
-            df = self.read_source(name)
-            row = self._record_artifact("source", name, src["version"], df,
+            results.append(self._ingest_one(name, registered[name], force=force,
+                                            engine=runner)[0])
+        progress("ingest", len(names), len(names))
+        return results
+
+    def _ingest_one(self, name: str, src: dict[str, Any], *, force: bool = False,
+                    engine: Any = None) -> tuple[dict[str, Any], pl.DataFrame | None]:
+        """One source's ``ingest`` result, with the snapshot's rows when they were just
+        written (None when the snapshot was up to date and so not read, or was written by an
+        engine other than Polars)."""
+        fingerprint = self._source_fingerprint(src)
+        latest = self.registry.latest_artifact("source", name)
+        if (not force and latest and latest["input_fingerprint"] == fingerprint
+                and latest["object_version"] == src["version"]
+                and self.intact(latest, rebuilding="re-snapshotting the source")):
+            return {"name": name, "status": "up-to-date", "artifact": latest}, None
+        if engine is not None and engine.name != "polars":  # the engine reads and writes
+            row = self._record_artifact("source", name, src["version"],
+                                        engine.read_source(self, name),
+                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        plugin_version=None, params={"fills": src["fills"]},
+                                        verified=True, verification="source snapshot",
+                                        engine=engine)
+            return {"name": name, "status": "ingested", "artifact": row}, None
+        from featurestore.buckets import bucketed_source, source_buckets
+
+        n = source_buckets(self, src)
+        with bucketed_source(self, name, n) as parts:
+            df = self.read_source(name) if parts is None else None
+            row = self._record_artifact("source", name, src["version"],
+                                        df if parts is None else parts,
                                         fingerprint=fingerprint, transform=None, plugin=None,
                                         plugin_version=None, params={"fills": src["fills"]},
                                         verified=True, verification="source snapshot")
-            results.append({"name": name, "status": "ingested", "artifact": row})
-        progress("ingest", len(names), len(names))
-        return results
+        return {"name": name, "status": "ingested", "artifact": row}, df
 
     def _artifact_relpath(self, kind: str, name: str, version: int) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return f"data/{kind}s/{name}/v{version}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
 
-    def _record_artifact(self, kind: str, name: str, version: int, df: pl.DataFrame, *,
+    def _record_artifact(self, kind: str, name: str, version: int, df: Any, *,
                          fingerprint: str, transform: str | None, plugin: str | None,
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None,
-                         verification_report: str = "{}") -> dict[str, Any]:
+                         verification_report: str = "{}", engine: Any = None) -> dict[str, Any]:
+        """Write ``df`` (a frame of ``engine``, Polars by default) as a new artifact and record
+        it; on any failure neither the file nor the row is left behind."""
         self._require_writable(f"write an artifact of {kind} {name!r}")
         relpath = self._artifact_relpath(kind, name, version)
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             try:
-                written = write_parquet_atomic(self.root, relpath, df,
-                                               compression=self.compression,
-                                               time_column=EVENT_TIMESTAMP)
+                # A frame is one file; an iterable of frames is a bucketed artifact, one part
+                # each, written as they come (one bucket in memory at a time). Another engine
+                # writes its own frame.
+                written = (engine.write_artifact(self.root, relpath, df,
+                                                 compression=self.compression,
+                                                 time_column=EVENT_TIMESTAMP)
+                           if engine is not None else
+                           write_parquet_atomic(self.root, relpath, df,
+                                                compression=self.compression,
+                                                time_column=EVENT_TIMESTAMP)
+                           if isinstance(df, pl.DataFrame) else
+                           write_parts_atomic(self.root, relpath, df,
+                                              compression=self.compression,
+                                              time_column=EVENT_TIMESTAMP))
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
                     plugin_version, params, verified, verification, input_artifact_id,
@@ -370,7 +409,7 @@ class FeatureStore:
         except Exception:
             return  # cannot tell: keep the file (doctor lists it if it is an orphan)
         if not recorded:
-            (self.root / relpath).unlink(missing_ok=True)
+            remove_artifact_path(self.root / relpath)
 
     @staticmethod
     def _insert_artifact(conn: Connection, kind: str, name: str, version: int,
@@ -388,9 +427,11 @@ class FeatureStore:
             "plugin_version": plugin_version, "params": canonical_json(params),
             "input_fingerprint": fingerprint, "verified": verified,
             "verification": verification, "created_at": utcnow(),
-            "input_artifact_id": input_artifact_id, "verification_report": verification_report}
+            "input_artifact_id": input_artifact_id, "verification_report": verification_report,
+            "parts": json.dumps(list(w.parts))}
         new_id = conn.execute(schema.artifacts.insert().values(**values)).inserted_primary_key[0]
-        return {"id": new_id, **values, "schema": w.schema, "params": dict(params)}
+        return {"id": new_id, **values, "schema": w.schema, "params": dict(params),
+                "parts": list(w.parts)}
 
     # ------------------------------------------------------------------ artifacts
     def artifact(self, artifact_id: int) -> dict[str, Any]:
@@ -429,9 +470,25 @@ class FeatureStore:
     def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
         """The newest ingested snapshot of a source (ingesting first when inputs changed):
         its artifact row and the checked path of its Parquet file."""
-        [result] = self.ingest([name])
+        row, path, _ = self.fresh_snapshot(name)
+        return row, path
+
+    def fresh_snapshot(self, name: str) -> tuple[dict[str, Any], Path, pl.DataFrame | None]:
+        """``source_snapshot`` plus the snapshot's rows when this call wrote it as one file
+        (else None).
+
+        A snapshot written just now is not hashed again: its checksum was taken from the bytes
+        as they were written; and a one-file snapshot's rows are still in memory, so a caller
+        that needs them reads nothing back.
+        """
+        if name not in self.registry.latest("source"):
+            [result] = self.ingest([name])  # raises the usual not-registered / deleted error
+            return result["artifact"], verify_artifact(self.root, result["artifact"]), None
+        result, frame = self._ingest_one(name, self.registry.latest("source")[name])
         row = result["artifact"]
-        return row, verify_artifact(self.root, row)
+        if result["status"] != "ingested":
+            return row, verify_artifact(self.root, row), None
+        return row, confine(self.root, row["path"]), frame
 
     # ------------------------------------------------------------------ integrity
     def doctor(self, *, fix: bool = False, checksums: bool = True) -> dict[str, Any]:
@@ -457,7 +514,7 @@ class FeatureStore:
                                 with_availability: bool = False,
                                 verify_checksums: bool = False,
                                 allow_unverified: bool = False,
-                                strict: bool = False) -> pl.DataFrame:
+                                strict: bool = False, engine: str | None = None) -> pl.DataFrame:
         """A point-in-time correct training frame: one row per ``entity_df`` row, in order.
 
         ``features`` are names, ``name@version``, ``view:name``, or one feature set's name.
@@ -473,7 +530,8 @@ class FeatureStore:
         A view materialized without causality verification (``--no-verify``) raises
         ``LeakageError`` unless ``allow_unverified``. Rows with a null key or a null cutoff match
         nothing: they are counted in a ``DataWarning``, or refused with a ``DataError`` when
-        ``strict``.
+        ``strict``. ``engine`` runs the join (``featurestore.engines``; default
+        ``FEATURESTORE_ENGINE``, else ``polars``); the result is the same on every engine.
         """
         from featurestore.serving import get_historical_features
 
@@ -482,7 +540,7 @@ class FeatureStore:
                 self, entity_df, features, tier=tier, inclusive=inclusive, ttl=ttl,
                 cutoff=cutoff, cutoff_timezone=cutoff_timezone,
                 with_availability=with_availability, verify_checksums=verify_checksums,
-                allow_unverified=allow_unverified, strict=strict)
+                allow_unverified=allow_unverified, strict=strict, engine=engine)
 
     def get_historical_features_lazy(self, entity_df: pl.DataFrame | pl.LazyFrame,
                                      features: str | Sequence[str], *, tier: str,

@@ -83,3 +83,32 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def shared_data() -> Path:
     """The public motorsport data (see ``tests/realdata.py``)."""
     return shared_data_root()
+
+
+SPARK_ENV = "FEATURESTORE_TEST_SPARK"
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One SparkSession on ``local[2]`` for the whole run (a JVM start takes seconds).
+
+    Skipped when pyspark or Java is missing, unless FEATURESTORE_TEST_SPARK=1 (set by .ci/run):
+    then that is a failure, so CI can never pass by skipping the Spark tests.
+    """
+    import importlib.util
+    import shutil
+
+    required = os.environ.get(SPARK_ENV) == "1"
+    problem = None
+    if importlib.util.find_spec("pyspark") is None:
+        problem = "pyspark is not installed (pip install -e '.[test]')"
+    elif shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        problem = "no Java runtime (the spark engine needs Java 17+)"
+    if problem:
+        if required:
+            pytest.fail(f"{SPARK_ENV}=1 but {problem}")
+        pytest.skip(f"{problem}; set {SPARK_ENV}=1 to make this a failure")
+    os.environ["FEATURESTORE_SPARK_MASTER"] = "local[2]"
+    from featurestore.engines.spark.session import spark_session
+
+    yield spark_session()

@@ -131,7 +131,7 @@ def test_a_version_4_registry_gains_the_source_lag_column(tmp_path: Path) -> Non
     registry = Registry(url)
     with registry.read() as conn:
         assert "available_lag_seconds" in {c["name"] for c in inspect(conn).get_columns("sources")}
-    assert LATEST == 5
+    assert LATEST >= 5  # v5 added it; later migrations come after
     registry.close()
 
 

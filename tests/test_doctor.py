@@ -183,7 +183,7 @@ def test_registry_inconsistencies_are_reported(store: FeatureStore) -> None:
         conn.execute(insert(schema.artifacts).values(**{
             **{k: v for k, v in art.items() if k != "id"}, "path": art["path"] + ".copy.parquet",
             "object_version": 9, "schema": json.dumps(art["schema"]),
-            "params": json.dumps(art["params"])}))
+            "params": json.dumps(art["params"]), "parts": json.dumps(art["parts"])}))
 
     store.registry.write(corrupt)
     code, report = doctor(store, "--no-checksums")

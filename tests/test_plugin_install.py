@@ -108,7 +108,8 @@ def test_installed_plugin_is_listed_with_version_and_transform(venv):
     everything = venv.plugins_json("--all")
     builtins = {i["name"] for i in everything if i["builtin"]}
     assert builtins == {"featurestore_plugins.rolling", "featurestore_plugins.falloff",
-                        "featurestore_plugins.field", "featurestore_plugins.window"}
+                        "featurestore_plugins.field", "featurestore_plugins.window",
+                        "featurestore.engines.polars_engine", "featurestore.engines.spark"}
     assert {t for i in everything for t in i["transforms"]} >= {"ewm_mean", "rolling", "falloff",
                                                                 "field"}
     text = venv.cli("plugins").stdout

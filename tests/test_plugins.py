@@ -159,7 +159,7 @@ def test_every_hook_is_documented(hook):
 def test_hook_names_are_the_hookspecs():
     specs = {n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "featurestore_spec")}
     assert set(fp.HOOK_NAMES) == specs == {
-        "register_transforms", "validate_materialized", "register_commands"}
+        "register_transforms", "validate_materialized", "register_commands", "register_engines"}
 
 
 def test_docs_cover_the_env_var_and_the_kit():
@@ -188,6 +188,31 @@ def test_hook_register_transforms(fresh, throwaway):
     info = {i["name"]: i for i in fp.plugin_info()}
     assert info["tmp-plugin"]["transforms"] == ["tmp_one", "tmp_two"]
     assert info["tmp-plugin"]["hooks"] == ["register_transforms"]
+
+
+def test_hook_register_engines(fresh, throwaway):
+    from featurestore.engines import engine_problems, get_engine, get_engines
+    from featurestore.engines.polars_engine import PolarsEngine
+
+    class Twin(PolarsEngine):  # a real engine: the Polars code under another name
+        name = "twin"
+
+    class Plugin:
+        @hookimpl
+        def register_engines(self, register):
+            register(Twin())
+            register(object())  # no name, no methods: reported, skipped
+
+    throwaway(Plugin(), "tmp-engines")
+    engines = quiet(get_engines)
+    assert isinstance(get_engine("twin"), Twin)
+    assert (engines["twin"].plugin, engines["twin"].builtin) == ("tmp-engines", False)
+    assert "polars" in engines  # the core's, even with no built-in plugin loaded
+    assert "registered an engine named None" in "\n".join(str(p) for p in engine_problems())
+    with pytest.raises(PluginError, match=r"unknown engine 'twim' \(did you mean 'twin'\?\); "
+                                          r"available engines: polars from plugin .*; twin from "
+                                          r"plugin 'tmp-engines'"):
+        get_engine("twim")
 
 
 def test_registry_follows_plugins_registered_and_unregistered(fresh, throwaway):

@@ -159,11 +159,12 @@ def test_migrates_a_version_1_registry(tmp_path: Path, registry_url: str) -> Non
     engine.dispose()
     registry = Registry(registry_url)
     with registry.read() as conn:
-        assert current_version(conn) == LATEST == 5
+        assert current_version(conn) == LATEST == 6
     assert registry.get("entity", "driver")["description"] == "from v1"
     [art] = registry.artifacts()
     assert art["size_bytes"] == 0 and art["verification"] == "" and art["input_artifact_id"] is None
     assert art["verification_report"] == "{}"
+    assert art["parts"] == []  # an artifact from before v5 is one file
     assert registry.get("entity", "driver")["deleted_at"] is None
     with registry.read() as conn:
         assert conn.execute(select(schema.tiers.c.forbidden_columns)).scalars().all() == ["[]"]

@@ -229,7 +229,7 @@ def _publish_one(store: FeatureStore, backend: OnlineBackend, view: dict[str, An
 
 def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], keys: Sequence[str],
              at: datetime, history: int | None) -> _Prepared:
-    from featurestore.artifacts import verify_artifact
+    from featurestore.artifacts import artifact_files, verify_artifact
     from featurestore.layout import retrieval_nulls_last, sorted_by
 
     keys = list(keys)
@@ -238,7 +238,7 @@ def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], key
     schema = pl.read_parquet_schema(path)
     columns = [c for c in schema if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)]
     moment_us = int(at.timestamp() * 1_000_000)
-    rows = (pl.scan_parquet(path).with_row_index("__r")  # file order settles full ties
+    rows = (pl.scan_parquet(artifact_files(store.root, art)).with_row_index("__r")  # file order settles full ties
             .filter(pl.col(AVAILABLE_AT).is_not_null())  # never available: never served
             .select(*[to_storage(pl.col(k), schema[k]) for k in keys], "__r",
                     pl.col(AVAILABLE_AT).dt.epoch("us").alias("__a"),

@@ -1,0 +1,169 @@
+"""Entity-hash buckets: ingest and materialize within a memory limit.
+
+With a memory limit (the ``memory_limit`` setting, or ``FEATURESTORE_MEMORY_LIMIT`` for one
+process) a source whose rows would not fit is ingested in buckets: one streaming pass splits
+its rows by a hash of the entity keys into ``n`` temporary files, then each bucket is read,
+validated, sorted and written as one part of a *bucketed artifact* (a directory of part files,
+``featurestore.artifacts.write_parts_atomic``), so only one bucket is in memory at a time. Each
+entity lives in exactly one bucket, and each part is sorted like a whole snapshot, so the
+concatenation of the parts keeps every entity's rows contiguous and in order: what retrieval
+needs (``featurestore.artifacts.artifact_files`` lists the parts in order). A column view of a
+bucketed snapshot is materialized part by part the same way, and retrieval joins a bucketed
+view part by part (``featurestore.retrieval_buckets``).
+
+What stays whole: a transform view reads the whole snapshot (sorted again) and is written as
+one file; a bucketed source's views are recomputed in full, never incrementally; the lazy
+retrieval plan reads the parts as one frame. Small sources (below the limit, or no limit) keep
+one file, as before.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from featurestore.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from featurestore.store import FeatureStore
+
+MEMORY_ENV = "FEATURESTORE_MEMORY_LIMIT"
+# For tests and experiments: force this many buckets whatever the sizes (1: never bucket).
+BUCKETS_ENV = "FEATURESTORE_BUCKETS"
+BUCKET = "__fs_bucket"
+ROW = "__fs_ingest_row"
+# Peak memory of ingesting a bucket, in multiples of its rows' in-memory size: the rows, the
+# sorted copy, the checks' temporary columns and the writer's buffers.
+WORKING_FACTOR = 3.0
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_bytes(text: str, *, what: str) -> int:
+    """``"2GiB"``, ``"512 MB"``, ``"1e9"`` -> bytes; a ``DefinitionError`` naming ``what`` else."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise DefinitionError(f"{what}: {text!r} is not a memory size; write it like 2GiB, "
+                              "512MiB or 4GB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def memory_limit(settings: dict[str, str | None]) -> int | None:
+    """The memory limit in bytes: the environment's, else the store's setting, else None."""
+    env = os.environ.get(MEMORY_ENV, "").strip()
+    if env:
+        return parse_bytes(env, what=MEMORY_ENV)
+    value = settings.get("memory_limit")
+    return None if value is None else parse_bytes(value, what="setting memory_limit")
+
+
+def estimated_bytes(files: Sequence[str]) -> int:
+    """The in-memory size of the files' rows, from their Parquet footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except Exception:
+            continue  # unreadable: reading the source reports it, naming the file
+        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return total
+
+
+def bucket_count(files: Sequence[str], settings: dict[str, str | None]) -> int:
+    """How many buckets ingesting ``files`` needs to stay within the memory limit (1: none)."""
+    forced = os.environ.get(BUCKETS_ENV, "").strip()
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise DefinitionError(f"{BUCKETS_ENV}: expected a whole number >= 1, got {forced!r}")
+        return int(forced)
+    limit = memory_limit(settings)
+    if limit is None:
+        return 1
+    return max(1, math.ceil(estimated_bytes(files) * WORKING_FACTOR / limit))
+
+
+def bucket_expr(keys: Sequence[str], n: int) -> pl.Expr:
+    """Which of ``n`` buckets a row's entity falls in (the same for every row of an entity)."""
+    return (pl.struct([pl.col(k) for k in keys]).hash(seed=0) % n).cast(pl.UInt32)
+
+
+def source_buckets(store: FeatureStore, src: dict[str, Any]) -> int:
+    """How many buckets ingesting the source ``src`` (a registry row) takes."""
+    from featurestore.plan import absolute_source_path
+    from featurestore.sourcedata import resolve_files
+
+    return bucket_count(resolve_files(absolute_source_path(src["path"], store.root)),
+                        store.settings())
+
+
+@contextmanager
+def bucketed_source(store: FeatureStore, name: str, n: int
+                    ) -> Iterator[Iterator[pl.DataFrame] | None]:
+    """The source's validated snapshot rows bucket by bucket (None when ``n`` is 1: read it
+    whole). The source is read once, streaming, into per-bucket temporary files under
+    ``data/``, which are gone when this exits."""
+    if n <= 1:
+        yield None
+        return
+    from featurestore.sourcedata import causal_fill, source_read_errors, validate_rows
+
+    lf, src, keys, path = store.source_frame(name)
+    workdir = workdir_for(store.root)
+    try:
+        with source_read_errors(path, name):
+            files = split(lf, keys, n, workdir)
+            empty = lf.with_row_index(ROW).clear().collect()
+
+        def prepare(frame: pl.DataFrame) -> pl.DataFrame:
+            frame = validate_rows(frame, path=path, keys=keys, event_time=src["event_time"],
+                                  on_duplicate=src["on_duplicate"], row_column=ROW)
+            return causal_fill(frame, keys, src["fills"])
+
+        yield (prepare(read_bucket(f, empty)) for f in files)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def split(lf: pl.LazyFrame, keys: Sequence[str], n: int, workdir: Path) -> list[list[Path]]:
+    """Stream ``lf`` once into Parquet files per bucket under ``workdir``; each row keeps its
+    position in ``lf`` in a ``ROW`` column (the order rows were read: ties and error messages
+    refer to it). Returns each bucket's files (none for a bucket without rows)."""
+    workdir.mkdir(parents=True)
+
+    def name(args: Any) -> Path:
+        return workdir / f"{args.partition_keys[0, 0]}-{args.index_in_partition:06d}.parquet"
+
+    (lf.with_row_index(ROW).with_columns(bucket_expr(keys, n).alias(BUCKET))
+     .sink_parquet(pl.PartitionBy(workdir, key=BUCKET, include_key=False,
+                                  file_path_provider=name, approximate_bytes_per_file=None),
+                   # Temporary, read back once: fast compression, no statistics.
+                   compression="lz4", statistics=False, mkdir=True, engine="streaming"))
+    return [sorted(workdir.glob(f"{b}-*.parquet")) for b in range(n)]
+
+
+def read_bucket(files: Sequence[Path], empty: pl.DataFrame) -> pl.DataFrame:
+    """One bucket's rows (``empty`` when it has none); its files are deleted once read."""
+    frame = pl.concat([pl.read_parquet(f) for f in files]) if files else empty
+    for f in files:
+        f.unlink(missing_ok=True)
+    return frame
+
+
+def workdir_for(root: Path) -> Path:
+    """A temporary directory under ``data/`` (``doctor`` removes it if a crash leaves it)."""
+    from featurestore.artifacts import TMP_PREFIX
+
+    return root / "data" / f"{TMP_PREFIX}{uuid.uuid4().hex}"

@@ -1,0 +1,94 @@
+"""Point-in-time retrieval from bucketed artifacts, one part at a time.
+
+A bucketed artifact (``featurestore.buckets``) is a list of part files, each holding whole
+entities. The eager engine (``retrieval_packed``) reads a view's key and ``available_at``
+columns whole; over a bucketed view that would be the whole artifact's keys at once. Here each
+part is joined on its own: the query rows whose keys occur in the part (found with the engine's
+own key alignment, so a query key matches a part exactly when the engine would match it) go
+through the engine against that part alone, and the answers are put back in query order. Every
+query row's entity lives in at most one part, so the result is the engine's result over the
+whole artifact; the peak is one part's key columns (plus the query and the answer).
+
+Routing reads the part's distinct keys, not a hash: nothing depends on the hash function that
+split the rows staying the same between writing and reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+from featurestore.retrieval_packed import point_in_time_join
+from featurestore.retrieval_plan import ViewFrame, ViewPlan, internal_prefix, plan_views
+from featurestore.transforms import EVENT_TIMESTAMP
+
+__all__ = ["point_in_time_join_parts"]
+
+
+def point_in_time_join_parts(
+    query: pl.DataFrame | pl.LazyFrame,
+    views: Sequence[ViewFrame],
+    parts: Sequence[Sequence[Path] | None],
+    *,
+    cutoff: str = EVENT_TIMESTAMP,
+    inclusive: bool = False,
+    ttl: timedelta | None = None,
+    cutoff_timezone: str | None = None,
+    with_availability: bool = False,
+) -> pl.DataFrame:
+    """``point_in_time_join(query, views, ...)``, with ``views[i]`` joined part by part when
+    ``parts[i]`` lists its artifact's part files (more than one), each holding whole entities
+    and each sorted in artifact order. Same columns, same rows, same order."""
+    q = query.collect() if isinstance(query, pl.LazyFrame) else query
+    options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": ttl,
+               "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
+    views = list(views)
+    if all(p is None or len(p) <= 1 for p in parts):
+        return point_in_time_join(q, views, **options)  # type: ignore[arg-type]
+    # Validates every view against the query first, as the one-call engine would, and gives
+    # the output's columns and dtypes.
+    empty = point_in_time_join(q.head(0), views, **options)  # type: ignore[arg-type]
+    prefix = internal_prefix(q.columns, views)
+    plans = plan_views(q.schema, views, cutoff, cutoff_timezone, with_availability, ttl, prefix)
+    by_view = {plan.index: plan for plan in plans}
+    out = [q]
+    start = q.width
+    for i, (view, files) in enumerate(zip(views, parts, strict=True)):
+        n_out = len(view.features) * (2 if with_availability else 1)
+        template = empty.select(empty.columns[start:start + n_out])
+        start += n_out
+        if i not in by_view or n_out == 0:
+            continue
+        if files is None or len(files) <= 1:
+            joined = point_in_time_join(q, [view], **options)  # type: ignore[arg-type]
+            out.append(joined.select(joined.columns[q.width:]))
+        else:
+            out.append(_by_part(q, view, by_view[i], files, template, prefix, options))
+    return pl.concat(out, how="horizontal")
+
+
+def _by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[Path],
+             template: pl.DataFrame, prefix: str, options: dict) -> pl.DataFrame:
+    """One bucketed view's output columns for every query row, in query order."""
+    qrow = f"{prefix}qrow"
+    internals = [p.internal for p in plan.pairs]
+    qkeys = q.select([p.query_expr().alias(p.internal) for p in plan.pairs]).with_row_index(qrow)
+    pieces = []
+    for f in files:
+        scan = pl.scan_parquet(f)
+        present = scan.select([p.frame_expr().alias(p.internal) for p in plan.pairs]).unique()
+        rows = qkeys.join(present.collect(), on=internals, how="semi", nulls_equal=False)[qrow]
+        if rows.len() == 0:
+            continue
+        joined = point_in_time_join(q[rows], [dataclasses.replace(view, frame=scan)], **options)
+        pieces.append(joined.select(joined.columns[q.width:]).with_columns(rows.alias(qrow)))
+    if not pieces:
+        got = template.with_columns(pl.Series(qrow, [], dtype=pl.UInt32))
+    else:
+        got = pl.concat(pieces)
+    order = pl.DataFrame({qrow: pl.int_range(q.height, dtype=pl.UInt32, eager=True)})
+    return order.join(got, on=qrow, how="left", maintain_order="left").drop(qrow)
