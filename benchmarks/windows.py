@@ -162,12 +162,17 @@ def child(args: argparse.Namespace) -> None:
     import featurestore.retrieval
     import featurestore.windowengine  # noqa: F401
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     out = RUNNERS[args.child](rows_path, query_path)
     wall = time.perf_counter() - t
     out.write_ipc(args.out)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"wall": wall, "rss_gib": rss}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss = usage.ru_maxrss / 2**20  # KiB -> GiB
+    # CPU time (all threads, user + system) over the same span as the wall time: on a loaded
+    # machine it is steadier than the wall time.
+    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    print(json.dumps({"wall": wall, "rss_gib": rss, "cpu": cpu}))
 
 
 def _same(a, b, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -203,6 +208,7 @@ def main() -> None:
     import polars as pl
 
     walls: dict[str, list[float]] = {k: [] for k in RUNNERS}
+    cpus: dict[str, list[float]] = {k: [] for k in RUNNERS}
     mem: dict[str, float] = dict.fromkeys(RUNNERS, 0.0)
     results = {}
     for _ in range(args.repeat):
@@ -215,14 +221,19 @@ def main() -> None:
                 raise SystemExit(f"{name} failed:\n{proc.stderr}")
             stats = json.loads(proc.stdout.strip().splitlines()[-1])
             walls[name].append(stats["wall"])
+            cpus[name].append(stats["cpu"])
             mem[name] = max(mem[name], stats["rss_gib"])
             results[name] = pl.read_ipc(out)
-            print(f"  {name:7s} wall {stats['wall']:7.2f} s  peak RSS {stats['rss_gib']:.2f} GiB",
-                  flush=True)
+            print(f"  {name:7s} wall {stats['wall']:7.2f} s  CPU {stats['cpu']:7.2f} s  "
+                  f"peak RSS {stats['rss_gib']:.2f} GiB", flush=True)
     _same(results["fs"], results["polars"], "featurestore vs polars")
     _same(results["fs"], results["duckdb"], "featurestore vs duckdb")
     print("results identical: featurestore = polars = duckdb")
     med = {k: statistics.median(v) for k, v in walls.items()}
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    print("median CPU (user + sys, all threads): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items())
+          + f"; fs/pit {cpu['fs'] / cpu['pit']:.2f}")
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(f"RESULT windows scale={args.scale} fs_vs_polars_wall={med['fs'] / med['polars']:.2f} "
           f"fs_vs_duckdb_wall={med['fs'] / med['duckdb']:.2f} "

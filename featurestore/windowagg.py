@@ -2,8 +2,9 @@
 
 ``featurestore.windowengine`` finds each window's row range with two binary searches; this
 module turns ranges into values: prefix sums (counts, integer sums, float sums of values shifted
-by their segment's mean so a large common offset cancels no digits), a block sparse table for
-min and max, and the next / previous row with a value for first and last.
+by their segment's mean so a large common offset cancels no digits), direct range reductions
+for short min / max windows and a sparse table over row blocks for long ones, and the next /
+previous row with a value for first and last.
 """
 
 from __future__ import annotations
@@ -13,84 +14,94 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-_BLOCK = 16
+_BLOCK = 32
+_DIRECT = 4 * _BLOCK  # ranges of at most this many rows are reduced directly
+_CHUNK = 1 << 18
 
 
 def row_segments(seg_start: np.ndarray) -> np.ndarray:
-    """The segment number of every row (a running count of segment starts)."""
-    n = int(seg_start[-1])
-    marks = np.zeros(n, dtype=np.int64)
-    if n:
-        marks[seg_start[1:-1]] = 1
-    return np.cumsum(marks)
+    """The segment number of every row."""
+    return np.repeat(np.arange(len(seg_start) - 1, dtype=np.int64), np.diff(seg_start))
+
+
+def reduce_ranges(v: np.ndarray, fn: np.ufunc, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``fn`` over ``v[lo:hi]`` for every pair (each ``lo < hi <= len(v)``), in one ``reduceat``.
+
+    The pairs interleave into one index list; the reductions between one range's end and the
+    next range's start are discarded, and cost at most ``len(v)`` in all when the ranges come
+    in increasing order, as the engine's do.
+    """
+    n = len(v)
+    if len(lo) == 0:
+        return np.empty(0, dtype=v.dtype)
+    idx = np.empty(2 * len(lo), dtype=np.int64)
+    idx[0::2] = lo
+    # reduceat cannot take n as an index: a range ending at n stops one row short (or is that
+    # row alone, when it starts there) and takes the last row in afterwards.
+    np.minimum(hi, n - 1, out=idx[1::2])
+    out = fn.reduceat(v, idx)[0::2]
+    end = hi == n
+    if end.any():
+        out[end] = fn(out[end], v[n - 1])
+    return out
 
 
 class _Extremes:
-    """Range min (or max) queries: a sparse table over blocks of ``_BLOCK`` rows plus in-block
-    prefix and suffix extrema, built once per value column and aggregation.
+    """Range min (or max) queries over one value column.
 
-    The in-block arrays are stored transposed (position j of every block contiguous), so that
-    building them is ``_BLOCK`` contiguous vector operations; row ``p`` lives at
-    ``(p % _BLOCK) * n_blocks + p // _BLOCK``.
+    A range of at most ``_DIRECT`` rows is reduced directly (windows are mostly short, and
+    then this reads only the rows the windows hold); a longer one is its head and tail rows
+    plus whole ``_BLOCK``-row blocks, answered by a sparse table over the block extremes, built
+    on first use and only up to the levels the ranges need.
     """
 
     def __init__(self, v: np.ndarray, fn: np.ufunc, identity: int | float) -> None:
         self.v, self.fn, self.identity = v, fn, identity
-        n = len(v)
-        self.nb = nb = max(-(-n // _BLOCK), 1)
-        padded = np.full(nb * _BLOCK, identity, dtype=v.dtype)
-        padded[:n] = v
-        cols = np.ascontiguousarray(padded.reshape(nb, _BLOCK).T)  # (_BLOCK, nb)
-        del padded
-        pre, suf = np.empty_like(cols), np.empty_like(cols)
-        pre[0], suf[-1] = cols[0], cols[-1]
-        for j in range(1, _BLOCK):
-            fn(pre[j - 1], cols[j], out=pre[j])
-            fn(suf[_BLOCK - j], cols[_BLOCK - 1 - j], out=suf[_BLOCK - 1 - j])
-        self.table = [pre[-1].copy()]  # a block's extreme is its last prefix
-        del cols
-        self.pre, self.suf = pre.ravel(), suf.ravel()
-        while (1 << len(self.table)) <= nb:
-            prev, half = self.table[-1], 1 << (len(self.table) - 1)
-            self.table.append(fn(prev[:-half], prev[half:]))
+        self.levels: list[np.ndarray] = []
 
-    def _at(self, p: np.ndarray) -> np.ndarray:
-        return (p % _BLOCK) * self.nb + p // _BLOCK
+    def _level(self, k: int) -> np.ndarray:
+        if not self.levels:
+            self.levels.append(self.fn.reduceat(self.v, np.arange(0, len(self.v), _BLOCK)))
+        while len(self.levels) <= k:
+            prev, half = self.levels[-1], 1 << (len(self.levels) - 1)
+            self.levels.append(self.fn(prev[:-half], prev[half:]))
+        return self.levels[k]
+
+    def _blocks(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The extreme of whole blocks ``[a, b)`` (each ``a < b``): two overlapping table runs."""
+        k = np.frexp((b - a).astype(np.float64))[1] - 1  # floor(log2(b - a)), exact
+        out = np.empty(len(a), dtype=self.v.dtype)
+        for level in np.unique(k):
+            sel = k == level
+            t = self._level(int(level))
+            out[sel] = self.fn(t[a[sel]], t[b[sel] - (1 << int(level))])
+        return out
+
+    def _long(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Ranges longer than two blocks: head rows, whole blocks, tail rows."""
+        fn, v = self.fn, self.v
+        first, last = -(-lo // _BLOCK), hi // _BLOCK  # whole blocks [first, last), non-empty
+        out = self._blocks(first, last)
+        head = lo < first * _BLOCK
+        out[head] = fn(out[head], reduce_ranges(v, fn, lo[head], first[head] * _BLOCK))
+        tail = last * _BLOCK < hi
+        out[tail] = fn(out[tail], reduce_ranges(v, fn, last[tail] * _BLOCK, hi[tail]))
+        return out
 
     def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range)."""
-        fn, v, n = self.fn, self.v, len(self.v)
-        res = np.full(len(lo), self.identity, dtype=v.dtype)
+        res = np.full(len(lo), self.identity, dtype=self.v.dtype)
         idx = np.flatnonzero(ok)
-        if n == 0 or len(idx) == 0:
+        if len(self.v) == 0 or len(idx) == 0:
             return res
-        lo_, r = lo[idx], hi[idx] - 1
-        bl, br = lo_ // _BLOCK, r // _BLOCK
-        out = np.full(len(idx), self.identity, dtype=v.dtype)
-        apart = bl != br
-        if apart.any():
-            out[apart] = fn(self.suf[self._at(lo_[apart])], self.pre[self._at(r[apart])])
-            inner = br - bl - 1
-            has = apart & (inner > 0)
-            if has.any():
-                k = np.zeros(len(idx), dtype=np.int64)
-                k[has] = np.floor(np.log2(inner[has])).astype(np.int64)
-                for level in np.unique(k[has]):
-                    sel = has & (k == level)
-                    t = self.table[int(level)]
-                    both = fn(t[bl[sel] + 1], t[br[sel] - (1 << int(level))])
-                    out[sel] = fn(out[sel], both)
-        same = ~apart
-        if same.any():
-            s_lo, s_r = lo_[same], r[same]
-            acc = np.full(len(s_lo), self.identity, dtype=v.dtype)
-            for j in range(_BLOCK):
-                pos = s_lo + j
-                live = pos <= s_r
-                if not live.any():
-                    break
-                acc = np.where(live, fn(acc, v[np.minimum(pos, n - 1)]), acc)
-            out[same] = acc
+        lo_, hi_ = lo[idx], hi[idx]
+        direct = hi_ - lo_ <= _DIRECT
+        if direct.all():
+            res[idx] = reduce_ranges(self.v, self.fn, lo_, hi_)
+            return res
+        out = np.empty(len(idx), dtype=self.v.dtype)
+        out[direct] = reduce_ranges(self.v, self.fn, lo_[direct], hi_[direct])
+        out[~direct] = self._long(lo_[~direct], hi_[~direct])
         res[idx] = out
         return res
 
@@ -128,19 +139,16 @@ class Column:
         return self.series.is_not_null().to_numpy()
 
     def _build_raw(self) -> np.ndarray:
-        """Float values as float64 with NaN for null (one conversion, numpy-owned)."""
+        """The values as float64 with NaN for null (one conversion, numpy-owned)."""
         return self.series.cast(pl.Float64).to_numpy()
 
     def _build_count(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.get("valid"), dtype=np.int64)])
-
-    def _build_x0(self) -> np.ndarray:
-        """The values as float64, 0 where null."""
-        if self.is_float:
-            x = self.get("raw").copy()
-            x[~self.get("valid")] = 0.0
-            return x
-        return self.series.cast(pl.Float64).fill_null(0.0).to_numpy()
+        """Prefix counts of values, from 0: rows [lo, hi) hold ``count[hi] - count[lo]``."""
+        n = len(self.series)
+        count = np.empty(n + 1, dtype=np.int32 if n < 2**31 else np.int64)
+        count[0] = 0
+        np.cumsum(self.get("valid"), out=count[1:])
+        return count
 
     def _build_int(self) -> np.ndarray:
         return self.series.cast(pl.Int64).fill_null(0).to_numpy()
@@ -148,21 +156,39 @@ class Column:
     def _build_isum(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.get("int"), dtype=np.int64)])
 
-    def _build_shift(self) -> np.ndarray:
-        """Per row: its segment's mean (0 without values), the offset float sums subtract."""
-        x = self.get("x0")
-        valid = self.get("valid")
-        lens = np.diff(self.seg_start)
-        starts = self.seg_start[:-1]
-        if len(starts) == 0:
-            return np.zeros(0)
-        nonempty = lens > 0
-        sums = np.zeros(len(starts))
-        cnts = np.zeros(len(starts))
-        sums[nonempty] = np.add.reduceat(x, starts[nonempty])
-        cnts[nonempty] = np.add.reduceat(valid.astype(np.float64), starts[nonempty])
-        mean = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
-        return mean[self.get("seg")]
+    def _build_mean(self) -> np.ndarray:
+        """Per segment: the mean of its values (0 without values), the offset float sums
+        subtract so that a large common offset cancels no digits (found with the deviations)."""
+        self.get("fsum")
+        return self._cache["mean"]
+
+    def _segment_means(self, x0: np.ndarray) -> np.ndarray:
+        s, count = self.seg_start, self.get("count")
+        counts = count[s[1:]] - count[s[:-1]]
+        sums = np.zeros(len(counts))
+        rows = s[1:] > s[:-1]
+        if rows.any():
+            sums[rows] = np.add.reduceat(x0, s[:-1][rows])
+        return np.divide(sums, counts, out=np.zeros(len(counts)), where=counts > 0)
+
+    def _deviations(self, out: np.ndarray) -> np.ndarray:
+        """Every value minus its segment's mean, 0 for a null, written into ``out`` (the means
+        are found on the way, from the values with nulls as 0, and cached)."""
+        invalid = ~self.get("valid")
+        np.copyto(out, self.get("raw"))
+        np.copyto(out, 0.0, where=invalid)
+        if "mean" not in self._cache:
+            self._cache["mean"] = self._segment_means(out)
+        mean, s, n = self._cache["mean"], self.seg_start, len(out)
+        # Each row's segment mean is repeated chunk by chunk: a small buffer that is reused,
+        # not one more array of n floats.
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            first = int(np.searchsorted(s, a, "right")) - 1
+            last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
+            out[a:b] -= np.repeat(mean[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
+        np.copyto(out, 0.0, where=invalid)
+        return out
 
     def _seg_prefix(self, d: np.ndarray) -> np.ndarray:
         """Inclusive prefix sums of ``d`` restarting at every segment (summed per segment, so
@@ -170,19 +196,20 @@ class Column:
         frame = pl.DataFrame({"d": d, "s": self.get("seg")})
         return frame.select(pl.col("d").cum_sum().over("s")).to_series().to_numpy()
 
-    def _build_dev(self) -> np.ndarray:
-        return np.where(self.get("valid"), self.get("x0") - self.get("shift"), 0.0)
-
     def _build_fsum(self) -> np.ndarray:
-        # Deviations from the segment mean sum to ~0 over each segment, so one running sum
-        # stays small and subtracting a segment's base loses nothing that matters.
-        cs = np.cumsum(self.get("dev"))
-        base = np.where(self.seg_start[:-1] > 0, cs[np.maximum(self.seg_start[:-1] - 1, 0)], 0.0)
-        return cs - base[self.get("seg")]
+        """Prefix sums of the deviations, from 0: rows [lo, hi) sum to ``fsum[hi] - fsum[lo]``.
+
+        Deviations from the segment mean sum to ~0 over each segment, so one running sum over
+        all segments stays small and no segment's magnitude reaches another's sums."""
+        p = np.empty(len(self.series) + 1)
+        p[0] = 0.0
+        np.cumsum(self._deviations(p[1:]), out=p[1:])
+        return p
 
     def _build_fsq(self) -> np.ndarray:
-        d = self.get("dev")
-        return self._seg_prefix(d * d)
+        d = self._deviations(np.empty(len(self.series)))
+        d *= d
+        return self._seg_prefix(d)
 
     def _build_next(self) -> np.ndarray:
         n = len(self.series)
@@ -196,14 +223,15 @@ class Column:
 
     def extremes(self, agg: str) -> _Extremes:
         if agg not in self._tables:
-            if self.is_float:
+            if self.is_float:  # fmin / fmax skip NaN: nulls need no filling
                 ident: int | float = np.inf if agg == "min" else -np.inf
-                v = np.where(self.get("valid"), self.get("x0"), ident)
+                v, fn = self.get("raw"), np.fmin if agg == "min" else np.fmax
             else:
                 info = np.iinfo(np.int64)
                 ident = int(info.max if agg == "min" else info.min)
                 v = self.series.cast(pl.Int64).fill_null(ident).to_numpy()
-            self._tables[agg] = _Extremes(v, np.minimum if agg == "min" else np.maximum, ident)
+                fn = np.minimum if agg == "min" else np.maximum
+            self._tables[agg] = _Extremes(v, fn, ident)
         return self._tables[agg]
 
 
@@ -223,13 +251,17 @@ def newest_row(col: Column, hi: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
     return np.where(nonempty, prev[np.maximum(hi - 1, 0)] if len(prev) else -1, -1)
 
 
-def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, starts: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(values, valid mask, index of the newest contributing row or -1) for one output.
+def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.ndarray,
+              count: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(values, valid mask, index of the newest contributing row or -1) for one output over the
+    rows ``[lo, hi)`` of segment ``seg`` (any segment where the range is empty); ``count`` is
+    the windows' value count when the caller already has it.
 
-    The newest row is only looked up for ``last`` (None otherwise: see ``_newest``)."""
-    cnt = col.get("count")
-    count = cnt[hi] - cnt[lo]
+    The newest row is only looked up for ``last`` (None otherwise)."""
+    if count is None:
+        cnt = col.get("count")
+        count = cnt[hi] - cnt[lo]
     nonempty = count > 0
     newest = newest_row(col, hi, nonempty) if agg == "last" else None
     if agg == "count":
@@ -238,14 +270,16 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, starts: np.
         isum = col.get("isum")
         return isum[hi] - isum[lo], nonempty, newest
     if agg in ("sum", "mean", "std"):
-        s = windowed_sum(col.get("fsum"), lo, hi, starts, nonempty)
+        fsum = col.get("fsum")
+        s = np.where(nonempty, fsum[hi] - fsum[lo], 0.0)
         safe = np.maximum(count, 1).astype(np.float64)
-        shift = col.get("shift")
-        c = shift[np.minimum(lo, max(len(shift) - 1, 0))] if len(shift) else np.zeros(len(lo))
+        mean = col.get("mean")
+        c = mean[seg] if len(mean) else np.zeros(len(lo))
         if agg == "sum":
             return s + c * count, nonempty, newest
         if agg == "mean":
             return c + s / safe, nonempty, newest
+        starts = col.seg_start[seg]
         q = windowed_sum(col.get("fsq"), lo, hi, starts, nonempty)
         var = (q - s * s / safe) / np.maximum(count - 1, 1)
         return np.sqrt(np.maximum(var, 0.0)), count >= 2, newest
