@@ -474,18 +474,19 @@ class FeatureStore:
         return row, path
 
     def fresh_snapshot(self, name: str) -> tuple[dict[str, Any], Path, pl.DataFrame | None]:
-        """``source_snapshot`` plus the snapshot's rows when this call wrote it (else None).
+        """``source_snapshot`` plus the snapshot's rows when this call wrote it as one file
+        (else None).
 
         A snapshot written just now is not hashed again: its checksum was taken from the bytes
-        as they were written, and the rows are still in memory, so a caller that needs them
-        reads nothing back.
+        as they were written; and a one-file snapshot's rows are still in memory, so a caller
+        that needs them reads nothing back.
         """
         if name not in self.registry.latest("source"):
             [result] = self.ingest([name])  # raises the usual not-registered / deleted error
             return result["artifact"], verify_artifact(self.root, result["artifact"]), None
         result, frame = self._ingest_one(name, self.registry.latest("source")[name])
         row = result["artifact"]
-        if frame is None:
+        if result["status"] != "ingested":
             return row, verify_artifact(self.root, row), None
         return row, confine(self.root, row["path"]), frame
 
