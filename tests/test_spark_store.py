@@ -59,6 +59,9 @@ def test_quickstart_season_on_both_engines_cell_by_cell(spark, tmp_path):
         assert second["row_count"] == first["row_count"], key
         assert artifact_frame(store, second).equals(artifact_frame(store, first)), key
         assert second["verified"] == first["verified"], key
+    form = both[("view", "driver_form")][-1]["verification"]  # row windows: Spark expressions
+    assert form.startswith("computed by Spark window functions; causality verified"), form
+    assert both[("view", "lap_form")][-1]["verification"].startswith("computed per partition")
     season = tmp_path / "qs" / "season"
     prerace_q, inrace_q = _entity_frames({n: season / f"{n}.parquet"
                                           for n in ("results", "schedule", "race_laps")})
