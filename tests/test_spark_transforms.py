@@ -224,3 +224,46 @@ def test_native_values_are_verified_against_the_polars_reruns(spark):
     bad = verify_output(sdf, wrong, ROLLING, params, ["driver_id"], dict(frame.schema), **kw)
     with pytest.raises(LeakageError, match="value_sum_last_2"):
         _combine("v", bad, True, native=True)
+
+
+@FEW
+@given(rows=field_rows(), keys=st.sampled_from(FIELD_KEYS), params=field_params())
+def test_native_field_on_spark_equals_polars_and_the_oracle(spark, rows, keys, params):
+    """Every ``field`` param runs as Spark window expressions, value for value the Polars
+    transform's (itself checked against the brute-force oracle): nulls, NaN, ties, late rows."""
+    from test_field import to_frame
+
+    from featurestore.engines.spark.native_field import native_field
+    from featurestore.engines.spark.session import to_polars, to_spark
+
+    frame = to_frame(rows)
+    declared, out, got = run_field(rows, keys, params)
+    assert_outputs_match(got, field_oracle(rows, keys, params), list(declared))
+    native = native_field(to_spark(frame), params, keys, dict(frame.schema))
+    assert native is not None
+    same_rows(to_polars(native).cast(dict(out.schema)), out)
+
+
+def test_native_field_values_are_verified_per_group(spark):
+    """``verify_output`` proves native field values per group, and catches one that differs."""
+    from pyspark.sql import functions as F
+
+    from featurestore.engines.spark.materialize import _combine, verify_output
+    from featurestore.engines.spark.native_field import native_field
+    from featurestore.engines.spark.session import to_spark
+
+    frame = third_party_input().with_columns(lap=pl.col("event_timestamp").dt.hour(),
+                                             race=pl.lit(1))
+    params = {"group_by": ["race"], "at": ["lap"],
+              "outputs": {"value_rank": {"kind": "rank", "column": "value"},
+                          "value_delta_median": {"kind": "delta_median", "column": "value"}}}
+    sdf = to_spark(frame)
+    native = native_field(sdf, params, ["driver_id"], dict(frame.schema))
+    kw = {"view": "v", "plugin": "featurestore_plugins.field", "verify": True}
+    good = verify_output(sdf, native, FIELD, params, ["driver_id"], dict(frame.schema), **kw)
+    assert _combine("v", good, True, native=True)[0]
+    wrong = native.withColumn("value_delta_median", F.col("value_delta_median") + F.when(
+        (F.col("driver_id") == 2) & (F.hour("event_timestamp") == 3), F.lit(1.0)).otherwise(0.0))
+    bad = verify_output(sdf, wrong, FIELD, params, ["driver_id"], dict(frame.schema), **kw)
+    with pytest.raises(LeakageError, match="value_delta_median"):
+        _combine("v", bad, True, native=True)

@@ -9,8 +9,8 @@ artifact with the same registry row as the Polars engine writes.
   Polars engine uses (so a third-party transform with only a Polars implementation runs on Spark
   unchanged). An entity-scope transform cannot read another entity's rows on Spark at all: each
   call sees one entity. The per-entity reports are combined into the artifact's report.
-- ``rolling`` with row windows is computed by Spark window expressions instead
-  (``native.native_rolling``); its values are then verified per entity against the Polars
+- ``rolling`` with row windows and ``field`` are computed by Spark window expressions instead
+  (``native.native_rolling``, ``native_field.native_field``); their values are then verified per entity against the Polars
   code's reruns (``verify_output``), which catches a leak and a native value that differs.
 - The result is sorted in retrieval order by Spark and written by ``io.write_artifact``.
 
@@ -104,6 +104,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                     from featurestore.engines.spark.native import native_rolling
 
                     native = native_rolling(_read(snapshot), view["params"], keys, schema)
+                elif plugin_name == "featurestore_plugins.field":
+                    from featurestore.engines.spark.native_field import native_field
+
+                    native = native_field(_read(snapshot), view["params"], keys, schema)
                 if native is not None:
                     out = native.cache()
                     reports = verify_output(
