@@ -172,9 +172,10 @@ def rolling_oracle(rows: list[dict], keys: list[str], params: dict) -> list[dict
             values = [_rolling_value(spec, rows[i]) for i in group]
             for name, agg, window in _rolling_outputs(spec):
                 for pos, i in enumerate(group):
-                    if isinstance(window, int):
+                    if isinstance(window, int) or window == "all":  # "all": every earlier row
                         end = pos + 1 if include else pos
-                        members = list(range(max(0, end - window), end))
+                        start = 0 if window == "all" else max(0, end - window)
+                        members = list(range(start, end))
                     else:
                         now, period = rows[i][TS], parse_duration(window)
                         members = [

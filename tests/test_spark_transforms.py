@@ -166,14 +166,15 @@ def test_a_leaky_third_party_transform_is_caught_on_spark(by_value):
 
 @st.composite
 def native_params(draw):
-    """Rolling params the native Spark path computes: row windows, no indicator or where."""
+    """Rolling params the native Spark path computes: row and time windows, every
+    aggregation, no indicator or where."""
     specs = []
     for i in range(draw(st.integers(1, 2))):
         specs.append({
             "column": draw(st.sampled_from(["lap_time", "position", "pit"])),
-            "windows": draw(st.lists(st.sampled_from([2, 3, 5]), min_size=1, max_size=2,
-                                     unique=True)),
-            "aggs": draw(st.lists(st.sampled_from(["count", "sum", "min", "max", "mean"]),
+            "windows": draw(st.lists(st.sampled_from([2, 3, 5, "all", "2m", "5m", "1h30s"]),
+                                     min_size=1, max_size=2, unique=True)),
+            "aggs": draw(st.lists(st.sampled_from(["count", "sum", "min", "max", "mean", "std"]),
                                   min_size=1, max_size=3, unique=True)),
             "include_current": draw(st.booleans()),
             "min_periods": draw(st.integers(1, 2)),
