@@ -25,7 +25,7 @@ from test_falloff import run as run_falloff
 from test_field import KEY_CHOICES as FIELD_KEYS
 from test_field import field_params, field_rows
 from test_field import run as run_field
-from test_rolling import KEY_CHOICES, lap_rows, rolling_params
+from test_rolling import INDICATORS, KEY_CHOICES, WHERES, lap_rows, rolling_params
 from test_rolling import run as run_rolling
 
 from featurestore.errors import LeakageError, PluginError
@@ -166,8 +166,8 @@ def test_a_leaky_third_party_transform_is_caught_on_spark(by_value):
 
 @st.composite
 def native_params(draw):
-    """Rolling params the native Spark path computes: row and time windows, every
-    aggregation, no indicator or where."""
+    """Rolling params (every one the native Spark path computes): row and time windows,
+    every aggregation, indicators and where conditions."""
     specs = []
     for i in range(draw(st.integers(1, 2))):
         specs.append({
@@ -180,6 +180,12 @@ def native_params(draw):
             "min_periods": draw(st.integers(1, 2)),
             "alias": f"s{i}",
         })
+        if specs[-1]["column"] == "position" and draw(st.booleans()):
+            specs[-1]["indicator"] = draw(st.sampled_from(INDICATORS))
+        if draw(st.integers(0, 2)) == 0:
+            where = draw(st.sampled_from(WHERES))
+            if "column" in where or specs[-1]["column"] != "pit":
+                specs[-1]["where"] = where
     return {"features": specs, "tie_break": draw(st.sampled_from([[], ["lap"]]))}
 
 

@@ -1,12 +1,19 @@
-"""First-party transforms as Spark window expressions (no Python worker computes the values).
+"""First-party ``rolling`` as Spark window expressions (no Python worker computes the values).
 
-``rolling`` with row windows (``N`` rows or ``"all"``), the aggregations ``count sum min max
-mean``, ``include_current``, ``min_periods`` and ``tie_break``, without ``indicator`` or ``where``,
-is computed here: per entity, rows ordered as the Polars transform orders them (times,
-``tie_break``, then the value columns, nulls first; NaN read as null), each output an aggregate
-over the frame ``N-1`` rows back to the row (``N`` back to one back without the current row),
-null below ``min_periods`` non-null values. Other params return None and run through the
-transform's Polars code per entity (``materialize.run_transform``).
+Every ``rolling`` param runs here (``field`` has its own module, ``native_field``):
+
+- row windows (``N`` rows or ``"all"``): per entity, rows ordered as the Polars transform orders
+  them (times, ``tie_break``, then the value and ``where`` columns, nulls first; NaN read as
+  null), each output an aggregate over the ROWS frame ``N-1`` rows back to the row (``N`` back to
+  one back without the current row);
+- time windows (``"30m"``, ``"1h30s"``, ...): the RANGE frame ``[t - P + 1us, t - 1us]`` over the
+  event time in microseconds, i.e. ``(t - P, t)`` without the rows at the row's own instant, with
+  the row's own value merged in for ``include_current`` as the Polars code merges it. Only when
+  the event time is a Datetime of at most microsecond precision and the period a whole number of
+  microseconds (``d``/``w`` only in UTC or without a zone, where Polars' calendar day is 24 h);
+  other periods return None and run through the Polars code per entity;
+- ``count sum min max mean std`` (sample std, null below two values), ``min_periods``,
+  ``indicator`` (Int32 0/1) and ``where`` (the value nulled where the condition is not true).
 
 The materializer still verifies causality per entity with ``featurestore.verification``, given
 these values as the full run's output: the Polars code's reruns on truncated inputs must agree
@@ -40,8 +47,8 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
 
     plan = parse_params(params)
     declared = _declare(plan, schema)
-    for spec, out in plan.outputs:
-        if (spec.indicator is not None or spec.where is not None or out.agg not in _AGGS
+    for _, out in plan.outputs:
+        if (out.agg not in _AGGS
                 or not (isinstance(out.window, int) or out.window == EXPANDING
                         or _period_us(out.window, schema) is not None)):
             return None
@@ -50,8 +57,9 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
     base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
     order_cols = [*base[len(keys):], *[c for c in plan.tie_break if c not in base]]
     for spec in plan.specs:
-        if spec.column not in order_cols and spec.column not in keys:
-            order_cols.append(spec.column)
+        for col in (spec.column, spec.where.column if spec.where else spec.column):
+            if col not in order_cols and col not in keys:
+                order_cols.append(col)
 
     def clean(col: str) -> Any:
         c = F.col(col)
@@ -63,8 +71,12 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
     for spec, out in plan.outputs:
         value_dtype = _value_dtype(spec, schema)
         value = clean(spec.column)
-        if schema[spec.column] == pl.Boolean:
+        if spec.indicator is not None:
+            value = _compare(value, spec.indicator).cast("int")
+        elif schema[spec.column] == pl.Boolean:
             value = value.cast("int")
+        if spec.where is not None:
+            value = F.when(_compare(clean(spec.where.column), spec.where), value)
         period = None if isinstance(out.window, int) or out.window == EXPANDING else \
             _period_us(out.window, schema)
         if period is not None:
@@ -163,3 +175,20 @@ def _time_window(value: Any, spec: Any, agg: str, period: int, keys: Sequence[st
     m2_a = F.coalesce(F.pow(F.stddev_samp(x).over(w), 2) * (n_a - 1.0), F.lit(0.0))
     m2 = m2_a + F.coalesce(F.pow(x - mean_a, 2) * n_a / (n_a + 1.0), F.lit(0.0))
     return F.when(enough, F.sqrt(m2 / (count.cast("double") - 1.0)))
+
+
+def _compare(value: Any, cond: Any) -> Any:
+    """``featurestore.conditions.compare`` as a Spark expression: ``value <op> operand``, null
+    where ``value`` is null (``ignore_case`` compares the lower-cased text)."""
+    from pyspark.sql import functions as F
+
+    operand = cond.value
+    if cond.ignore_case:
+        value = F.lower(value.cast("string"))
+        operand = (tuple(v.lower() for v in operand) if isinstance(operand, tuple)
+                   else operand.lower())
+    if cond.op == "in":
+        return F.when(value.isNotNull(), value.isin(list(operand)))
+    lit = F.lit(operand)
+    return {"eq": value == lit, "ne": value != lit, "lt": value < lit, "le": value <= lit,
+            "gt": value > lit, "ge": value >= lit}[cond.op]
