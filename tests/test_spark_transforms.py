@@ -274,3 +274,20 @@ def test_native_field_values_are_verified_per_group(spark):
     bad = verify_output(sdf, wrong, FIELD, params, ["driver_id"], dict(frame.schema), **kw)
     with pytest.raises(LeakageError, match="value_delta_median"):
         _combine("v", bad, True, native=True)
+
+
+@FEW
+@given(rows=falloff_rows(), keys=st.sampled_from(KEY_CHOICES), params=falloff_params())
+def test_native_falloff_on_spark_equals_polars_and_the_oracle(spark, rows, keys, params):
+    """Every ``falloff`` param runs as Spark window expressions, value for value the Polars
+    transform's (itself checked against the brute-force oracle): stints, jumps, cautions, nulls."""
+    from test_falloff import to_frame
+
+    from featurestore.engines.spark.native_falloff import native_falloff
+    from featurestore.engines.spark.session import to_polars, to_spark
+
+    frame = to_frame(rows)
+    declared, out, got = run_falloff(rows, keys, params)
+    assert_outputs_match(got, falloff_oracle(rows, keys, params), list(declared))
+    spark_out = to_polars(native_falloff(to_spark(frame), params, keys, dict(frame.schema)))
+    same_rows(spark_out.cast(dict(out.schema)), out)

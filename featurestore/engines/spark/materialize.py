@@ -9,8 +9,9 @@ artifact with the same registry row as the Polars engine writes.
   Polars engine uses (so a third-party transform with only a Polars implementation runs on Spark
   unchanged). An entity-scope transform cannot read another entity's rows on Spark at all: each
   call sees one entity. The per-entity reports are combined into the artifact's report.
-- ``rolling`` with row windows and ``field`` are computed by Spark window expressions instead
-  (``native.native_rolling``, ``native_field.native_field``); their values are then verified per entity against the Polars
+- ``rolling``, ``field`` and ``falloff`` are computed by Spark window expressions instead
+  (``native``, ``native_field``, ``native_falloff``; a ``rolling`` period Spark cannot take
+  exactly falls back to the per-entity path); their values are then verified per entity against the Polars
   code's reruns (``verify_output``), which catches a leak and a native value that differs.
 - The result is sorted in retrieval order by Spark and written by ``io.write_artifact``.
 
@@ -108,6 +109,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
                     from featurestore.engines.spark.native_field import native_field
 
                     native = native_field(_read(snapshot), view["params"], keys, schema)
+                elif plugin_name == "featurestore_plugins.falloff":
+                    from featurestore.engines.spark.native_falloff import native_falloff
+
+                    native = native_falloff(_read(snapshot), view["params"], keys, schema)
                 if native is not None:
                     out = native.cache()
                     reports = verify_output(
