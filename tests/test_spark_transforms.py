@@ -291,3 +291,19 @@ def test_native_falloff_on_spark_equals_polars_and_the_oracle(spark, rows, keys,
     assert_outputs_match(got, falloff_oracle(rows, keys, params), list(declared))
     spark_out = to_polars(native_falloff(to_spark(frame), params, keys, dict(frame.schema)))
     same_rows(spark_out.cast(dict(out.schema)), out)
+
+
+def test_periods_spark_cannot_take_exactly_fall_back_to_the_polars_path():
+    """A period in nanoseconds, or in days with a zoned event time (a calendar day in Polars),
+    is not a fixed RANGE offset: the native path declines (None) and the view runs per entity."""
+    from featurestore.engines.spark.native import _period_us
+
+    utc = {"event_timestamp": pl.Datetime("us", "UTC")}
+    paris = {"event_timestamp": pl.Datetime("us", "Europe/Paris")}
+    assert _period_us("1h30s", utc) == (3600 + 30) * 1_000_000
+    assert _period_us("1d", utc) == 86_400_000_000
+    assert _period_us("1h", paris) == 3_600_000_000
+    assert _period_us("1d", paris) is None
+    assert _period_us("1500ns", utc) is None
+    assert _period_us("1h", {"event_timestamp": pl.Datetime("ns", "UTC")}) is None
+    assert _period_us("1h", {"event_timestamp": pl.Date()}) is None

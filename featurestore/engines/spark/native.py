@@ -62,8 +62,7 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
                 order_cols.append(col)
 
     def clean(col: str) -> Any:
-        c = F.col(col)
-        return F.when(~F.isnan(c), c) if schema[col].is_float() else c
+        return nan_as_null(col, schema)
 
     order = [clean(c).asc_nulls_first() for c in order_cols]
     by_entity = Window.partitionBy(*keys).orderBy(*order)
@@ -192,3 +191,12 @@ def _compare(value: Any, cond: Any) -> Any:
     lit = F.lit(operand)
     return {"eq": value == lit, "ne": value != lit, "lt": value < lit, "le": value <= lit,
             "gt": value > lit, "ge": value >= lit}[cond.op]
+
+
+def nan_as_null(col: str, schema: Mapping[str, pl.DataType]) -> Any:
+    """Column ``col`` with NaN read as null (the first-party transforms' rule) when it is a
+    float column; the column as is otherwise."""
+    from pyspark.sql import functions as F
+
+    c = F.col(col)
+    return F.when(~F.isnan(c), c) if schema[col].is_float() else c

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from featurestore.engines.spark.native import nan_as_null
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 _SPARK_TYPES = {pl.Int32: "int", pl.Float64: "double", pl.Boolean: "boolean"}
@@ -48,8 +49,7 @@ def native_falloff(frame: Any, params: Any, keys: Sequence[str],
             order.append(col)
 
     def clean(col: str) -> Any:
-        c = F.col(col)
-        return F.when(~F.isnan(c), c) if schema[col].is_float() else c
+        return nan_as_null(col, schema)
 
     def flag(col: str | None) -> Any:
         return F.lit(False) if col is None else F.coalesce(F.col(col).cast("boolean"),

@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from featurestore.engines.spark.native import nan_as_null
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 _SPARK_TYPES = {pl.Int32: "int", pl.Int64: "bigint", pl.Float64: "double"}
@@ -54,8 +55,7 @@ def native_field(frame: Any, params: Any, keys: Sequence[str],
         in_group = in_group & F.col(c).isNotNull()
 
     def clean(col: str) -> Any:
-        c = F.col(col)
-        return F.when(~F.isnan(c), c) if schema[col].is_float() else c
+        return nan_as_null(col, schema)
 
     # Per value column, the frame's aggregates, computed once however many outputs read them.
     tmp: dict[str, Any] = {}
