@@ -54,8 +54,9 @@ def same_rows(spark_out: pl.DataFrame, polars_out: pl.DataFrame) -> None:
 
 
 @FEW
-@given(rows=lap_rows(), keys=st.sampled_from(KEY_CHOICES), params=rolling_params())
+@given(rows=lap_rows(), keys=st.sampled_from(KEY_CHOICES), params=rolling_params(expanding=True))
 def test_rolling_on_spark_equals_polars_and_the_oracle(spark, rows, keys, params):
+    """Every spec has an "all" window besides the drawn ones (few examples: make each count)."""
     from test_rolling import to_frame
 
     declared, out, got = run_rolling(rows, keys, params)
@@ -166,12 +167,13 @@ def test_a_leaky_third_party_transform_is_caught_on_spark(by_value):
 
 @st.composite
 def native_params(draw):
-    """Rolling params the native Spark path computes: row windows, no indicator or where."""
+    """Rolling params the native Spark path computes: row windows (N or "all"), no indicator or
+    where."""
     specs = []
     for i in range(draw(st.integers(1, 2))):
         specs.append({
             "column": draw(st.sampled_from(["lap_time", "position", "pit"])),
-            "windows": draw(st.lists(st.sampled_from([2, 3, 5]), min_size=1, max_size=2,
+            "windows": draw(st.lists(st.sampled_from([2, 3, 5, "all"]), min_size=1, max_size=2,
                                      unique=True)),
             "aggs": draw(st.lists(st.sampled_from(["count", "sum", "min", "max", "mean"]),
                                   min_size=1, max_size=3, unique=True)),
