@@ -55,6 +55,7 @@ __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
 AGGS = ("count", "sum", "mean", "std", "min", "max", "first", "last")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _PACK_LIMIT = 2**62
+_CHUNK = 1 << 18  # rows per step of a chunked pass: its temporaries stay in cache
 
 
 @dataclass(frozen=True)
@@ -239,28 +240,46 @@ def _query_order(q_seg: np.ndarray, q_t: np.ndarray, q_ok: np.ndarray) -> np.nda
     return np.lexsort((q_t, q_seg))
 
 
-def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str],
-              unit: str) -> bool:
-    """Whether ``rows`` (no null key or time) are sorted by (keys, available_at, event time),
-    checked in one pass: view artifacts are, and then nothing is sorted."""
+def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str]) -> bool:
+    """Whether ``rows`` (no null key or time) are sorted by (keys, available_at, event time)."""
     if rows.height < 2:
         return True
-    if len(keys) > 1 or not rows[keys[0]].is_sorted():
-        return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
-    av = _physical(rows[available_at], unit).to_numpy()
-    k = rows[keys[0]].to_numpy()
-    same_key = k[1:] == k[:-1]
-    if (same_key & (av[1:] < av[:-1])).any():
-        return False
-    if not ets:
-        return True
-    tie = same_key & (av[1:] == av[:-1])
-    if not tie.any():
-        return True
-    et = rows[ets[0]]
-    back = pl.select((et.is_null() & et.shift(1).is_not_null())
-                     | (et < et.shift(1)).fill_null(False)).to_series().to_numpy()[1:]
-    return not (tie & back).any()
+    return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
+
+
+def _sorted_runs(k: np.ndarray, av: np.ndarray, rows: pl.DataFrame, ets: list[str]
+                 ) -> np.ndarray | None:
+    """The first row of every key run plus ``n`` at the end, as ``_segments`` gives, when the
+    rows (one integer key ``k``, times ``av``) are sorted by (key, available_at, event time);
+    None when they are not. The order check and the run starts are one pass over both
+    columns, chunk by chunk, so its temporaries stay small (view artifacts are sorted: then
+    this pass is all the layout costs)."""
+    n = len(k)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    starts = [np.zeros(1, dtype=np.int64)]
+    tied = False
+    for a in range(0, n - 1, _CHUNK):
+        b = min(a + _CHUNK, n - 1)
+        k0, k1 = k[a:b], k[a + 1:b + 1]
+        if (k1 < k0).any():
+            return None
+        same = k1 == k0
+        a0, a1 = av[a:b], av[a + 1:b + 1]
+        if (same & (a1 < a0)).any():
+            return None
+        if ets and not tied:
+            tied = bool((same & (a1 == a0)).any())
+        starts.append(np.flatnonzero(~same) + (a + 1))
+    starts.append(np.array([n], dtype=np.int64))
+    if tied:  # equal (key, available_at): the event time must not go back (null first)
+        tie = (k[1:] == k[:-1]) & (av[1:] == av[:-1])
+        et = rows[ets[0]]
+        back = pl.select((et.is_null() & et.shift(1).is_not_null())
+                         | (et < et.shift(1)).fill_null(False)).to_series().to_numpy()[1:]
+        if (tie & back).any():
+            return None
+    return np.concatenate(starts).astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,11 +336,20 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
                                               for c in (*keys, available_at)]))
     order = [*keys, available_at, *ets]
     rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
-    if not _in_order(rows, keys, available_at, ets, unit):
+    seg_start: np.ndarray | None = None
+    if len(keys) == 1 and rows.schema[keys[0]].is_integer():
+        # Each column is converted once (a multi-chunk column is copied by the conversion):
+        # the same arrays serve the order check, the key runs and the searches.
+        av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
+        seg_start = _sorted_runs(rows[keys[0]].to_numpy(), av, rows, ets)
+    elif _in_order(rows, keys, available_at, ets):
+        av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
+        seg_start = _segments(rows.select(keys))
+    if seg_start is None:
         # a null event time sorts first: it loses an available_at tie
         rows = rows.sort(order, nulls_last=False, maintain_order=True)
-    av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
-    seg_start = _segments(rows.select(keys))
+        av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
+        seg_start = _segments(rows.select(keys))
 
     # Query: cutoff as a UTC instant; segment of each key.
     cut = query[cutoff]
