@@ -247,32 +247,53 @@ def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[
     return sorted_by(rows, [*keys, available_at, *ets], nulls_last=False)
 
 
-def _sorted_runs(k: np.ndarray, av: np.ndarray, rows: pl.DataFrame, ets: list[str]
+def _sorted_runs(key: pl.Series, av: np.ndarray, rows: pl.DataFrame, ets: list[str]
                  ) -> np.ndarray | None:
     """The first row of every key run plus ``n`` at the end, as ``_segments`` gives, when the
-    rows (one integer key ``k``, times ``av``) are sorted by (key, available_at, event time);
-    None when they are not. The order check and the run starts are one pass over both
-    columns, chunk by chunk, so its temporaries stay small (view artifacts are sorted: then
-    this pass is all the layout costs)."""
-    n = len(k)
+    rows (one integer ``key`` without nulls, times ``av``) are sorted by (key, available_at,
+    event time); None when they are not.
+
+    The order check and the run starts are one pass, chunk by chunk over numpy views of the
+    key's own buffers (no copy of the column, and the temporaries stay small): view
+    artifacts are sorted, and then this pass is all the layout costs."""
+    n = len(key)
     if n == 0:
         return np.zeros(1, dtype=np.int64)
     starts = [np.zeros(1, dtype=np.int64)]
     tied = False
-    for a in range(0, n - 1, _CHUNK):
-        b = min(a + _CHUNK, n - 1)
-        k0, k1 = k[a:b], k[a + 1:b + 1]
-        if (k1 < k0).any():
-            return None
-        same = k1 == k0
-        a0, a1 = av[a:b], av[a + 1:b + 1]
-        if (same & (a1 < a0)).any():
-            return None
-        if ets and not tied:
-            tied = bool((same & (a1 == a0)).any())
-        starts.append(np.flatnonzero(~same) + (a + 1))
+    off = 0
+    prev: int | None = None
+    for part in key.get_chunks():
+        k = part.to_numpy()
+        m = len(k)
+        if m == 0:
+            continue
+        if prev is not None:  # the pair across the chunk border
+            if k[0] < prev:
+                return None
+            if k[0] != prev:
+                starts.append(np.array([off], dtype=np.int64))
+            elif av[off] < av[off - 1]:
+                return None
+            else:
+                tied = tied or av[off] == av[off - 1]
+        for a in range(0, m - 1, _CHUNK):
+            b = min(a + _CHUNK, m - 1)
+            k0, k1 = k[a:b], k[a + 1:b + 1]
+            if (k1 < k0).any():
+                return None
+            same = k1 == k0
+            a0, a1 = av[off + a:off + b], av[off + a + 1:off + b + 1]
+            if (same & (a1 < a0)).any():
+                return None
+            if ets and not tied:
+                tied = bool((same & (a1 == a0)).any())
+            starts.append(np.flatnonzero(~same) + (off + a + 1))
+        prev = int(k[-1])
+        off += m
     starts.append(np.array([n], dtype=np.int64))
-    if tied:  # equal (key, available_at): the event time must not go back (null first)
+    if tied and ets:  # equal (key, available_at): the event time must not go back (null first)
+        k = key.to_numpy()
         tie = (k[1:] == k[:-1]) & (av[1:] == av[:-1])
         et = rows[ets[0]]
         back = pl.select((et.is_null() & et.shift(1).is_not_null())
@@ -338,10 +359,10 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     rows = rows.select(list(dict.fromkeys([*order, *(o.value for o in outputs)])))
     seg_start: np.ndarray | None = None
     if len(keys) == 1 and rows.schema[keys[0]].is_integer():
-        # Each column is converted once (a multi-chunk column is copied by the conversion):
-        # the same arrays serve the order check, the key runs and the searches.
+        # available_at is converted once (a multi-chunk column is copied by the conversion)
+        # for the order check, the key runs and the searches; the key is only read in place.
         av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
-        seg_start = _sorted_runs(rows[keys[0]].to_numpy(), av, rows, ets)
+        seg_start = _sorted_runs(rows[keys[0]], av, rows, ets)
     elif _in_order(rows, keys, available_at, ets):
         av = np.asarray(_physical(rows[available_at], unit).to_numpy(), dtype=np.int64)
         seg_start = _segments(rows.select(keys))
