@@ -416,6 +416,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     av_unit = _unit_of(adt)
     columns: dict[str, Column] = {}
     counts: dict[tuple[str, timedelta | None], np.ndarray] = {}  # shared by a window's outputs
+    shared: dict[tuple[str, timedelta | None], dict[str, object]] = {}  # and what else they share
     seg = np.maximum(q_seg, 0)
     result: list[pl.Series] = []
     for o in outputs:
@@ -427,7 +428,8 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
             cnt = col.get("count")
             counts[o.value, o.window] = cnt[h] - cnt[lo]
         count = counts[o.value, o.window]
-        values, valid, newest = aggregate(col, o.agg, lo, h, seg, count)
+        values, valid, newest = aggregate(col, o.agg, lo, h, seg, count,
+                                          shared.setdefault((o.value, o.window), {}))
         if with_availability and newest is None:
             newest = newest_row(col, h, count > 0)
         dtype = output_dtype(o.agg, rows.schema[o.value])
