@@ -25,6 +25,19 @@ def row_segments(seg_start: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(seg_start) - 1, dtype=np.int64), np.diff(seg_start))
 
 
+def add_per_segment(out: np.ndarray, per_seg: np.ndarray, seg_start: np.ndarray) -> None:
+    """Add to every row of ``out`` its segment's entry of ``per_seg``, in place.
+
+    Each segment's value is repeated chunk by chunk into a small buffer that stays in cache,
+    not into one more array of ``n`` values."""
+    s, n = seg_start, len(out)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        first = int(np.searchsorted(s, a, "right")) - 1
+        last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
+        out[a:b] += np.repeat(per_seg[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
+
+
 def _interleave(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     """The ``reduceat`` index list of ranges ``[lo, hi)`` over ``n`` rows, each ``hi`` capped
     at ``n - 1`` (see ``reduce_ranges``)."""
@@ -223,14 +236,7 @@ class Column:
         np.copyto(out, 0.0, where=invalid)
         if "mean" not in self._cache:
             self._cache["mean"] = self._segment_means(out)
-        mean, s, n = self._cache["mean"], self.seg_start, len(out)
-        # Each row's segment mean is repeated chunk by chunk: a small buffer that is reused,
-        # not one more array of n floats.
-        for a in range(0, n, _CHUNK):
-            b = min(a + _CHUNK, n)
-            first = int(np.searchsorted(s, a, "right")) - 1
-            last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
-            out[a:b] -= np.repeat(mean[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
+        add_per_segment(out, -self._cache["mean"], self.seg_start)
         np.copyto(out, 0.0, where=invalid)
         return out
 

@@ -48,7 +48,7 @@ import polars as pl
 
 from featurestore.errors import DataError
 from featurestore.layout import sorted_by
-from featurestore.windowagg import Column, aggregate, newest_row, row_segments
+from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
 
@@ -121,9 +121,14 @@ def _finest(units: Sequence[str]) -> str:
 
 @dataclass
 class _Layout:
-    """Rows sorted by (segment, time) and every query row's segment and cutoff."""
+    """Rows sorted by (segment, time) and every query row's segment and cutoff.
 
-    av: np.ndarray  # int64 instants of the sorted rows
+    When the packing fits and ``av`` is a writable array of our own (a converted multi-chunk
+    column is; a zero-copy view of the frame's buffer never is), the rows are packed in its
+    place instead of in one more array of ``n`` integers: ``av`` is then None and
+    ``time_at`` reads the instants back from the packing."""
+
+    av: np.ndarray | None  # int64 instants of the sorted rows (None once packed in place)
     seg_start: np.ndarray  # per segment: first row (int64), plus n at the end
     q_seg: np.ndarray  # per query row (sorted by segment, cutoff): segment, -1 for none
     q_t: np.ndarray  # per query row: cutoff instant (valid where q_ok)
@@ -133,9 +138,12 @@ class _Layout:
     q_base: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     lo_t: int = 0
     span: int = 3
+    n: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.av) == 0:
+        assert self.av is not None
+        self.n = len(self.av)
+        if self.n == 0:
             return
         self.lo_t = int(self.av.min())
         self.span = int(self.av.max()) - self.lo_t + 3
@@ -143,12 +151,24 @@ class _Layout:
         if n_seg * self.span < _PACK_LIMIT:
             # Rows pack to seg * span + (1 .. span - 2); a bound clipped to [0, span - 1] stays
             # in its segment, so one global search answers within the segment.
-            packed = row_segments(self.seg_start)  # in place from here: no temporaries
-            packed *= self.span
-            packed += self.av
-            packed -= self.lo_t - 1
+            if self.av.flags.writeable and self.av.dtype == np.int64:
+                packed, self.av = self.av, None
+                packed -= self.lo_t - 1
+            else:
+                packed = self.av - (self.lo_t - 1)
+            add_per_segment(packed, np.arange(n_seg, dtype=np.int64) * self.span, self.seg_start)
             self.packed = packed
             self.q_base = np.maximum(self.q_seg, 0) * self.span
+
+    def time_at(self, rows: np.ndarray) -> np.ndarray:
+        """The instants of ``rows``, one row of its query row's segment per query row."""
+        if self.av is not None:
+            return self.av[rows]
+        assert self.packed is not None
+        out = self.packed[rows]
+        out -= self.q_base
+        out += self.lo_t - 1
+        return out
 
 
 def _segments(keys_df: pl.DataFrame) -> np.ndarray:
@@ -196,7 +216,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
     """For each query row (where ``mask``), the first row of its segment whose time is ``>=
     bound`` (``side="left"``) or ``> bound`` (``side="right"``); other rows get 0."""
     out = np.zeros(len(bound), dtype=np.int64)
-    if not mask.any() or len(lay.av) == 0:
+    if not mask.any() or lay.n == 0:
         return out
     if lay.packed is not None:
         # in place on one temporary: the same packing as the rows', clipped into the segment
@@ -205,6 +225,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
         q += lay.q_base
         found = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
         return np.where(mask, found, 0)
+    assert lay.av is not None  # packed in its place only with the packing
     seg = lay.q_seg[mask]
     b = bound[mask]
     lo = lay.seg_start[seg].copy()
@@ -214,7 +235,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
         if not active.any():
             break
         mid = (lo + hi) // 2
-        t = lay.av[np.minimum(mid, len(lay.av) - 1)]
+        t = lay.av[np.minimum(mid, lay.n - 1)]
         go_right = active & ((t < b) if side == "left" else (t <= b))
         lo = np.where(go_right, mid + 1, lo)
         hi = np.where(active & ~go_right, mid, hi)
@@ -396,6 +417,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         return out
 
     lay = _Layout(av, seg_start, q_seg, q_t, q_ok)
+    del av  # the layout may have packed the rows in its place
     found = q_ok & (q_seg >= 0)
 
     hi = _search(lay, q_t, "right" if inclusive else "left", found)
@@ -437,7 +459,7 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
         if with_availability:
             assert newest is not None
             has = (newest >= 0) & q_ok
-            stamp_np = np.where(has, av[np.maximum(newest, 0)] if len(av) else 0, 0)
+            stamp_np = np.where(has, lay.time_at(np.maximum(newest, 0)) if lay.n else 0, 0)
             if o.agg == "count":
                 # An empty window's 0 is known from the rows available before T: the last
                 # instant before T (T itself when inclusive) is its availability.

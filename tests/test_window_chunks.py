@@ -25,8 +25,10 @@ def _chunked(frame: pl.DataFrame, cuts: list[int]) -> pl.DataFrame:
 
 
 def _run(rows: pl.DataFrame, query: pl.DataFrame) -> pl.DataFrame:
+    # with the availability columns: a multi-chunk frame's converted times are packed in place,
+    # and the newest row's available_at is then read back from the packing
     return pl.DataFrame(window_aggregate(rows, query, OUTS, keys=["k"], cutoff="t",
-                                         event_timestamp="e"))
+                                         event_timestamp="e", with_availability=True))
 
 
 @pytest.mark.parametrize("seed", range(6))
