@@ -195,6 +195,11 @@ class Column:
             return ~np.isnan(self.get("raw"))
         return self.series.is_not_null().to_numpy()
 
+    def _build_nulls(self) -> np.ndarray:
+        """The rows without a value: zeroing them by index touches only those rows (values are
+        mostly present), where a masked copy reads a mask of all ``n`` rows."""
+        return np.flatnonzero(~self.get("valid"))
+
     def _build_raw(self) -> np.ndarray:
         """The values as float64 with NaN for null (one conversion, numpy-owned)."""
         return self.series.cast(pl.Float64).to_numpy()
@@ -231,13 +236,13 @@ class Column:
     def _deviations(self, out: np.ndarray) -> np.ndarray:
         """Every value minus its segment's mean, 0 for a null, written into ``out`` (the means
         are found on the way, from the values with nulls as 0, and cached)."""
-        invalid = ~self.get("valid")
+        nulls = self.get("nulls")
         np.copyto(out, self.get("raw"))
-        np.copyto(out, 0.0, where=invalid)
+        out[nulls] = 0.0
         if "mean" not in self._cache:
             self._cache["mean"] = self._segment_means(out)
         add_per_segment(out, -self._cache["mean"], self.seg_start)
-        np.copyto(out, 0.0, where=invalid)
+        out[nulls] = 0.0
         return out
 
     def _seg_prefix(self, d: np.ndarray) -> np.ndarray:
