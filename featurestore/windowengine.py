@@ -48,6 +48,7 @@ import polars as pl
 
 from featurestore.errors import DataError
 from featurestore.layout import sorted_by
+from featurestore.numpy_memory import no_hugepages
 from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
@@ -344,6 +345,20 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     ``keys``) and ``cutoff``; naive cutoffs are read in ``cutoff_timezone`` (an ambiguous wall
     time as the earlier instant), naive ``available_at`` as UTC.
     """
+    with no_hugepages():  # see featurestore.numpy_memory: short-lived arrays, no THP stalls
+        return _window_aggregate(rows, query, outputs, keys=keys, query_keys=query_keys,
+                                 cutoff=cutoff, available_at=available_at,
+                                 event_timestamp=event_timestamp, inclusive=inclusive, ttl=ttl,
+                                 cutoff_timezone=cutoff_timezone,
+                                 with_availability=with_availability)
+
+
+def _window_aggregate(rows: pl.DataFrame, query: pl.DataFrame,
+                      outputs: Sequence[WindowOutput], *, keys: Sequence[str],
+                      query_keys: Sequence[str] | None, cutoff: str, available_at: str,
+                      event_timestamp: str | None, inclusive: bool, ttl: timedelta | None,
+                      cutoff_timezone: str, with_availability: bool) -> list[pl.Series]:
+    """``window_aggregate`` itself, with numpy's huge-page hint off."""
     keys = list(keys)
     query_keys = list(query_keys) if query_keys is not None else keys
     if len(query_keys) != len(keys):
