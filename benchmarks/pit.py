@@ -594,7 +594,7 @@ def main() -> None:
         mat = measure("materialize", paths, case, None, setup_env)
         print(
             f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
-            f"{args.memory_limit or 'none'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
+            f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
             flush=True,
         )
         prep = measure("prepare", paths, case, None)

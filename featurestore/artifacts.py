@@ -160,9 +160,12 @@ class WrittenArtifact:
     parts: tuple[dict[str, Any], ...] = ()
 
 
-def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, *,
-                         compression: str = "zstd", time_column: str | None = None) -> WrittenArtifact:
-    """Write ``frame`` to ``root/relative`` atomically and describe the result."""
+@contextmanager
+def atomic_artifact_file(root: Path, relative: str | Path, compression: str
+                         ) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(tmp, final)``: the caller writes the artifact to ``tmp``; on a clean exit the
+    file is fsynced and renamed to ``final`` (never an existing file), and on any failure
+    ``tmp`` is removed and a refused write names the path."""
     if compression not in COMPRESSIONS:
         raise ArtifactError(
             f"compression {compression!r} is not supported; choose one of {', '.join(COMPRESSIONS)}"
@@ -175,14 +178,11 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
         if not final.parent.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
-        # Created here first, so a refused write is an OSError naming the path; hashed as it
-        # is written, so the checksum costs no second read of the file.
+        # Created here first, so a refused write is an OSError naming the path.
         open(tmp, "xb").close()
-        checksum = write_hashed(tmp, lambda p: frame.write_parquet(
-            p, compression=compression, statistics=True))
+        yield tmp, final
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        size = tmp.stat().st_size
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except OSError as exc:
@@ -193,6 +193,16 @@ def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, *,
+                         compression: str = "zstd", time_column: str | None = None) -> WrittenArtifact:
+    """Write ``frame`` to ``root/relative`` atomically and describe the result."""
+    with atomic_artifact_file(root, relative, compression) as (tmp, final):
+        # Hashed as it is written, so the checksum costs no second read of the file.
+        checksum = write_hashed(tmp, lambda p: frame.write_parquet(
+            p, compression=compression, statistics=True))
+    size = final.stat().st_size
     lo = hi = None
     if time_column and frame.height:
         lo, hi = frame[time_column].min(), frame[time_column].max()

@@ -1,6 +1,6 @@
 """Entity-hash buckets: ingest and materialize within a memory limit.
 
-With a memory limit (the ``memory_limit`` setting, or ``FEATURESTORE_MEMORY_LIMIT`` for one
+Under the memory limit (the ``memory_limit`` setting, or ``FEATURESTORE_MEMORY_LIMIT`` for one
 process) a source whose rows would not fit is ingested in buckets: one streaming pass splits
 its rows by a hash of the entity keys into ``n`` temporary files, then each bucket is read,
 validated, sorted and written as one part of a *bucketed artifact* (a directory of part files,
@@ -13,8 +13,8 @@ view part by part (``featurestore.retrieval_buckets``).
 
 What stays whole: a transform view reads the whole snapshot (sorted again) and is written as
 one file; a bucketed source's views are recomputed in full, never incrementally; the lazy
-retrieval plan reads the parts as one frame. Small sources (below the limit, or no limit) keep
-one file, as before.
+retrieval plan reads the parts as one frame. Small sources keep one file, as before: below the
+limit, which without a setting is a quarter of the machine's memory (``none``: no limit).
 """
 
 from __future__ import annotations
@@ -59,13 +59,31 @@ def parse_bytes(text: str, *, what: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+# Said instead of a size: no limit, every artifact one file (the behaviour before limits).
+NO_LIMIT = "none"
+# Without a setting, a quarter of this machine's memory: sources that fit (most) keep one file
+# and their speed; a source too big for that is bucketed instead of exhausting the machine.
+DEFAULT_SHARE = 4
+
+
+def default_memory_limit() -> int | None:
+    """A quarter of physical memory, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // DEFAULT_SHARE
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def memory_limit(settings: dict[str, str | None]) -> int | None:
-    """The memory limit in bytes: the environment's, else the store's setting, else None."""
+    """The memory limit in bytes: the environment's, else the store's setting, else a quarter
+    of physical memory; None (no limit) when the one that applies says ``none``."""
     env = os.environ.get(MEMORY_ENV, "").strip()
-    if env:
-        return parse_bytes(env, what=MEMORY_ENV)
-    value = settings.get("memory_limit")
-    return None if value is None else parse_bytes(value, what="setting memory_limit")
+    value = env or settings.get("memory_limit")
+    if value is None:
+        return default_memory_limit()
+    if value.strip().lower() == NO_LIMIT:
+        return None
+    return parse_bytes(value, what=MEMORY_ENV if env else "setting memory_limit")
 
 
 def estimated_bytes(files: Sequence[str]) -> int:

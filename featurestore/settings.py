@@ -7,8 +7,8 @@ it is written.
 - ``default_tier``: the prediction tier online lookups use when the caller gives none. Unset by
   default, and then an online lookup without a tier is refused: serving has no safe default.
 - ``memory_limit``: the memory ``ingest`` and ``materialize`` aim to stay within, such as
-  ``2GiB`` (``FEATURESTORE_MEMORY_LIMIT`` overrides it per process). Unset: no limit, every
-  artifact one file. See ``featurestore.buckets``.
+  ``2GiB`` (``FEATURESTORE_MEMORY_LIMIT`` overrides it per process). Unset: a quarter of the
+  machine's memory; ``none``: no limit, every artifact one file. See ``featurestore.buckets``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def _check_tier(registry: Registry, conn: Connection, value: str) -> str:
 
 
 def _check_memory(registry: Registry, conn: Connection, value: str) -> str:
-    from featurestore.buckets import parse_bytes
+    from featurestore.buckets import NO_LIMIT, parse_bytes
 
+    if value.strip().lower() == NO_LIMIT:
+        return NO_LIMIT
     parse_bytes(value, what="setting memory_limit")
     return value.strip()
 
@@ -41,8 +43,9 @@ def _check_memory(registry: Registry, conn: Connection, value: str) -> str:
 # name -> (description, check(registry, conn, value) -> normalized value)
 SETTINGS: dict[str, tuple[str, Callable[[Registry, Connection, str], str]]] = {
     "default_tier": ("prediction tier of online lookups that name none", _check_tier),
-    "memory_limit": ("memory ingest and materialize stay within, e.g. 2GiB "
-                     "(FEATURESTORE_MEMORY_LIMIT overrides)", _check_memory),
+    "memory_limit": ("memory ingest and materialize stay within, e.g. 2GiB, or none "
+                     "(default: a quarter of RAM; FEATURESTORE_MEMORY_LIMIT overrides)",
+                     _check_memory),
 }
 
 

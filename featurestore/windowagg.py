@@ -10,6 +10,7 @@ previous row with a value for first and last.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -24,21 +25,44 @@ def row_segments(seg_start: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(seg_start) - 1, dtype=np.int64), np.diff(seg_start))
 
 
-def reduce_ranges(v: np.ndarray, fn: np.ufunc, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def add_per_segment(out: np.ndarray, per_seg: np.ndarray, seg_start: np.ndarray) -> None:
+    """Add to every row of ``out`` its segment's entry of ``per_seg``, in place.
+
+    Each segment's value is repeated chunk by chunk into a small buffer that stays in cache,
+    not into one more array of ``n`` values."""
+    s, n = seg_start, len(out)
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        first = int(np.searchsorted(s, a, "right")) - 1
+        last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
+        out[a:b] += np.repeat(per_seg[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
+
+
+def _interleave(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """The ``reduceat`` index list of ranges ``[lo, hi)`` over ``n`` rows, each ``hi`` capped
+    at ``n - 1`` (see ``reduce_ranges``)."""
+    idx = np.empty(2 * len(lo), dtype=np.int64)
+    idx[0::2] = lo
+    np.minimum(hi, n - 1, out=idx[1::2])
+    return idx
+
+
+def reduce_ranges(v: np.ndarray, fn: np.ufunc, lo: np.ndarray, hi: np.ndarray,
+                  idx: np.ndarray | None = None) -> np.ndarray:
     """``fn`` over ``v[lo:hi]`` for every pair (each ``lo < hi <= len(v)``), in one ``reduceat``.
 
-    The pairs interleave into one index list; the reductions between one range's end and the
-    next range's start are discarded, and cost at most ``len(v)`` in all when the ranges come
-    in increasing order, as the engine's do.
+    The pairs interleave into one index list (``idx``, when the caller has it from
+    ``_interleave``); the reductions between one range's end and the next range's start are
+    discarded, and cost at most ``len(v)`` in all when the ranges come in increasing order, as
+    the engine's do.
     """
     n = len(v)
     if len(lo) == 0:
         return np.empty(0, dtype=v.dtype)
-    idx = np.empty(2 * len(lo), dtype=np.int64)
-    idx[0::2] = lo
     # reduceat cannot take n as an index: a range ending at n stops one row short (or is that
     # row alone, when it starts there) and takes the last row in afterwards.
-    np.minimum(hi, n - 1, out=idx[1::2])
+    if idx is None:
+        idx = _interleave(lo, hi, n)
     out = fn.reduceat(v, idx)[0::2]
     end = hi == n
     if end.any():
@@ -88,22 +112,55 @@ class _Extremes:
         out[tail] = fn(out[tail], reduce_ranges(v, fn, last[tail] * _BLOCK, hi[tail]))
         return out
 
-    def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range)."""
+    def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray,
+              shared: dict[str, object] | None = None) -> np.ndarray:
+        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range).
+
+        ``shared`` (one dict per set of ranges) keeps the ranges' split into short and long
+        and the ``reduceat`` index list, so min and max over the same windows build them once.
+        """
         res = np.full(len(lo), self.identity, dtype=self.v.dtype)
-        idx = np.flatnonzero(ok)
+        shared = {} if shared is None else shared
+        if "idx" not in shared:
+            shared["idx"] = np.flatnonzero(ok)
+        idx = shared["idx"]
+        assert isinstance(idx, np.ndarray)
         if len(self.v) == 0 or len(idx) == 0:
             return res
-        lo_, hi_ = lo[idx], hi[idx]
-        direct = hi_ - lo_ <= _DIRECT
-        if direct.all():
-            res[idx] = reduce_ranges(self.v, self.fn, lo_, hi_)
+        if "direct" not in shared:
+            lo_, hi_ = lo[idx], hi[idx]
+            direct = hi_ - lo_ <= _DIRECT
+            all_direct = bool(direct.all())
+            shared["direct"] = all_direct
+            shared["short"] = _Ranges(lo_, hi_) if all_direct else \
+                _Ranges(lo_[direct], hi_[direct])
+            if not all_direct:
+                shared["long"] = (lo_[~direct], hi_[~direct], direct)
+        short = shared["short"]
+        assert isinstance(short, _Ranges)
+        if shared["direct"]:
+            res[idx] = short.reduce(self.v, self.fn)
             return res
+        long_lo, long_hi, direct = shared["long"]  # type: ignore[misc]
         out = np.empty(len(idx), dtype=self.v.dtype)
-        out[direct] = reduce_ranges(self.v, self.fn, lo_[direct], hi_[direct])
-        out[~direct] = self._long(lo_[~direct], hi_[~direct])
+        out[direct] = short.reduce(self.v, self.fn)
+        out[~direct] = self._long(long_lo, long_hi)
         res[idx] = out
         return res
+
+
+class _Ranges:
+    """Ranges ``[lo, hi)`` (each ``lo < hi``) prepared once for ``reduce_ranges`` by any
+    number of reductions (the interleaved index list is the same for min and max)."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.lo, self.hi = lo, hi
+        self.idx: np.ndarray | None = None
+
+    def reduce(self, v: np.ndarray, fn: np.ufunc) -> np.ndarray:
+        if self.idx is None:
+            self.idx = _interleave(self.lo, self.hi, len(v))
+        return reduce_ranges(v, fn, self.lo, self.hi, self.idx)
 
 
 @dataclass
@@ -137,6 +194,11 @@ class Column:
         if self.is_float:  # NaN is not a value either
             return ~np.isnan(self.get("raw"))
         return self.series.is_not_null().to_numpy()
+
+    def _build_nulls(self) -> np.ndarray:
+        """The rows without a value: zeroing them by index touches only those rows (values are
+        mostly present), where a masked copy reads a mask of all ``n`` rows."""
+        return np.flatnonzero(~self.get("valid"))
 
     def _build_raw(self) -> np.ndarray:
         """The values as float64 with NaN for null (one conversion, numpy-owned)."""
@@ -174,20 +236,13 @@ class Column:
     def _deviations(self, out: np.ndarray) -> np.ndarray:
         """Every value minus its segment's mean, 0 for a null, written into ``out`` (the means
         are found on the way, from the values with nulls as 0, and cached)."""
-        invalid = ~self.get("valid")
+        nulls = self.get("nulls")
         np.copyto(out, self.get("raw"))
-        np.copyto(out, 0.0, where=invalid)
+        out[nulls] = 0.0
         if "mean" not in self._cache:
             self._cache["mean"] = self._segment_means(out)
-        mean, s, n = self._cache["mean"], self.seg_start, len(out)
-        # Each row's segment mean is repeated chunk by chunk: a small buffer that is reused,
-        # not one more array of n floats.
-        for a in range(0, n, _CHUNK):
-            b = min(a + _CHUNK, n)
-            first = int(np.searchsorted(s, a, "right")) - 1
-            last = int(np.searchsorted(s, b, "left"))  # segments [first, last) meet [a, b)
-            out[a:b] -= np.repeat(mean[first:last], np.diff(np.clip(s[first:last + 1], a, b)))
-        np.copyto(out, 0.0, where=invalid)
+        add_per_segment(out, -self._cache["mean"], self.seg_start)
+        out[nulls] = 0.0
         return out
 
     def _seg_prefix(self, d: np.ndarray) -> np.ndarray:
@@ -252,11 +307,13 @@ def newest_row(col: Column, hi: np.ndarray, nonempty: np.ndarray) -> np.ndarray:
 
 
 def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.ndarray,
-              count: np.ndarray | None = None
+              count: np.ndarray | None = None, shared: dict[str, object] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(values, valid mask, index of the newest contributing row or -1) for one output over the
     rows ``[lo, hi)`` of segment ``seg`` (any segment where the range is empty); ``count`` is
-    the windows' value count when the caller already has it.
+    the windows' value count when the caller already has it. ``shared``, one dict per column
+    and set of ranges, keeps what several aggregations over the same windows have in common
+    (the shifted window sums of sum / mean / std, the range split of min / max).
 
     The newest row is only looked up for ``last`` (None otherwise)."""
     if count is None:
@@ -270,11 +327,18 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
         isum = col.get("isum")
         return isum[hi] - isum[lo], nonempty, newest
     if agg in ("sum", "mean", "std"):
-        fsum = col.get("fsum")
-        s = np.where(nonempty, fsum[hi] - fsum[lo], 0.0)
-        safe = np.maximum(count, 1).astype(np.float64)
-        mean = col.get("mean")
-        c = mean[seg] if len(mean) else np.zeros(len(lo))
+        shared = {} if shared is None else shared
+        if "s" not in shared:
+            fsum, mean = col.get("fsum"), col.get("mean")
+            s = fsum[hi]
+            s -= fsum[lo]
+            np.copyto(s, 0.0, where=~nonempty)
+            shared["s"] = s
+            shared["c"] = mean[seg] if len(mean) else np.zeros(len(lo))
+            shared["safe"] = np.maximum(count, 1).astype(np.float64)
+        s, c, safe = shared["s"], shared["c"], shared["safe"]
+        assert isinstance(s, np.ndarray) and isinstance(c, np.ndarray)
+        assert isinstance(safe, np.ndarray)
         if agg == "sum":
             return s + c * count, nonempty, newest
         if agg == "mean":
@@ -284,7 +348,8 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
         var = (q - s * s / safe) / np.maximum(count - 1, 1)
         return np.sqrt(np.maximum(var, 0.0)), count >= 2, newest
     if agg in ("min", "max"):
-        return col.extremes(agg).query(lo, hi, nonempty), nonempty, newest
+        ranges = None if shared is None else cast(dict, shared.setdefault("ranges", {}))
+        return col.extremes(agg).query(lo, hi, nonempty, ranges), nonempty, newest
     if agg == "first":
         nxt = col.get("next")
         at = nxt[np.minimum(lo, max(len(nxt) - 1, 0))] if len(nxt) else np.zeros(len(lo), int)

@@ -25,6 +25,9 @@ Semantics, per entity (rows with equal key values; composite keys compared colum
   (``include_current=false``), or the N rows ending at the current row (``true``).
   At the start of an entity the window holds what exists (partial windows; ``min_periods``
   defaults to 1).
+- ``"all"``: the row window without a limit, every row before the current row in that order
+  (``include_current=false``) or ending at it (``true``). Rows at the same instant ``t`` that
+  sort before the current row are in it (they are earlier rows), unlike in a time window.
 - Time window ``P``: rows with ``event_timestamp`` in ``(t - P, t)``, where ``t`` is the current
   row's event time, plus the current row itself when ``include_current=true``. Other rows at the
   same instant ``t`` are excluded (none of them is "before" another), whatever their order.

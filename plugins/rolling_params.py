@@ -33,7 +33,8 @@ ITEM = ParamSpec("A rolling spec", (
           "0/1). Optional when `indicator` names the column."),
     Param("windows", "list", "Each an int N >= 1 (the last N rows), a duration like `\"30m\"`, "
           "`\"7d\"`, `\"1h30m\"` (units ns us ms s m h d w: rows with event time in "
-          "(t - P, t)), or `\"all\"` (every earlier row). Required unless `outputs` is given."),
+          "(t - P, t)), or `\"all\"` (every earlier row in the entity's order, same-instant rows "
+          "that sort earlier included). Required unless `outputs` is given."),
     Param("aggs", "list", "Any of mean std min max sum count. Required unless `outputs` is given."),
     Param("include_current", "bool", "Whether the row's own value is in its window.",
           default=True),

@@ -61,9 +61,12 @@ _UNITS = {
 
 
 def parse_duration(text: str) -> timedelta:
-    """Duration strings without ns (timedelta has microsecond resolution)."""
+    """Duration strings without ns (timedelta has microsecond resolution); anything else (such
+    as ``"all"``) is an ``AssertionError``, never a silent zero-width period."""
+    parts = re.findall(r"(\d+)(us|ms|s|m|h|d|w)", text)
+    assert parts and "".join(a + u for a, u in parts) == text, f"not a duration: {text!r}"
     total = timedelta(0)
-    for amount, unit in re.findall(r"(\d+)(us|ms|s|m|h|d|w)", text):
+    for amount, unit in parts:
         total += int(amount) * _UNITS[unit]
     return total
 
@@ -172,7 +175,9 @@ def rolling_oracle(rows: list[dict], keys: list[str], params: dict) -> list[dict
             values = [_rolling_value(spec, rows[i]) for i in group]
             for name, agg, window in _rolling_outputs(spec):
                 for pos, i in enumerate(group):
-                    if isinstance(window, int) or window == "all":  # "all": every earlier row
+                    if isinstance(window, int) or window == "all":
+                        # "all" is a row window without a limit: every row before this one in
+                        # the entity's order (rows at the same instant included), not a period.
                         end = pos + 1 if include else pos
                         start = 0 if window == "all" else max(0, end - window)
                         members = list(range(start, end))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -163,7 +164,8 @@ def test_memory_limit_decides_the_bucket_count(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     raw = tmp_path / "raw.parquet"
     _duplicated_laps(20_000).write_parquet(raw)
-    assert bucket_count([str(raw)], {"memory_limit": None}) == 1
+    assert bucket_count([str(raw)], {"memory_limit": None}) == 1  # a quarter of RAM: fits
+    assert bucket_count([str(raw)], {"memory_limit": "none"}) == 1
     small = bucket_count([str(raw)], {"memory_limit": "100KiB"})
     assert small > 1
     assert bucket_count([str(raw)], {"memory_limit": "1GiB"}) == 1
@@ -174,6 +176,26 @@ def test_memory_limit_decides_the_bucket_count(tmp_path: Path, monkeypatch: pyte
     for bad in ("lots", "-1GiB", "2 parsecs", "0"):
         with pytest.raises(DefinitionError, match="not a memory size"):
             parse_bytes(bad, what="x")
+
+
+def test_without_a_setting_the_limit_is_a_share_of_the_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurestore import buckets
+
+    monkeypatch.delenv(BUCKETS_ENV, raising=False)
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert buckets.memory_limit({}) == ram // 4
+    assert buckets.memory_limit({"memory_limit": "none"}) is None
+    monkeypatch.setenv(MEMORY_ENV, "none")  # the environment lifts a store's limit
+    assert buckets.memory_limit({"memory_limit": "1GiB"}) is None
+    monkeypatch.delenv(MEMORY_ENV)
+    # A machine so small that a quarter of it cannot hold this source: bucketed by default.
+    monkeypatch.setattr(buckets, "DEFAULT_SHARE", ram // (64 * 1024))
+    raw = tmp_path / "raw.parquet"
+    _duplicated_laps(20_000).write_parquet(raw)
+    assert bucket_count([str(raw)], {"memory_limit": None}) > 1
+    assert bucket_count([str(raw)], {"memory_limit": "none"}) == 1
 
 
 def test_memory_limit_setting_buckets_ingest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

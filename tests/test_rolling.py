@@ -89,7 +89,7 @@ def lap_rows(draw: st.DrawFn, max_rows: int = 30) -> list[dict]:
     return rows
 
 
-WINDOWS = [1, 2, 3, 5, "1m", "2m", "90s", "5m", "1h"]
+WINDOWS = [1, 2, 3, 5, "1m", "2m", "90s", "5m", "1h", "all"]
 INDICATORS = [{"eq": 1}, {"le": 2}, {"in": [1, 3]}, {"ne": 2}, {"gt": 1}]
 WHERES = [
     {"column": "caution", "eq": False},
@@ -100,9 +100,12 @@ WHERES = [
 
 
 @st.composite
-def rolling_spec(draw: st.DrawFn) -> dict:
+def rolling_spec(draw: st.DrawFn, expanding: bool = False) -> dict:
+    """One spec; with ``expanding`` its windows always include ``"all"``."""
     column = draw(st.sampled_from(["position", "lap_time", "pit"]))
     windows = draw(st.lists(st.sampled_from(WINDOWS), min_size=1, max_size=3, unique=True))
+    if expanding and "all" not in windows:
+        windows.append("all")
     spec: dict = {
         "column": column,
         "windows": windows,
@@ -113,7 +116,7 @@ def rolling_spec(draw: st.DrawFn) -> dict:
         spec["include_current"] = include
     rows = [w for w in windows if isinstance(w, int)]
     if draw(st.booleans()):
-        spec["min_periods"] = draw(st.integers(1, min(rows, default=3)))
+        spec["min_periods"] = draw(st.integers(1, min(rows, default=4)))
     if column == "position" and draw(st.booleans()):
         spec["indicator"] = draw(st.sampled_from(INDICATORS))
     if draw(st.integers(0, 2)) == 0:
@@ -124,8 +127,8 @@ def rolling_spec(draw: st.DrawFn) -> dict:
 
 
 @st.composite
-def rolling_params(draw: st.DrawFn) -> dict:
-    specs = draw(st.lists(rolling_spec(), min_size=1, max_size=2))
+def rolling_params(draw: st.DrawFn, expanding: bool = False) -> dict:
+    specs = draw(st.lists(rolling_spec(expanding), min_size=1, max_size=2))
     if len(specs) == 1 and draw(st.booleans()):
         params = dict(specs[0])
     else:
@@ -154,6 +157,14 @@ def run(rows: list[dict], keys: list[str], params: dict, transform: Transform = 
 @SETTINGS
 @given(rows=lap_rows(), keys=st.sampled_from(KEY_CHOICES), params=rolling_params())
 def test_matches_oracle(rows: list[dict], keys: list[str], params: dict) -> None:
+    UNDER_TEST.check_matches_oracle(rows, keys, params)
+
+
+@SETTINGS
+@given(rows=lap_rows(), keys=st.sampled_from(KEY_CHOICES), params=rolling_params(expanding=True))
+def test_expanding_matches_oracle(rows: list[dict], keys: list[str], params: dict) -> None:
+    """Every spec has an ``"all"`` window, with the other options drawn as above (include_current,
+    min_periods, indicator, where, NaN and nulls, equal event times, tie_break)."""
     UNDER_TEST.check_matches_oracle(rows, keys, params)
 
 
@@ -272,6 +283,29 @@ def test_time_window_excludes_tied_rows_by_hand() -> None:
     params["include_current"] = True
     _, out, _ = run(rows, ["driver_id"], params)
     assert out["position_sum_last_2m"].to_list() == [4, 6, 7, 1]
+
+
+def test_expanding_window_counts_earlier_rows_at_the_same_instant_by_hand() -> None:
+    # Regression: the oracle read "all" as a zero-width period, so an expanding window without
+    # the current row was always empty ("count_last_all: got 1, want 0"). Rows at minutes 0, 0, 1;
+    # the two at minute 0 are ordered by value (1 before 3), the row at minute 1 has no value.
+    rows = _laps([3, 1, None], minutes=[0, 0, 1])
+    params = {"column": "position", "windows": ["all", "2m"], "aggs": ["count", "sum"],
+              "include_current": False}
+    _, out, _ = run(rows, ["driver_id"], params)
+    # Output order: (0, pos 1), (0, pos 3), (1, null). "all" holds every earlier row, the
+    # first row at minute 0 included; "2m" excludes rows at the same instant.
+    assert out["position_count_last_all"].to_list() == [0, 1, 2]
+    assert out["position_sum_last_all"].to_list() == [None, 1, 4]
+    assert out["position_count_last_2m"].to_list() == [0, 0, 2]
+    assert out["position_sum_last_2m"].to_list() == [None, None, 4]
+    params.update(include_current=True, min_periods=2)
+    _, out, _ = run(rows, ["driver_id"], params)
+    assert out["position_count_last_all"].to_list() == [1, 2, 2]
+    assert out["position_sum_last_all"].to_list() == [None, 4, 4]
+    for p in (params, {**params, "include_current": False, "min_periods": 1}):
+        declared, _, got = run(rows, ["driver_id"], p)
+        assert_outputs_match(got, rolling_oracle(rows, ["driver_id"], p), list(declared))
 
 
 def test_tie_break_orders_date_only_rows() -> None:

@@ -19,17 +19,12 @@ from typing import Any
 import polars as pl
 
 from featurestore.artifacts import (
-    _READ_ONLY_ERRNOS,
     TMP_PREFIX,
     WrittenArtifact,
-    _fsync_dir,
-    confine,
-    read_only_error,
+    atomic_artifact_file,
     schema_dict,
 )
 from featurestore.checksums import file_checksum
-from featurestore.definitions import COMPRESSIONS
-from featurestore.errors import ArtifactError
 
 _CODECS = {"uncompressed": "none"}
 
@@ -38,43 +33,23 @@ def write_artifact(root: Path, relative: str | Path, frame: Any, *, compression:
                    time_column: str | None = None) -> WrittenArtifact:
     """Write the Spark DataFrame ``frame`` (in its current order) to ``root/relative``
     atomically and describe the result."""
-    if compression not in COMPRESSIONS:
-        raise ArtifactError(f"compression {compression!r} is not supported; choose one of "
-                            f"{', '.join(COMPRESSIONS)}")
-    final = confine(root, relative)
-    if final.exists():
-        raise ArtifactError(f"artifact {relative} already exists; artifacts are never overwritten")
-    tmpdir = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
-    try:
-        if not final.parent.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(final.parent.parent)
-        (frame.coalesce(1).write.mode("errorifexists")
-         .option("compression", _CODECS.get(compression, compression))
-         .parquet(tmpdir.as_uri()))
-        [part] = [p for p in tmpdir.iterdir() if p.suffix == ".parquet"
-                  and not p.name.startswith((".", "_"))] or [None]
-        if part is None:  # an empty frame may leave no part file: write its schema
-            pl.DataFrame(schema=_polars_schema(frame)).write_parquet(tmp, compression=compression)
-        else:
-            os.replace(part, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+    with atomic_artifact_file(root, relative, compression) as (tmp, final):
+        tmpdir = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            (frame.coalesce(1).write.mode("errorifexists")
+             .option("compression", _CODECS.get(compression, compression))
+             .parquet(tmpdir.as_uri()))
+            [part] = [p for p in tmpdir.iterdir() if p.suffix == ".parquet"
+                      and not p.name.startswith((".", "_"))] or [None]
+            if part is None:  # an empty frame may leave no part file: write its schema
+                pl.DataFrame(schema=_polars_schema(frame)).write_parquet(
+                    tmp, compression=compression)
+            else:
+                os.replace(part, tmp)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
         checksum = file_checksum(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in _READ_ONLY_ERRNOS:
-            raise read_only_error(Path(exc.filename or final.parent), exc) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    size = final.stat().st_size
     # The footer and one column: what the registry row records, read back from the file.
     scan = pl.scan_parquet(final)
     schema = scan.collect_schema()

@@ -1,0 +1,297 @@
+"""The store's data: sources ingested into snapshots, artifacts written, recorded and read.
+
+``StoreData`` is a part of ``FeatureStore`` (its base class), kept apart so that the store's
+front door (``store.py``: opening, definitions, retrieval) and its data path can each be read
+on their own. A failed write leaves neither a file nor a registry row behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from sqlalchemy import Connection, select
+
+from featurestore import schema
+from featurestore.artifacts import (
+    WrittenArtifact,
+    confine,
+    file_checksum,
+    reading_artifacts,
+    remove_artifact_path,
+    verify_artifact,
+    write_parquet_atomic,
+    write_parts_atomic,
+    writers_lock,
+)
+from featurestore.definitions import canonical_json
+from featurestore.errors import ArtifactError, NotFoundError
+from featurestore.plan import absolute_source_path
+from featurestore.readers import ensure_lock_files, reading
+from featurestore.registry import utcnow
+from featurestore.sourcedata import (
+    causal_fill,
+    normalize,
+    resolve_files,
+    scan,
+    source_read_errors,
+    validate_rows,
+)
+from featurestore.transforms import EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    from featurestore.registry import Registry
+    from featurestore.tiers import TierOrder
+
+Progress = Callable[[str, int, int], None]
+
+
+def _noop_progress(_label: str, _done: int, _total: int) -> None:
+    return None
+
+
+class StoreData:
+    """Ingestion and artifacts of a ``FeatureStore`` (see the module docstring)."""
+
+    if TYPE_CHECKING:  # provided by FeatureStore
+        root: Path
+        registry: Registry
+        compression: str
+
+        @property
+        def tiers(self) -> TierOrder: ...
+
+        def _require_writable(self, what: str) -> None: ...
+
+    def _source_fingerprint(self, src: dict[str, Any]) -> str:
+        digest = hashlib.sha256(canonical_json({k: src[k] for k in (
+            "name", "version", "path", "entity", "event_time", "timezone", "available_time",
+            "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
+                "available_lag_seconds": src["available_lag_seconds"]}
+                if src.get("available_lag_seconds") is not None else {})).encode())
+        digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
+        for f in resolve_files(absolute_source_path(src["path"], self.root)):
+            # Content, not mtime: a rewritten but identical file is not new input.
+            digest.update(f"{f}:{file_checksum(Path(f))}".encode())
+        return "sha256:" + digest.hexdigest()
+
+    def source_lag(self, src: Mapping[str, Any]) -> timedelta:
+        """A registered source's availability lag: its own ``available_lag``, else its tier's."""
+        own = src.get("available_lag_seconds")
+        return timedelta(seconds=own) if own is not None else self.tiers.get(src["tier"]).lag
+
+    def source_frame(self, name: str) -> tuple[pl.LazyFrame, dict[str, Any], list[str], str]:
+        """A source's rows in store layout, lazily, unvalidated: (frame, source row, keys, path)."""
+        src = self.registry.get("source", name)
+        keys = self.registry.get("entity", src["entity"])["join_keys"]
+        lag = self.source_lag(src)
+        path = absolute_source_path(src["path"], self.root)
+        lf = normalize(scan(path), path=path, keys=keys, event_time=src["event_time"],
+                       timezone=src["timezone"], lag=lag, available_time=src["available_time"],
+                       expected_schema=src["schema"])
+        return lf, src, keys, path
+
+    def read_source(self, name: str) -> pl.DataFrame:
+        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+        lf, src, keys, path = self.source_frame(name)
+        with source_read_errors(path, name):
+            df = lf.collect(engine="streaming")
+        df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                           on_duplicate=src["on_duplicate"])  # and sorts by keys, event time
+        return causal_fill(df, keys, src["fills"])
+
+    def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
+               progress: Progress = _noop_progress,
+               engine: str | None = None) -> list[dict[str, Any]]:
+        """Validate and snapshot sources into artifacts; unchanged inputs are skipped.
+
+        Returns one dict per source: ``name``, ``status`` (``ingested`` / ``up-to-date``) and
+        the artifact row. ``engine`` names the engine that reads and writes the data
+        (``featurestore.engines``; default ``FEATURESTORE_ENGINE``, else ``polars``).
+        """
+        from featurestore.engines import get_engine
+
+        runner = get_engine(engine)
+        registered = self.registry.latest("source")
+        names = list(sources) if sources else sorted(registered)
+        for n in names:
+            if n not in registered:
+                from featurestore.lifecycle import refuse_deleted
+
+                refuse_deleted(self, "source", n)
+                raise NotFoundError(f"source {n!r} is not registered")
+        results = []
+        for i, name in enumerate(names):
+            progress(f"ingest {name}", i, len(names))
+            results.append(self._ingest_one(name, registered[name], force=force,
+                                            engine=runner)[0])
+        progress("ingest", len(names), len(names))
+        return results
+
+    def _ingest_one(self, name: str, src: dict[str, Any], *, force: bool = False,
+                    engine: Any = None) -> tuple[dict[str, Any], pl.DataFrame | None]:
+        """One source's ``ingest`` result, with the snapshot's rows when they were just
+        written (None when the snapshot was up to date and so not read, or was written by an
+        engine other than Polars)."""
+        fingerprint = self._source_fingerprint(src)
+        latest = self.registry.latest_artifact("source", name)
+        if (not force and latest and latest["input_fingerprint"] == fingerprint
+                and latest["object_version"] == src["version"]
+                and self.intact(latest, rebuilding="re-snapshotting the source")):
+            return {"name": name, "status": "up-to-date", "artifact": latest}, None
+        if engine is not None and engine.name != "polars":  # the engine reads and writes
+            row = self._record_artifact("source", name, src["version"],
+                                        engine.read_source(self, name),
+                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        plugin_version=None, params={"fills": src["fills"]},
+                                        verified=True, verification="source snapshot",
+                                        engine=engine)
+            return {"name": name, "status": "ingested", "artifact": row}, None
+        from featurestore.buckets import bucketed_source, source_buckets
+
+        n = source_buckets(self, src)
+        with bucketed_source(self, name, n) as parts:
+            df = self.read_source(name) if parts is None else None
+            row = self._record_artifact("source", name, src["version"],
+                                        df if parts is None else parts,
+                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        plugin_version=None, params={"fills": src["fills"]},
+                                        verified=True, verification="source snapshot")
+        return {"name": name, "status": "ingested", "artifact": row}, df
+
+    def _artifact_relpath(self, kind: str, name: str, version: int) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        return f"data/{kind}s/{name}/v{version}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+
+    def _record_artifact(self, kind: str, name: str, version: int, df: Any, *,
+                         fingerprint: str, transform: str | None, plugin: str | None,
+                         plugin_version: str | None, params: Mapping[str, Any],
+                         verified: bool, verification: str,
+                         input_artifact_id: int | None = None,
+                         verification_report: str = "{}", engine: Any = None) -> dict[str, Any]:
+        """Write ``df`` (a frame of ``engine``, Polars by default) as a new artifact and record
+        it; on any failure neither the file nor the row is left behind."""
+        self._require_writable(f"write an artifact of {kind} {name!r}")
+        relpath = self._artifact_relpath(kind, name, version)
+        ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
+        with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
+            try:
+                # A frame is one file; an iterable of frames is a bucketed artifact, one part
+                # each, written as they come (one bucket in memory at a time). Another engine
+                # writes its own frame.
+                written = (engine.write_artifact(self.root, relpath, df,
+                                                 compression=self.compression,
+                                                 time_column=EVENT_TIMESTAMP)
+                           if engine is not None else
+                           write_parquet_atomic(self.root, relpath, df,
+                                                compression=self.compression,
+                                                time_column=EVENT_TIMESTAMP)
+                           if isinstance(df, pl.DataFrame) else
+                           write_parts_atomic(self.root, relpath, df,
+                                              compression=self.compression,
+                                              time_column=EVENT_TIMESTAMP))
+                return self.registry.write(lambda conn: self._insert_artifact(
+                    conn, kind, name, version, written, fingerprint, transform, plugin,
+                    plugin_version, params, verified, verification, input_artifact_id,
+                    verification_report))
+            except BaseException:
+                # Ctrl-C lands anywhere, even after the rename or after the commit: remove the
+                # new file unless the registry recorded it, so no orphan and no lost artifact.
+                self._discard_unregistered(relpath)
+                raise
+
+    def _discard_unregistered(self, relpath: str) -> None:
+        try:
+            with self.registry.read() as conn:
+                recorded = conn.execute(select(schema.artifacts.c.id).where(
+                    schema.artifacts.c.path == relpath)).first() is not None
+        except Exception:
+            return  # cannot tell: keep the file (doctor lists it if it is an orphan)
+        if not recorded:
+            remove_artifact_path(self.root / relpath)
+
+    @staticmethod
+    def _insert_artifact(conn: Connection, kind: str, name: str, version: int,
+                         w: WrittenArtifact, fingerprint: str, transform: str | None,
+                         plugin: str | None, plugin_version: str | None,
+                         params: Mapping[str, Any], verified: bool,
+                         verification: str, input_artifact_id: int | None = None,
+                         verification_report: str = "{}") -> dict[str, Any]:
+        values = {
+            "kind": kind, "name": name, "object_version": version, "path": w.path,
+            "compression": w.compression, "schema": json.dumps(w.schema),
+            "row_count": w.row_count, "min_event_time": w.min_event_time,
+            "max_event_time": w.max_event_time, "checksum": w.checksum,
+            "size_bytes": w.size_bytes, "transform": transform, "plugin": plugin,
+            "plugin_version": plugin_version, "params": canonical_json(params),
+            "input_fingerprint": fingerprint, "verified": verified,
+            "verification": verification, "created_at": utcnow(),
+            "input_artifact_id": input_artifact_id, "verification_report": verification_report,
+            "parts": json.dumps(list(w.parts))}
+        new_id = conn.execute(schema.artifacts.insert().values(**values)).inserted_primary_key[0]
+        return {"id": new_id, **values, "schema": w.schema, "params": dict(params),
+                "parts": list(w.parts)}
+
+    # ------------------------------------------------------------------ artifacts
+    def artifact(self, artifact_id: int) -> dict[str, Any]:
+        for row in self.registry.artifacts():
+            if row["id"] == artifact_id:
+                return row
+        raise NotFoundError(f"artifact {artifact_id} is not registered")
+
+    def load_artifact(self, artifact_id: int, *, lazy: bool = False,
+                      verify_checksum: bool = True) -> pl.DataFrame | pl.LazyFrame:
+        """Read an artifact after checking its checksum (remembered per user, so cheap after
+        the first read) and schema against the registry."""
+        if lazy:  # read after this returns: no reader's lock can cover it
+            return pl.scan_parquet(verify_artifact(self.root, self.artifact(artifact_id),
+                                                   checksum=verify_checksum))
+        with reading(self.root):
+            row = self.artifact(artifact_id)
+            path = verify_artifact(self.root, row, checksum=verify_checksum)
+            with reading_artifacts([path]):
+                return pl.read_parquet(path)
+
+    def intact(self, row: dict[str, Any], *, rebuilding: str | None = None) -> bool:
+        """Whether an artifact's file is there and matches its registry row.
+
+        With ``rebuilding`` (what the caller does instead) a damaged or missing file is warned
+        about, so ``ingest`` and ``materialize`` never call a lost artifact up to date.
+        """
+        try:
+            verify_artifact(self.root, row)
+        except ArtifactError as exc:
+            if rebuilding:
+                warnings.warn(f"{exc}: {rebuilding}", stacklevel=3)
+            return False
+        return True
+
+    def source_snapshot(self, name: str) -> tuple[dict[str, Any], Path]:
+        """The newest ingested snapshot of a source (ingesting first when inputs changed):
+        its artifact row and the checked path of its Parquet file."""
+        row, path, _ = self.fresh_snapshot(name)
+        return row, path
+
+    def fresh_snapshot(self, name: str) -> tuple[dict[str, Any], Path, pl.DataFrame | None]:
+        """``source_snapshot`` plus the snapshot's rows when this call wrote it as one file
+        (else None).
+
+        A snapshot written just now is not hashed again: its checksum was taken from the bytes
+        as they were written; and a one-file snapshot's rows are still in memory, so a caller
+        that needs them reads nothing back.
+        """
+        if name not in self.registry.latest("source"):
+            [result] = self.ingest([name])  # raises the usual not-registered / deleted error
+            return result["artifact"], verify_artifact(self.root, result["artifact"]), None
+        result, frame = self._ingest_one(name, self.registry.latest("source")[name])
+        row = result["artifact"]
+        if result["status"] != "ingested":
+            return row, verify_artifact(self.root, row), None
+        return row, confine(self.root, row["path"]), frame
