@@ -622,8 +622,8 @@ def concurrent_applies(root: Path, registry_url: str) -> None:
 PAUSES = [
     ("featurestore.cli", "_register_extra_commands", "target", False),  # loading plugins
     ("featurestore.materialize", "sort_for_retrieval", "target", False),  # computing the view
-    ("featurestore.store", "write_parquet_atomic", "target", True),  # file renamed, unregistered
-    ("featurestore.store", "_insert_artifact", "target.FeatureStore", True),  # row not committed
+    ("featurestore.store_data", "write_parquet_atomic", "target", True),  # file renamed, unregistered
+    ("featurestore.store_data", "_insert_artifact", "target.StoreData", True),  # row not committed
 ]
 PAUSED_CLI = """
 import os, pathlib, sys, time
