@@ -161,10 +161,11 @@ class WrittenArtifact:
 
 
 @contextmanager
-def atomic_artifact_file(root: Path, relative: str | Path, compression: str
-                         ) -> Iterator[tuple[Path, Path]]:
-    """Yield ``(tmp, final)``: the caller writes the artifact to ``tmp``; on a clean exit the
-    file is fsynced and renamed to ``final`` (never an existing file), and on any failure
+def atomic_artifact_file(root: Path, relative: str | Path, compression: str, *,
+                         directory: bool = False) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(tmp, final)``: the caller writes the artifact to ``tmp`` (a file, or with
+    ``directory`` an empty directory for the caller's fsynced part files); on a clean exit
+    ``tmp`` is fsynced and renamed to ``final`` (never an existing path), and on any failure
     ``tmp`` is removed and a refused write names the path."""
     if compression not in COMPRESSIONS:
         raise ArtifactError(
@@ -179,19 +180,25 @@ def atomic_artifact_file(root: Path, relative: str | Path, compression: str
             final.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(final.parent.parent)  # the new directory's entry is durable too
         # Created here first, so a refused write is an OSError naming the path.
-        open(tmp, "xb").close()
+        if directory:
+            tmp.mkdir()
+        else:
+            open(tmp, "xb").close()
         yield tmp, final
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if directory:
+            _fsync_dir(tmp)
+        else:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        remove_artifact_path(tmp)
         if exc.errno in _READ_ONLY_ERRNOS:
             raise read_only_error(Path(exc.filename or final.parent), exc) from None
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_artifact_path(tmp)
         raise
 
 
@@ -229,22 +236,10 @@ def write_parts_atomic(root: Path, relative: str | Path, frames: Iterable[pl.Dat
     to a temporary directory, each hashed as it is written; the directory is renamed to its
     final name only once all are written and fsynced. Every part must have the same schema.
     """
-    if compression not in COMPRESSIONS:
-        raise ArtifactError(
-            f"compression {compression!r} is not supported; choose one of {', '.join(COMPRESSIONS)}"
-        )
-    final = confine(root, relative)
-    if final.exists():
-        raise ArtifactError(f"artifact {relative} already exists; artifacts are never overwritten")
-    tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
     parts: list[dict[str, Any]] = []
     schema: dict[str, str] | None = None
     rows, lo, hi = 0, None, None
-    try:
-        if not final.parent.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(final.parent.parent)
-        tmp.mkdir()
+    with atomic_artifact_file(root, relative, compression, directory=True) as (tmp, final):
         for i, frame in enumerate(frames):
             got = schema_dict(frame.schema)
             if schema is not None and got != schema:
@@ -265,17 +260,6 @@ def write_parts_atomic(root: Path, relative: str | Path, frames: Iterable[pl.Dat
                 hi = _latest(hi, frame[time_column].max())
         if schema is None:
             raise ArtifactError(f"artifact {relative}: no parts to write")
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except OSError as exc:
-        remove_artifact_path(tmp)
-        if exc.errno in _READ_ONLY_ERRNOS:
-            raise read_only_error(Path(exc.filename or final.parent), exc) from None
-        raise
-    except BaseException:
-        remove_artifact_path(tmp)
-        raise
     lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None
     hi = hi.replace(tzinfo=None) if isinstance(hi, datetime) else None
     return WrittenArtifact(str(Path(relative).as_posix()), final, schema, rows, lo, hi,

@@ -106,18 +106,10 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
         snapshot_schema = (dict(fresh_rows.schema) if fresh_rows is not None
                            else dict(pl.read_parquet_schema(snapshot_path)))
         keys = store.registry.get("entity", store.registry.get("source", view["source"])["entity"])["join_keys"]
-        plugin_name = plugin_version = None
-        transform = None
-        if view["transform"] is not None:
-            from featurestore.plugins import get_transform
-
-            registered_t = get_transform(view["transform"])
-            transform = registered_t.transform
-            plugin_name, plugin_version = registered_t.plugin, registered_t.version
+        transform, plugin_name, plugin_version = view_transform(view)
         fingerprint = view_fingerprint(src_row, view, plugin_version, verify)
         latest = store.registry.latest_artifact("view", name)
-        if (not force and latest and latest["input_fingerprint"] == fingerprint
-                and store.intact(latest, rebuilding="rebuilding the view")):
+        if up_to_date(store, latest, fingerprint, force=force):
             results.append(MaterializeResult(name, "up-to-date", latest))
             continue
         t0 = time.perf_counter()
@@ -209,6 +201,25 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
     if progress:
         progress("materialize", len(names), len(names))
     return results
+
+
+def view_transform(view: dict[str, Any]) -> tuple[Any, str | None, str | None]:
+    """The view's transform and the (plugin, version) that registers it; Nones for a view
+    that reads columns as is."""
+    if view["transform"] is None:
+        return None, None, None
+    from featurestore.plugins import get_transform
+
+    registered = get_transform(view["transform"])
+    return registered.transform, registered.plugin, registered.version
+
+
+def up_to_date(store: FeatureStore, latest: dict[str, Any] | None, fingerprint: str, *,
+               force: bool = False) -> bool:
+    """Whether the view's newest artifact ``latest`` was built from these inputs and its file
+    is intact, so materializing again would change nothing (a damaged file is warned about)."""
+    return bool(not force and latest and latest["input_fingerprint"] == fingerprint
+                and store.intact(latest, rebuilding="rebuilding the view"))
 
 
 def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_version: str | None,

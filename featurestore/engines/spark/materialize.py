@@ -48,7 +48,12 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
     from featurestore.engines.spark import ENGINE
     from featurestore.layout import retrieval_order
     from featurestore.lifecycle import refuse_deleted, runnable_views
-    from featurestore.materialize import MaterializeResult, view_fingerprint
+    from featurestore.materialize import (
+        MaterializeResult,
+        up_to_date,
+        view_fingerprint,
+        view_transform,
+    )
     from featurestore.readers import reading
 
     registered = store.registry.latest("view")
@@ -74,17 +79,10 @@ def materialize(store: FeatureStore, views: Sequence[str] | None = None, *, veri
             snapshot = artifact_files(store.root, src_row)  # one file, or a bucketed one's parts
             keys = list(store.registry.get("entity", store.registry.get(
                 "source", view["source"])["entity"])["join_keys"])
-            plugin_name = plugin_version = transform = None
-            if view["transform"] is not None:
-                from featurestore.plugins import get_transform
-
-                registered_t = get_transform(view["transform"])
-                transform = registered_t.transform
-                plugin_name, plugin_version = registered_t.plugin, registered_t.version
+            transform, plugin_name, plugin_version = view_transform(view)
             fingerprint = view_fingerprint(src_row, view, plugin_version, verify)
             latest = store.registry.latest_artifact("view", name)
-            if (not force and latest and latest["input_fingerprint"] == fingerprint
-                    and store.intact(latest, rebuilding="rebuilding the view")):
+            if up_to_date(store, latest, fingerprint, force=force):
                 results.append(MaterializeResult(name, "up-to-date", latest))
                 continue
             t0 = time.perf_counter()
