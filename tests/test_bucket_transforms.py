@@ -301,3 +301,35 @@ def test_bucket_by_bucket_verification_still_refuses_leaks(
         store.close()
     finally:
         fp.pm.unregister(plugin)
+
+
+def test_bucket_count_stays_while_it_suffices() -> None:
+    from featurestore.buckets import STABLE_SPREAD, stable_count
+
+    assert stable_count(3, 0) == 3 and stable_count(3, 1) == 3  # first bucketed snapshot
+    assert stable_count(3, 5) == 5  # enough, and not far too many: kept
+    assert stable_count(1, STABLE_SPREAD) == STABLE_SPREAD
+    assert stable_count(1, STABLE_SPREAD + 1) == 1  # far too many: what is needed
+    assert stable_count(6, 5) == 10 and stable_count(13, 5) == 13  # outgrown: at least double
+
+
+def test_a_grown_source_under_a_memory_limit_keeps_its_buckets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurestore.buckets import MEMORY_ENV
+
+    monkeypatch.delenv(BUCKETS_ENV, raising=False)
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    drivers = list(range(1, 41))
+    store, path = _store(tmp_path, laps(drivers, 40), views=[VIEWS[0]])
+    store.set_setting("memory_limit", "30KiB")
+    [first] = materialize(store)
+    n = len(first.artifact["parts"])
+    assert n > 2
+    # More rows, but a limit that needs fewer buckets now: the count stays, and so the view
+    # is rebuilt from the parts that changed only.
+    store.set_setting("memory_limit", "60KiB")
+    pl.concat([laps(drivers, 40), laps(drivers[:2], 10, start=40)]).write_parquet(path)
+    [again] = materialize(store)
+    assert len(store.registry.latest_artifact("source", "laps")["parts"]) == n
+    assert again.status == "incremental" and len(again.artifact["parts"]) == n
+    store.close()
