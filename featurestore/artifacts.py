@@ -27,7 +27,7 @@ from featurestore.checksums import checksum_mismatch, file_checksum, write_hashe
 from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
 
-__all__ = ["LinkUnsupported", "artifact_files", "artifact_parts", "file_checksum",
+__all__ = ["LinkUnsupported", "ReusedPart", "artifact_files", "artifact_parts", "file_checksum",
            "link_artifact_atomic", "reading_artifacts", "verify_artifact", "write_parquet_atomic",
            "write_parts_atomic"]
 
@@ -231,37 +231,79 @@ def parts_checksum(parts: Sequence[dict[str, Any]]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_parts_atomic(root: Path, relative: str | Path, frames: Iterable[pl.DataFrame], *,
+@dataclass(frozen=True)
+class ReusedPart:
+    """A part of an earlier bucketed artifact carried into a new one unchanged (incremental
+    materialization: its bucket's input did not change). ``checksum``, ``size`` and ``rows`` are
+    the earlier artifact's record of ``path``: the caller verified that artifact first."""
+
+    path: Path
+    checksum: str
+    size: int
+    rows: int
+
+
+def _carry_over(part: ReusedPart, target: Path) -> None:
+    """``part``'s file at ``target``: a hard link (no bytes copied; the file is immutable, and
+    removing the earlier artifact only drops its name), else a copy checked against the record."""
+    try:
+        os.link(part.path, target)
+    except OSError:  # another file system, or one without hard links
+        got = write_hashed(target, lambda p: shutil.copyfile(part.path, p))
+        with open(target, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if got != part.checksum:
+            raise ArtifactError(f"reused part {part.path} has checksum {got}, its artifact "
+                                f"recorded {part.checksum}") from None
+    size = target.stat().st_size
+    if size != part.size:
+        raise ArtifactError(f"reused part {part.path} is {size} bytes, its artifact recorded "
+                            f"{part.size}")
+
+
+def write_parts_atomic(root: Path, relative: str | Path,
+                       frames: Iterable[pl.DataFrame | ReusedPart], *,
                        compression: str = "zstd",
                        time_column: str | None = None) -> WrittenArtifact:
-    """Write a bucketed artifact: one part file per frame of ``frames``, all or nothing.
+    """Write a bucketed artifact: one part file per item of ``frames``, all or nothing.
 
     ``frames`` is consumed one at a time (a generator keeps one bucket in memory). The parts go
     to a temporary directory, each hashed as it is written; the directory is renamed to its
-    final name only once all are written and fsynced. Every part must have the same schema.
+    final name only once all are written and fsynced. Every part must have the same schema. A
+    ``ReusedPart`` is an earlier artifact's part, linked (or copied) in with its recorded
+    checksum; only its time column is read, for the artifact's time range.
     """
     parts: list[dict[str, Any]] = []
     schema: dict[str, str] | None = None
     rows, lo, hi = 0, None, None
     with atomic_artifact_file(root, relative, compression, directory=True) as (tmp, final):
         for i, frame in enumerate(frames):
-            got = schema_dict(frame.schema)
+            name = f"part-{i:05d}.parquet"
+            target = tmp / name
+            if isinstance(frame, ReusedPart):
+                _carry_over(frame, target)
+                got = schema_dict(pl.read_parquet_schema(target))
+                checksum, height = frame.checksum, frame.rows
+                times = (pl.read_parquet(target, columns=[time_column]).get_column(time_column)
+                         if time_column and height else None)
+            else:
+                got = schema_dict(frame.schema)
+                checksum = write_hashed(target, lambda p, f=frame: f.write_parquet(
+                    p, compression=compression, statistics=True))
+                with open(target, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                height = frame.height
+                times = frame[time_column] if time_column and height else None
             if schema is not None and got != schema:
                 raise ArtifactError(f"artifact {relative}: part {i} has schema {got}, part 0 "
                                     f"has {schema}; parts must agree")
             schema = got
-            name = f"part-{i:05d}.parquet"
-            target = tmp / name
-            checksum = write_hashed(target, lambda p, f=frame: f.write_parquet(
-                p, compression=compression, statistics=True))
-            with open(target, "rb+") as fh:
-                os.fsync(fh.fileno())
             parts.append({"file": name, "size": target.stat().st_size, "checksum": checksum,
-                          "rows": frame.height})
-            rows += frame.height
-            if time_column and frame.height:
-                lo = _earliest(lo, frame[time_column].min())
-                hi = _latest(hi, frame[time_column].max())
+                          "rows": height})
+            rows += height
+            if times is not None:
+                lo = _earliest(lo, times.min())
+                hi = _latest(hi, times.max())
         if schema is None:
             raise ArtifactError(f"artifact {relative}: no parts to write")
     lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None

@@ -119,12 +119,36 @@ def bucket_expr(keys: Sequence[str], n: int) -> pl.Expr:
 
 
 def source_buckets(store: FeatureStore, src: dict[str, Any]) -> int:
-    """How many buckets ingesting the source ``src`` (a registry row) takes."""
+    """How many buckets ingesting the source ``src`` (a registry row) takes: enough for the
+    memory limit, and the previous snapshot's count while that is enough (``stable_count``)."""
+    from featurestore.artifacts import artifact_parts
     from featurestore.plan import absolute_source_path
     from featurestore.sourcedata import resolve_files
 
-    return bucket_count(resolve_files(absolute_source_path(src["path"], store.root)),
-                        store.settings())
+    needed = bucket_count(resolve_files(absolute_source_path(src["path"], store.root)),
+                          store.settings())
+    if os.environ.get(BUCKETS_ENV, "").strip():
+        return needed  # forced
+    previous = store.registry.latest_artifact("source", src["name"])
+    return stable_count(needed, len(artifact_parts(previous)) if previous else 0)
+
+
+# A previous bucket count is kept while it is at most this many times the count needed.
+STABLE_SPREAD = 4
+
+
+def stable_count(needed: int, previous: int) -> int:
+    """The bucket count for a snapshot that needs ``needed`` buckets when the previous one had
+    ``previous`` parts (0 or 1: one file). Bucket i holds the same entities as long as the
+    count stays, which lets a re-ingested source's views be rebuilt incrementally (only the
+    buckets whose rows changed: ``featurestore.materialize_buckets``). So the previous count is
+    kept while it suffices and is not ``STABLE_SPREAD`` times more than needed; outgrown, it at
+    least doubles, so a growing source changes its count a logarithmic number of times."""
+    if previous <= 1:
+        return needed
+    if needed <= previous <= STABLE_SPREAD * needed:
+        return previous
+    return max(needed, 2 * previous) if needed > previous else needed
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from featurestore.artifacts import artifact_files
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, NotFoundError, PluginError
@@ -126,16 +125,23 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             out: Any = column_view_rows(store.root, src_row, keys,
                                         [*base, *view["params"]["columns"]], fresh_rows)
             t1 = t2 = time.perf_counter()
+        elif src_row.get("parts"):
+            # Bucketed: bucket by bucket, written as a bucketed view (materialize_buckets).
+            from featurestore.materialize_buckets import materialize_bucketed
+
+            results.append(materialize_bucketed(
+                store, name, view, src_row, keys, transform, plugin_name, plugin_version,
+                latest, fingerprint, verify=verify, samples=samples, budget=budget, force=force))
+            continue
         else:
             fresh_rows = None  # the transform scans the file: only the columns it reads load
-            whole = _whole_snapshot(store, src_row, keys)
             ctx = TransformContext(keys=tuple(keys))
             params = view["params"]
             previous = None if force else _incremental_base(store, latest, view, src_row,
                                                               plugin_version, verify)
             grown = snapshot = None
             if previous is not None:
-                snapshot = pl.read_parquet(snapshot_path) if whole is None else whole
+                snapshot = pl.read_parquet(snapshot_path)
                 grown = growth(previous[0], snapshot, keys)
             if grown is not None and snapshot is not None:
                 subset = recompute_input(snapshot, keys, grown, transform.lookback(params))
@@ -147,11 +153,9 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             else:
                 # Scanned, not read: the transform's projection decides which columns load.
                 computed = _run_checked(
-                    transform, params,
-                    pl.scan_parquet(snapshot_path) if whole is None else whole.lazy(), ctx,
-                    name, plugin_name, input_schema=snapshot_schema,
-                    ids=(pl.read_parquet(snapshot_path, columns=base) if whole is None
-                         else whole.select(base)))
+                    transform, params, pl.scan_parquet(snapshot_path), ctx, name, plugin_name,
+                    input_schema=snapshot_schema,
+                    ids=pl.read_parquet(snapshot_path, columns=base))
                 fresh, scope = computed, ""
                 verify_input, verify_output = None, computed
             t1 = time.perf_counter()
@@ -161,7 +165,7 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
 
                 plan = None
                 if verify_input is None:  # the whole snapshot: its plan serves every view of it
-                    verify_input = pl.read_parquet(snapshot_path) if whole is None else whole
+                    verify_input = pl.read_parquet(snapshot_path)
                     plan = _shared_plan(plans, verify_input, ctx, transform, params, src_row,
                                         samples, budget)
                 report = verify_causality(transform, params, verify_input, ctx, samples=samples,
@@ -191,7 +195,7 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
         results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
         # Drop this view's frames now: otherwise they stay alive while the next view computes.
         out = fresh = computed = verify_input = verify_output = snapshot = subset = None
-        fresh_rows = whole = None
+        fresh_rows = None
     if progress:
         progress("materialize", len(names), len(names))
     return results
@@ -223,17 +227,6 @@ def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_versi
         "source_checksum": src_row["checksum"], "view_version": view["version"],
         "transform": view["transform"], "plugin_version": plugin_version,
         "params": view["params"], "verify": verify}).encode()).hexdigest()
-
-
-def _whole_snapshot(store: FeatureStore, src_row: dict[str, Any],
-                    keys: Sequence[str]) -> pl.DataFrame | None:
-    """A bucketed snapshot's rows in one frame in snapshot order (None for a one-file snapshot,
-    which is scanned instead). Transforms read a whole snapshot: not bounded by the memory limit
-    yet (entity-scope transforms could run bucket by bucket)."""
-    if not src_row.get("parts"):
-        return None
-    frame = pl.read_parquet(artifact_files(store.root, src_row))
-    return frame.sort([*keys, EVENT_TIMESTAMP])  # unique per snapshot: no stable sort needed
 
 
 def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,
@@ -291,8 +284,8 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
 
     if get_transform(view["transform"]).transform.scope != "entity":
         return None  # other entities' new rows can change a group's old rows: recompute all
-    if src_row.get("parts") or (latest and latest.get("parts")):
-        return None  # bucketed: recomputed in full (touched buckets only: not done yet)
+    if latest and latest.get("parts"):
+        return None  # the view was bucketed (its source shrank since): recompute in full
     if (latest is None or latest.get("input_artifact_id") is None
             or latest["object_version"] != view["version"]
             or latest["plugin_version"] != plugin_version

@@ -178,9 +178,16 @@ class StoreData:
                          plugin_version: str | None, params: Mapping[str, Any],
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None,
-                         verification_report: str = "{}", engine: Any = None) -> dict[str, Any]:
+                         verification_report: str = "{}", engine: Any = None,
+                         verdict: Callable[[], tuple[bool, str, str]] | None = None
+                         ) -> dict[str, Any]:
         """Write ``df`` (a frame of ``engine``, Polars by default) as a new artifact and record
-        it; on any failure neither the file nor the row is left behind."""
+        it; on any failure neither the file nor the row is left behind.
+
+        ``verdict``, when given, is called once the data is written and returns ``(verified,
+        verification, verification_report)`` in place of those arguments: a bucketed view's
+        parts are verified as they are computed, while they are written.
+        """
         self._require_writable(f"write an artifact of {kind} {name!r}")
         relpath = self._artifact_relpath(kind, name, version)
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
@@ -196,6 +203,8 @@ class StoreData:
                         df = df.rows()
                 if written is None:
                     written = self._write(relpath, df, engine)
+                if verdict is not None:
+                    verified, verification, verification_report = verdict()
                 return self.registry.write(lambda conn: self._insert_artifact(
                     conn, kind, name, version, written, fingerprint, transform, plugin,
                     plugin_version, params, verified, verification, input_artifact_id,

@@ -7,7 +7,7 @@ in ``artifacts.verification`` and ``report.as_dict()`` as JSON in ``artifacts.ve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -125,4 +125,57 @@ class VerificationReport:
                 f"{self.candidates:,} cut(s), {self.exhaustive_rows:,} rows)")
 
 
-__all__ = ["VerificationReport"]
+def combine_reports(reports: Sequence[VerificationReport], *, budget: float, samples: int,
+                    note: str) -> VerificationReport:
+    """One report for a verification run part by part (a bucketed view: each part's rows on
+    their own, see ``featurestore.materialize_buckets``), whose units (entities or groups) are
+    disjoint: counts are summed, the cut range spans the parts', and ``cut_times`` is the sum of
+    the parts' (a time cut in two parts counts twice). ``budget`` and ``samples`` are what was
+    asked for the whole; ``note`` says how it was split. Parts without rows are left out.
+    ``verified`` holds only when every part with rows proved something (``combined_verified``).
+    """
+    if not reports:
+        raise ValueError("no reports to combine")
+    used = [r for r in reports if r.input_rows] or list(reports[:1])
+    first = used[0]
+    if any(r.cuts for r in used):
+        mode = "exhaustive" if all(r.mode == "exhaustive" for r in used if r.cuts) else "targeted"
+    elif all(r.mode == "trivial" for r in used):
+        mode = "trivial"
+    elif any(r.isolation_rows for r in used):
+        mode = "isolation"
+    else:
+        mode = "none"
+    cuts = [r.first_cut for r in used if r.first_cut is not None]
+    lasts = [r.last_cut for r in used if r.last_cut is not None]
+    categories: dict[str, tuple[int, int]] = {}
+    for r in used:
+        for k, (c, n) in r.categories.items():
+            got = categories.get(k, (0, 0))
+            categories[k] = (got[0] + c, got[1] + n)
+    notes = [note, *dict.fromkeys(n for r in used for n in r.notes)]
+
+    def total(attr: str) -> int:
+        return sum(getattr(r, attr) for r in used)
+
+    return VerificationReport(
+        transform=first.transform, plugin=first.plugin, view=first.view,
+        features=first.features, scope=first.scope, group_columns=first.group_columns,
+        mode=mode, cuts=total("cuts"), cut_times=total("cut_times"),
+        first_cut=min(cuts) if cuts else None, last_cut=max(lasts) if lasts else None,
+        units_checked=total("units_checked"), units_total=total("units_total"),
+        units_cuttable=total("units_cuttable"), entities_total=total("entities_total"),
+        candidates=total("candidates"), exhaustive_rows=total("exhaustive_rows"),
+        rows_compared=total("rows_compared"), rows_recomputed=total("rows_recomputed"),
+        input_rows=total("input_rows"), reruns=total("reruns"), budget=budget, samples=samples,
+        categories=categories, isolation_units=total("isolation_units"),
+        isolation_rows=total("isolation_rows"), seconds=sum(r.seconds for r in used),
+        notes=tuple(notes))
+
+
+def combined_verified(reports: Sequence[VerificationReport]) -> VerificationReport | None:
+    """The first part's report (with rows) that proved nothing, or None when all did."""
+    return next((r for r in reports if r.input_rows and not r.verified), None)
+
+
+__all__ = ["VerificationReport", "combine_reports", "combined_verified"]
