@@ -1,6 +1,7 @@
 """Point-in-time join benchmark: featurestore vs a hand-written Polars join_asof vs DuckDB ASOF.
 
     python benchmarks/pit.py --scale S|M|L|XL [--data-dir DIR] [--repeat N] [--skip-multi]
+                              [--skip-prepare] [--reuse-store]
                                 [--peers a,b] [--cold-checksums] [--engine spark]
 
 ``--engine spark`` runs ``pit_spark.py`` instead: the store's polars engine against its spark
@@ -561,6 +562,12 @@ def main() -> None:
         help="give each featurestore run an empty checksum cache: every run pays the first "
         "read's full artifact hash (by default it is timed once, outside the rounds)",
     )
+    ap.add_argument("--skip-prepare", action="store_true",
+                    help="do not run the hand-written prepare (at XL it needs more memory "
+                         "than 24 GiB and spills for a quarter of an hour)")
+    ap.add_argument("--reuse-store", action="store_true",
+                    help="time retrieval on the store a previous run of this scale left, "
+                         "without setting it up again (setup figures: nan)")
     ap.add_argument("--engine", choices=("polars", "spark"), default="polars",
                     help="spark: compare the store's polars and spark engines (pit_spark.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -615,23 +622,32 @@ def main() -> None:
     setup_env = None
     if args.memory_limit:
         setup_env = {**os.environ, "FEATURESTORE_MEMORY_LIMIT": args.memory_limit}
+    skipped = Run(float("nan"), 0, float("nan"), status=-1)  # a step this run did not take
     for case in cases:
-        mat = measure("materialize", paths, case, None, setup_env)
-        print(
-            f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
-            f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
-            flush=True,
-        )
-        prep = measure("prepare", paths, case, None, may_fail=True)
-        for j in range(len(paths.raws(case))):
-            prepared(paths, case, j).unlink(missing_ok=True)
-        print(
-            f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
-            + (prep.describe_failure() if prep.failed else
-               f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
-               f"{mat.wall / prep.wall:.2f}"),
-            flush=True,
-        )
+        if args.reuse_store and (store_root(paths, case) / "featurestore.json").exists():
+            mat = prep = skipped
+            print(f"\n[{case}] setup and prepare not run: reusing {store_root(paths, case)}",
+                  flush=True)
+        else:
+            mat = measure("materialize", paths, case, None, setup_env)
+            print(
+                f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
+                f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, "
+                f"peak {gib(mat.rss)}",
+                flush=True,
+            )
+            prep = skipped if args.skip_prepare else measure("prepare", paths, case, None,
+                                                             may_fail=True)
+            for j in range(len(paths.raws(case))):
+                prepared(paths, case, j).unlink(missing_ok=True)
+            print(
+                f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
+                + ("not run (--skip-prepare)" if args.skip_prepare else
+                   prep.describe_failure() if prep.failed else
+                   f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
+                   f"{mat.wall / prep.wall:.2f}"),
+                flush=True,
+            )
         setups[case] = (mat, prep)
         files = record_artifacts(paths, case)
         print(f"[{case}] artifact layout: {', '.join(f'{len(f)} file(s)' for f in files)}")
@@ -704,12 +720,13 @@ def main() -> None:
     fs = s["featurestore"]
     po, dd, pa, da = (s.get(k) for k in ("polars", "duckdb", "polars_art", "duckdb_art"))
     mat, prep = setups["single"]
-    e2e = "nan" if dd is None or dd.failed else f"{(mat.wall + fs.wall) / dd.wall:.2f}"
+    e2e = ("nan" if dd is None or dd.failed or mat.failed
+           else f"{(mat.wall + fs.wall) / dd.wall:.2f}")
     print(
         f"RESULT scale={args.scale} fs_vs_polars_wall={ratio(fs, po)} "
         f"fs_vs_duckdb_wall={ratio(fs, dd)} fs_vs_polars_art_wall={ratio(fs, pa)} "
         f"fs_vs_duckdb_art_wall={ratio(fs, da)} fs_mem_gib={fs.rss / 2**30:.2f} "
-        f"setup_vs_prepare_wall={ratio(mat, prep)} setup_peak_gib={mat.rss / 2**30:.2f} "
+        f"setup_vs_prepare_wall={ratio(mat, prep)} setup_peak_gib={'nan' if mat.failed else f'{mat.rss / 2**30:.2f}'} "
         f"e2e_vs_duckdb_wall={e2e}"
     )
 
