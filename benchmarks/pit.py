@@ -1,8 +1,7 @@
 """Point-in-time join benchmark: featurestore vs a hand-written Polars join_asof vs DuckDB ASOF.
 
     python benchmarks/pit.py --scale S|M|L|XL [--data-dir DIR] [--repeat N] [--skip-multi]
-                              [--skip-prepare] [--reuse-store]
-                                [--peers a,b] [--cold-checksums] [--engine spark]
+                                [--skip-prepare] [--reuse-store] [--peers a,b] [--cold-checksums] [--engine spark]
 
 ``--engine spark`` runs ``pit_spark.py`` instead: the store's polars engine against its spark
 engine on the same store and query (see that module).
