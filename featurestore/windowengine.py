@@ -48,7 +48,7 @@ import polars as pl
 
 from featurestore.errors import DataError
 from featurestore.layout import sorted_by
-from featurestore.numpy_memory import no_hugepages
+from featurestore.numpy_memory import no_hugepages, reuse_freed_memory
 from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
@@ -349,7 +349,8 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     ``keys``) and ``cutoff``; naive cutoffs are read in ``cutoff_timezone`` (an ambiguous wall
     time as the earlier instant), naive ``available_at`` as UTC.
     """
-    with no_hugepages():  # see featurestore.numpy_memory: short-lived arrays, no THP stalls
+    # see featurestore.numpy_memory: short-lived arrays, no THP stalls, pages reused
+    with no_hugepages(), reuse_freed_memory():
         return _window_aggregate(rows, query, outputs, keys=keys, query_keys=query_keys,
                                  cutoff=cutoff, available_at=available_at,
                                  event_timestamp=event_timestamp, inclusive=inclusive, ttl=ttl,
