@@ -49,6 +49,7 @@ import polars as pl
 from featurestore.errors import DataError
 from featurestore.layout import sorted_by
 from featurestore.numpy_memory import no_hugepages, reuse_freed_memory
+from featurestore.sortedsearch import searchsorted_runs
 from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
@@ -224,7 +225,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
         q = bound - (lay.lo_t - 1)
         np.clip(q, 0, lay.span - 1, out=q)
         q += lay.q_base
-        found = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
+        found = searchsorted_runs(lay.packed, q, side)  # the query rows come in order
         return np.where(mask, found, 0)
     assert lay.av is not None  # packed in its place only with the packing
     seg = lay.q_seg[mask]
