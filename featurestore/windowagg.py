@@ -114,18 +114,32 @@ class _Extremes:
 
     def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray,
               shared: dict[str, object] | None = None) -> np.ndarray:
-        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range).
+        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range); what the
+        other entries hold is unspecified.
 
         ``shared`` (one dict per set of ranges) keeps the ranges' split into short and long
         and the ``reduceat`` index list, so min and max over the same windows build them once.
         """
-        res = np.full(len(lo), self.identity, dtype=self.v.dtype)
         shared = {} if shared is None else shared
+        n = len(self.v)
+        if n == 0:
+            return np.full(len(lo), self.identity, dtype=self.v.dtype)
+        if "every" not in shared:
+            # When every range is short, all of them, the empty ones included, are reduced in
+            # one pass in place: no selection of the non-empty ones, and no scatter back.
+            shared["every"] = bool((hi - lo <= _DIRECT).all())
+            if shared["every"]:
+                shared["short"] = _Ranges(np.minimum(lo, n - 1), hi)
+        if shared["every"]:
+            short = shared["short"]
+            assert isinstance(short, _Ranges)
+            return short.reduce(self.v, self.fn)
+        res = np.full(len(lo), self.identity, dtype=self.v.dtype)
         if "idx" not in shared:
             shared["idx"] = np.flatnonzero(ok)
         idx = shared["idx"]
         assert isinstance(idx, np.ndarray)
-        if len(self.v) == 0 or len(idx) == 0:
+        if len(idx) == 0:
             return res
         if "direct" not in shared:
             lo_, hi_ = lo[idx], hi[idx]
@@ -150,8 +164,9 @@ class _Extremes:
 
 
 class _Ranges:
-    """Ranges ``[lo, hi)`` (each ``lo < hi``) prepared once for ``reduce_ranges`` by any
-    number of reductions (the interleaved index list is the same for min and max)."""
+    """Ranges ``[lo, hi)`` (each ``lo < hi``, or ``lo == hi < len(v)`` for an empty range,
+    whose result is then unspecified) prepared once for ``reduce_ranges`` by any number of
+    reductions (the interleaved index list is the same for min and max)."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
         self.lo, self.hi = lo, hi
@@ -319,15 +334,20 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
     if count is None:
         cnt = col.get("count")
         count = cnt[hi] - cnt[lo]
-    nonempty = count > 0
+    shared = {} if shared is None else shared
+    # the validity masks are shared too: the caller then takes each one to query order once
+    if "nonempty" not in shared:
+        shared["nonempty"] = count > 0
+    nonempty = cast(np.ndarray, shared["nonempty"])
     newest = newest_row(col, hi, nonempty) if agg == "last" else None
     if agg == "count":
-        return count, np.ones(len(lo), dtype=bool), newest
+        if "all" not in shared:
+            shared["all"] = np.ones(len(lo), dtype=bool)
+        return count, cast(np.ndarray, shared["all"]), newest
     if agg == "sum" and not col.is_float:
         isum = col.get("isum")
         return isum[hi] - isum[lo], nonempty, newest
     if agg in ("sum", "mean", "std"):
-        shared = {} if shared is None else shared
         if "s" not in shared:
             fsum, mean = col.get("fsum"), col.get("mean")
             s = fsum[hi]
@@ -346,9 +366,11 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
         starts = col.seg_start[seg]
         q = windowed_sum(col.get("fsq"), lo, hi, starts, nonempty)
         var = (q - s * s / safe) / np.maximum(count - 1, 1)
-        return np.sqrt(np.maximum(var, 0.0)), count >= 2, newest
+        if "two" not in shared:
+            shared["two"] = count >= 2
+        return np.sqrt(np.maximum(var, 0.0)), cast(np.ndarray, shared["two"]), newest
     if agg in ("min", "max"):
-        ranges = None if shared is None else cast(dict, shared.setdefault("ranges", {}))
+        ranges = cast(dict, shared.setdefault("ranges", {}))
         return col.extremes(agg).query(lo, hi, nonempty, ranges), nonempty, newest
     if agg == "first":
         nxt = col.get("next")
