@@ -40,6 +40,7 @@ nanoseconds), the searches fall back to a vectorized bisection within each segme
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -59,6 +60,7 @@ AGGS = ("count", "sum", "mean", "std", "min", "max", "first", "last")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _PACK_LIMIT = 2**62
 _CHUNK = 1 << 18  # rows per step of a chunked pass: its temporaries stay in cache
+_REUSE_FROM = 1 << 21  # rows + query rows from which freed memory is kept for reuse
 
 
 @dataclass(frozen=True)
@@ -329,8 +331,11 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     ``keys``) and ``cutoff``; naive cutoffs are read in ``cutoff_timezone`` (an ambiguous wall
     time as the earlier instant), naive ``available_at`` as UTC.
     """
-    # see featurestore.numpy_memory: short-lived arrays, no THP stalls, pages reused
-    with no_hugepages(), reuse_freed_memory():
+    # see featurestore.numpy_memory: short-lived arrays, no THP stalls; and from the size where
+    # the temporaries outgrow glibc's mmap threshold, their pages reused (a small call, an online
+    # lookup say, is spared the switch and the malloc_trim at its end)
+    big = rows.height + query.height >= _REUSE_FROM
+    with no_hugepages(), reuse_freed_memory() if big else nullcontext():
         return _window_aggregate(rows, query, outputs, keys=keys, query_keys=query_keys,
                                  cutoff=cutoff, available_at=available_at,
                                  event_timestamp=event_timestamp, inclusive=inclusive, ttl=ttl,

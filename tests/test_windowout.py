@@ -65,3 +65,30 @@ def test_series_with_nulls_equals_cast_and_null(np_dtype, dtype, nulls) -> None:
     assert got.dtype == dtype
     assert got.equals(want, check_names=True)
     assert got.null_count() == int((~ok).sum())
+
+
+def test_engine_results_do_not_depend_on_keeping_freed_memory(monkeypatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import featurestore.windowengine as we
+
+    rng = np.random.default_rng(4)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = pl.DataFrame({"k": rng.integers(0, 30, 3000),
+                         "available_at": [base + timedelta(minutes=int(m))
+                                          for m in rng.integers(0, 10_000, 3000)],
+                         "x": rng.normal(size=3000)})
+    query = pl.DataFrame({"k": rng.integers(0, 32, 500),
+                          "t": [base + timedelta(minutes=int(m))
+                                for m in rng.integers(0, 10_500, 500)]})
+    outs = [we.WindowOutput(f"{a}_{w}", "x", a, timedelta(minutes=w))
+            for a in ("count", "sum", "min", "max", "last") for w in (30, 2000)]
+
+    def run() -> pl.DataFrame:
+        return pl.DataFrame(we.window_aggregate(rows, query, outs, keys=["k"], cutoff="t",
+                                                with_availability=True))
+
+    monkeypatch.setattr(we, "_REUSE_FROM", 10**12)
+    small = run()
+    monkeypatch.setattr(we, "_REUSE_FROM", 0)
+    assert run().equals(small)
