@@ -18,6 +18,8 @@ import polars as pl
 _BLOCK = 32
 _DIRECT = 4 * _BLOCK  # ranges of at most this many rows are reduced directly
 _CHUNK = 1 << 18
+# a stepwise range reduction costs about this many times a reduceat per row (see _Ranges)
+_STEP_COST = 4
 
 
 def row_segments(seg_start: np.ndarray) -> np.ndarray:
@@ -114,18 +116,32 @@ class _Extremes:
 
     def query(self, lo: np.ndarray, hi: np.ndarray, ok: np.ndarray,
               shared: dict[str, object] | None = None) -> np.ndarray:
-        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range).
+        """The extreme of ``v[lo:hi]`` for each query where ``ok`` (a non-empty range); what the
+        other entries hold is unspecified.
 
         ``shared`` (one dict per set of ranges) keeps the ranges' split into short and long
         and the ``reduceat`` index list, so min and max over the same windows build them once.
         """
-        res = np.full(len(lo), self.identity, dtype=self.v.dtype)
         shared = {} if shared is None else shared
+        n = len(self.v)
+        if n == 0:
+            return np.full(len(lo), self.identity, dtype=self.v.dtype)
+        if "every" not in shared:
+            # When every range is short, all of them, the empty ones included, are reduced in
+            # one pass in place: no selection of the non-empty ones, and no scatter back.
+            shared["every"] = bool((hi - lo <= _DIRECT).all())
+            if shared["every"]:
+                shared["short"] = _Ranges(np.minimum(lo, n - 1), hi)
+        if shared["every"]:
+            short = shared["short"]
+            assert isinstance(short, _Ranges)
+            return short.reduce(self.v, self.fn)
+        res = np.full(len(lo), self.identity, dtype=self.v.dtype)
         if "idx" not in shared:
             shared["idx"] = np.flatnonzero(ok)
         idx = shared["idx"]
         assert isinstance(idx, np.ndarray)
-        if len(self.v) == 0 or len(idx) == 0:
+        if len(idx) == 0:
             return res
         if "direct" not in shared:
             lo_, hi_ = lo[idx], hi[idx]
@@ -150,17 +166,46 @@ class _Extremes:
 
 
 class _Ranges:
-    """Ranges ``[lo, hi)`` (each ``lo < hi``) prepared once for ``reduce_ranges`` by any
-    number of reductions (the interleaved index list is the same for min and max)."""
+    """Ranges ``[lo, hi)`` (each ``lo < hi``, or ``lo == hi < len(v)`` for an empty range,
+    whose result is then unspecified) prepared once for any number of reductions (min and max
+    share the preparation).
+
+    ``reduceat`` reads every row from the first range's start to the last one's end, the rows
+    between consecutive ranges too. When the ranges hold few rows among many (short windows
+    far apart: a 1-day window holds 1.4 rows where the query rows are 10 rows apart), the
+    reduction instead starts from each range's first row and takes in its next row, step by
+    step, for the ranges still longer than the step: work in proportion to the rows the ranges
+    hold (at 5M ranges over 50M rows, 0.18 s instead of 0.31 s per reduction)."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
         self.lo, self.hi = lo, hi
         self.idx: np.ndarray | None = None
+        self.steps: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _prepare(self, n: int) -> None:
+        length = self.hi - self.lo
+        longer = np.flatnonzero(length > 1)
+        extra = int(length[longer].sum()) - len(longer)  # rows after each range's first
+        covered = int(self.hi.max()) - int(self.lo.min()) if len(self.lo) else 0
+        if len(self.lo) + _STEP_COST * extra < covered:
+            self.steps = []
+            j = 1
+            while len(longer):  # the ranges with a row at offset j, and that row
+                self.steps.append((longer, self.lo[longer] + j))
+                j += 1
+                longer = longer[length[longer] > j]
+        else:
+            self.idx = _interleave(self.lo, self.hi, n)
 
     def reduce(self, v: np.ndarray, fn: np.ufunc) -> np.ndarray:
-        if self.idx is None:
-            self.idx = _interleave(self.lo, self.hi, len(v))
-        return reduce_ranges(v, fn, self.lo, self.hi, self.idx)
+        if self.idx is None and self.steps is None:
+            self._prepare(len(v))
+        if self.steps is None:
+            return reduce_ranges(v, fn, self.lo, self.hi, self.idx)
+        out = v[self.lo]
+        for which, rows in self.steps:
+            out[which] = fn(out[which], v[rows])
+        return out
 
 
 @dataclass
@@ -319,15 +364,20 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
     if count is None:
         cnt = col.get("count")
         count = cnt[hi] - cnt[lo]
-    nonempty = count > 0
+    shared = {} if shared is None else shared
+    # the validity masks are shared too: the caller then takes each one to query order once
+    if "nonempty" not in shared:
+        shared["nonempty"] = count > 0
+    nonempty = cast(np.ndarray, shared["nonempty"])
     newest = newest_row(col, hi, nonempty) if agg == "last" else None
     if agg == "count":
-        return count, np.ones(len(lo), dtype=bool), newest
+        if "all" not in shared:
+            shared["all"] = np.ones(len(lo), dtype=bool)
+        return count, cast(np.ndarray, shared["all"]), newest
     if agg == "sum" and not col.is_float:
         isum = col.get("isum")
         return isum[hi] - isum[lo], nonempty, newest
     if agg in ("sum", "mean", "std"):
-        shared = {} if shared is None else shared
         if "s" not in shared:
             fsum, mean = col.get("fsum"), col.get("mean")
             s = fsum[hi]
@@ -346,9 +396,11 @@ def aggregate(col: Column, agg: str, lo: np.ndarray, hi: np.ndarray, seg: np.nda
         starts = col.seg_start[seg]
         q = windowed_sum(col.get("fsq"), lo, hi, starts, nonempty)
         var = (q - s * s / safe) / np.maximum(count - 1, 1)
-        return np.sqrt(np.maximum(var, 0.0)), count >= 2, newest
+        if "two" not in shared:
+            shared["two"] = count >= 2
+        return np.sqrt(np.maximum(var, 0.0)), cast(np.ndarray, shared["two"]), newest
     if agg in ("min", "max"):
-        ranges = None if shared is None else cast(dict, shared.setdefault("ranges", {}))
+        ranges = cast(dict, shared.setdefault("ranges", {}))
         return col.extremes(agg).query(lo, hi, nonempty, ranges), nonempty, newest
     if agg == "first":
         nxt = col.get("next")

@@ -40,6 +40,7 @@ nanoseconds), the searches fall back to a vectorized bisection within each segme
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -48,8 +49,10 @@ import polars as pl
 
 from featurestore.errors import DataError
 from featurestore.layout import sorted_by
-from featurestore.numpy_memory import no_hugepages
+from featurestore.numpy_memory import no_hugepages, reuse_freed_memory
+from featurestore.sortedsearch import searchsorted_runs
 from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
+from featurestore.windowout import QueryOrder, series_with_nulls
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
 
@@ -57,6 +60,7 @@ AGGS = ("count", "sum", "mean", "std", "min", "max", "first", "last")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _PACK_LIMIT = 2**62
 _CHUNK = 1 << 18  # rows per step of a chunked pass: its temporaries stay in cache
+_REUSE_FROM = 1 << 21  # rows + query rows from which freed memory is kept for reuse
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
         q = bound - (lay.lo_t - 1)
         np.clip(q, 0, lay.span - 1, out=q)
         q += lay.q_base
-        found = np.searchsorted(lay.packed, q, side=side)  # type: ignore[call-overload]
+        found = searchsorted_runs(lay.packed, q, side)  # the query rows come in order
         return np.where(mask, found, 0)
     assert lay.av is not None  # packed in its place only with the packing
     seg = lay.q_seg[mask]
@@ -242,28 +246,6 @@ def _search(lay: _Layout, bound: np.ndarray, side: str, mask: np.ndarray) -> np.
         hi = np.where(active & ~go_right, mid, hi)
     out[mask] = lo
     return out
-
-
-def _query_order(q_seg: np.ndarray, q_t: np.ndarray, q_ok: np.ndarray) -> np.ndarray:
-    """An order of the query rows by (segment, cutoff): one argsort of a packed key when it
-    fits an int64 (about twice as fast as ``lexsort``), else ``lexsort``. The order only makes
-    the lookups move forward through memory: each row's result depends on its own segment,
-    cutoff and ``q_ok`` alone, which travel with it, so rows with equal keys may come in any
-    order, and numpy's default (vectorized, unstable) argsort serves, about 5 times faster
-    than the stable one. A row without a cutoff (its placeholder time is clipped into the
-    others' range, so it cannot widen the key) matches nothing, so where it goes does not
-    matter."""
-    if not q_ok.any():
-        return np.arange(len(q_t), dtype=np.int64)
-    t = q_t[q_ok]
-    t0, t1 = int(t.min()), int(t.max())
-    span = t1 - t0 + 1
-    if (int(q_seg.max()) + 2) * span < _PACK_LIMIT:
-        key = np.clip(q_t, t0, t1)
-        key -= t0
-        key += (q_seg + 1) * span
-        return np.argsort(key)
-    return np.lexsort((q_t, q_seg))
 
 
 def _in_order(rows: pl.DataFrame, keys: list[str], available_at: str, ets: list[str]) -> bool:
@@ -349,7 +331,11 @@ def window_aggregate(rows: pl.DataFrame, query: pl.DataFrame, outputs: Sequence[
     ``keys``) and ``cutoff``; naive cutoffs are read in ``cutoff_timezone`` (an ambiguous wall
     time as the earlier instant), naive ``available_at`` as UTC.
     """
-    with no_hugepages():  # see featurestore.numpy_memory: short-lived arrays, no THP stalls
+    # see featurestore.numpy_memory: short-lived arrays, no THP stalls; and from the size where
+    # the temporaries outgrow glibc's mmap threshold, their pages reused (a small call, an online
+    # lookup say, is spared the switch and the malloc_trim at its end)
+    big = rows.height + query.height >= _REUSE_FROM
+    with no_hugepages(), reuse_freed_memory() if big else nullcontext():
         return _window_aggregate(rows, query, outputs, keys=keys, query_keys=query_keys,
                                  cutoff=cutoff, available_at=available_at,
                                  event_timestamp=event_timestamp, inclusive=inclusive, ttl=ttl,
@@ -427,13 +413,10 @@ def _window_aggregate(rows: pl.DataFrame, query: pl.DataFrame,
     q_t = q_t_s.fill_null(0).to_numpy().astype(np.int64)
     # Work on the query rows in (segment, cutoff) order: every lookup into the row arrays then
     # moves forward through memory instead of jumping; results go back to query order at the end.
-    perm = _query_order(q_seg, q_t, q_ok)
+    qorder = QueryOrder(q_seg, q_t, q_ok)
+    perm = qorder.perm
     q_seg, q_t, q_ok = q_seg[perm], q_t[perm], q_ok[perm]
-
-    def back(a: np.ndarray) -> np.ndarray:
-        out = np.empty_like(a)
-        out[perm] = a
-        return out
+    back = qorder.back
 
     lay = _Layout(av, seg_start, q_seg, q_t, q_ok)
     del av  # the layout may have packed the rows in its place
@@ -459,6 +442,7 @@ def _window_aggregate(rows: pl.DataFrame, query: pl.DataFrame,
     counts: dict[tuple[str, timedelta | None], np.ndarray] = {}  # shared by a window's outputs
     shared: dict[tuple[str, timedelta | None], dict[str, object]] = {}  # and what else they share
     seg = np.maximum(q_seg, 0)
+    oks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(valid) -> (valid, in query order)
     result: list[pl.Series] = []
     for o in outputs:
         if o.value not in columns:
@@ -474,7 +458,9 @@ def _window_aggregate(rows: pl.DataFrame, query: pl.DataFrame,
         if with_availability and newest is None:
             newest = newest_row(col, h, count > 0)
         dtype = output_dtype(o.agg, rows.schema[o.value])
-        ok = back(valid & q_ok)
+        if id(valid) not in oks:  # outputs over one window share their validity
+            oks[id(valid)] = (valid, back(valid & q_ok))
+        ok = oks[id(valid)][1]
         if with_availability:
             assert newest is not None
             has = (newest >= 0) & q_ok
@@ -487,24 +473,19 @@ def _window_aggregate(rows: pl.DataFrame, query: pl.DataFrame,
                 has = has | empty
             stamp_np, has = back(stamp_np), back(has)
         values = back(values)
-        if o.agg in ("min", "max", "first", "last"):
-            if o.agg in ("first", "last"):
-                n = len(col.series)
-                series = col.series.gather(np.clip(values, 0, n - 1)) if n else \
-                    pl.Series(o.value, [None] * len(values), dtype=col.series.dtype)
-            else:
-                series = pl.Series(o.value, values)
+        if o.agg in ("first", "last"):
+            n = len(col.series)
+            series = col.series.gather(np.clip(values, 0, n - 1)) if n else \
+                pl.Series(o.value, [None] * len(values), dtype=col.series.dtype)
             series = series.cast(dtype)
+            invalid = np.flatnonzero(~ok)
+            if len(invalid):
+                series = series.scatter(invalid, None)
         else:
-            series = pl.Series(o.value, values).cast(dtype)
-        invalid = np.flatnonzero(~ok)
-        if len(invalid):
-            series = series.scatter(invalid, None)
+            series = series_with_nulls(o.value, values, ok, dtype)
         result.append(series.alias(o.name))
         if with_availability:
-            stamp = pl.Series(stamp_np)
-            if not has.all():
-                stamp = stamp.scatter(np.flatnonzero(~has), None)
+            stamp = series_with_nulls(o.name, stamp_np, has, pl.Int64())
             result.append(stamp.cast(pl.Datetime(unit, "UTC")).dt.cast_time_unit(av_unit)
                           .alias(f"{o.name}__available_at"))
     return result

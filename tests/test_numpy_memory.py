@@ -61,3 +61,31 @@ def test_overlapping_threads_restore_once_last_out() -> None:
         assert _state() is True
     finally:
         switch(before)
+
+
+def _faults_of_fresh_array(words: int) -> int:
+    """Minor page faults taken to allocate and fill an array of ``words`` float64."""
+    import resource
+
+    import numpy as np
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(words)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del a
+    return faults
+
+
+@pytest.mark.skipif(numpy_memory._libc is None, reason="not glibc's malloc")
+def test_freed_memory_is_reused_inside_the_block_and_returned_after() -> None:
+    from featurestore.numpy_memory import reuse_freed_memory
+
+    words = 8 << 20  # 64 MiB: above glibc's largest mmap threshold, so mapped afresh outside
+    pages = words * 8 // 4096
+    with no_hugepages():  # 4 KiB pages, so one fault per page when the memory is fresh
+        with reuse_freed_memory():
+            _faults_of_fresh_array(words)
+            with reuse_freed_memory():  # nested: the inner block's end changes nothing
+                pass
+            assert _faults_of_fresh_array(words) < pages // 10  # the freed pages, reused
+        assert _faults_of_fresh_array(words) > pages // 2  # mapped afresh again

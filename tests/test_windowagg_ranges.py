@@ -131,3 +131,22 @@ def test_segment_means_subtracted_chunk_by_chunk_equal_one_pass(monkeypatch):
     chunked = run()
     assert whole.equals(chunked)
     assert whole["sum_900"].null_count() < len(whole)  # the windows are not all empty
+
+
+@pytest.mark.parametrize("step_cost", [0, 10**9])  # always stepwise / never stepwise
+@pytest.mark.parametrize("dtype", [pl.Float64, pl.Int64])
+def test_stepwise_and_reduceat_short_ranges_match_the_loop(monkeypatch, step_cost, dtype):
+    """Short ranges (empty ones among them, as the engine passes for empty windows), sparse
+    over the column and overlapping: both ways of reducing them give the loop's extremes."""
+    monkeypatch.setattr(windowagg, "_STEP_COST", step_cost)
+    rng = np.random.default_rng(step_cost % 7)
+    n = 2000
+    values: list = [None if rng.random() < 0.2 else
+                    (float(v) if dtype == pl.Float64 else int(v))
+                    for v in rng.integers(-10**6, 10**6, n)]
+    starts = np.sort(rng.integers(0, n, 400))
+    lengths = np.where(rng.random(400) < 0.5, rng.poisson(1.5, 400),
+                       rng.integers(0, windowagg._DIRECT + 1, 400))
+    ranges = [(int(a), min(int(a + b), n)) for a, b in zip(starts, lengths, strict=True)]
+    ranges.append((n - 1, n))  # the last row
+    _check(values, dtype, ranges)
