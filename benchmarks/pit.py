@@ -424,6 +424,7 @@ class Run:
     wall: float
     rss: int  # bytes
     join_s: float
+    cpu: float = float("nan")  # user + system seconds of the process (wall is load-sensitive)
 
 
 def measure(name: str, paths: Paths, case: str, out: Path | None,
@@ -461,7 +462,7 @@ def measure(name: str, paths: Paths, case: str, out: Path | None,
     if info["status"] != 0:
         raise SystemExit(f"{name} ({case}) failed with status {info['status']}")
     joined = json.loads(info["stdout"].strip().splitlines()[-1]) if info["stdout"].strip() else {}
-    return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")))
+    return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")), info["cpu"])
 
 
 def launch(cmd: list[str]) -> None:
@@ -476,7 +477,8 @@ def launch(cmd: list[str]) -> None:
     wall = time.perf_counter() - t
     print(
         json.dumps(
-            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": status, "stdout": stdout}
+            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": status, "stdout": stdout,
+             "cpu": usage.ru_utime + usage.ru_stime}
         )
     )
 
@@ -594,7 +596,8 @@ def main() -> None:
         mat = measure("materialize", paths, case, None, setup_env)
         print(
             f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
-            f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
+            f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, "
+            f"cpu {mat.cpu:.2f} s, peak {gib(mat.rss)}",
             flush=True,
         )
         prep = measure("prepare", paths, case, None)
@@ -602,8 +605,8 @@ def main() -> None:
             prepared(paths, case, j).unlink(missing_ok=True)
         print(
             f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
-            f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
-            f"{mat.wall / prep.wall:.2f}",
+            f"wall {prep.wall:.2f} s, cpu {prep.cpu:.2f} s, peak {gib(prep.rss)}; "
+            f"setup/prepare wall {mat.wall / prep.wall:.2f}, cpu {mat.cpu / prep.cpu:.2f}",
             flush=True,
         )
         setups[case] = (mat, prep)

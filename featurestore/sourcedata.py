@@ -217,10 +217,11 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
                         "availability must be at or after the event")
     dup_cols = [*keys, EVENT_TIMESTAMP]
     if order == "retrieval" and row_column is None:
-        # The whole rows are sorted once, in the order retrieval reads (the row number keeps
-        # duplicates in read order). That leaves them nearly sorted by keys and event time, so
-        # the narrow copy in which duplicates are neighbours sorts cheaply.
-        df = df.sort([*retrieval_order(keys), row])
+        # The whole rows are sorted once, in the order retrieval reads. That leaves them nearly
+        # sorted by keys and event time, so the narrow copy in which duplicates are neighbours
+        # (in read order: the row number) sorts cheaply. Rows left after it are unique on keys
+        # and event time, so their order is settled without the row number.
+        df = df.sort(retrieval_order(keys))
         ids = df.select(*dup_cols, row).sort([*dup_cols, row])
         ids = ids.with_columns(_duplicate_flags(ids, dup_cols))
         _refuse_duplicates(ids, path=path, keys=keys, event_time=event_time,

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from featurestore import Entity, Feature, FeatureStore, Source, View
 from featurestore.artifacts import artifact_files, verify_artifact
 from featurestore.buckets import BUCKETS_ENV
-from featurestore.errors import ArtifactError
+from featurestore.errors import ArtifactError, DataError
 from featurestore.materialize import materialize
 from featurestore.retrieval import ViewFrame
 from tests.oracles_retrieval import python_oracle
@@ -295,3 +297,47 @@ def test_online_publishing_serves_only_the_view_columns(tmp_path: Path) -> None:
     query = pl.DataFrame({"car": cars, "event_timestamp": [at] * len(cars)})
     offline = store.get_historical_features(query, ["speed", "fuel"], tier="historical")
     assert online.equals(offline.drop("event_timestamp"))
+
+
+ingest_row = st.tuples(st.integers(0, 2), st.sampled_from(["a", "b"]), st.integers(0, 6),
+                       st.integers(0, 4), st.one_of(st.none(), st.integers(0, 9)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(ingest_row, max_size=40),
+       on_duplicate=st.sampled_from(["error", "keep_last"]))
+def test_validating_in_retrieval_order_keeps_the_same_rows(rows: list[tuple],
+                                                           on_duplicate: str) -> None:
+    """``validate_rows(order="retrieval")`` refuses what event order refuses, with the same
+    message, and keeps the same rows (the last one read of duplicates), in retrieval order."""
+    from featurestore.layout import retrieval_order
+    from featurestore.sourcedata import validate_rows
+
+    frame = pl.DataFrame(
+        {"k": [r[0] for r in rows], "k2": [r[1] for r in rows],
+         "event_timestamp": [T0 + dt.timedelta(minutes=r[2]) for r in rows],
+         "available_at": [T0 + dt.timedelta(minutes=r[2] + r[3]) for r in rows],
+         "v": [r[4] for r in rows]},
+        schema={"k": pl.Int64, "k2": pl.String, "event_timestamp": pl.Datetime("us", "UTC"),
+                "available_at": pl.Datetime("us", "UTC"), "v": pl.Int64})
+    outcomes = []
+    for order in ("event", "retrieval"):
+        try:
+            outcomes.append(validate_rows(frame, path="p", keys=["k", "k2"], event_time="t",
+                                          on_duplicate=on_duplicate, order=order))
+        except DataError as exc:
+            outcomes.append(str(exc))
+    by_event, by_retrieval = outcomes
+    if isinstance(by_event, str):
+        assert by_retrieval == by_event
+        return
+    # Plain Python: the last row read of each (keys, event time), sorted in retrieval order.
+    last = {}
+    for i, r in enumerate(rows):
+        last[(r[0], r[1], r[2])] = (r, i)
+    want = sorted(((r[0], r[1], r[2] + r[3], r[2], r[4]) for r, _ in last.values()),
+                  key=lambda t: t[:4])
+    got = by_retrieval.select(*retrieval_order(["k", "k2"]), "v").rows()
+    assert [(k, k2, int((a - T0).total_seconds() // 60), int((e - T0).total_seconds() // 60), v)
+            for k, k2, a, e, v in got] == want
+    assert by_event.sort(retrieval_order(["k", "k2"])).equals(by_retrieval)
