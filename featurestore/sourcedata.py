@@ -188,7 +188,7 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     share their keys and event time per ``on_duplicate`` (``keep_last``: the last one read).
     Returns the rows sorted by keys, event time (unique from here on, so also by
     ``available_at``): one sort, after which duplicates are neighbours, so finding them needs
-    no hash table. With ``order="retrieval"`` (not with ``row_column``) the same rows are
+    no hash table. With ``order="retrieval"`` the same rows are
     returned in retrieval order instead (``featurestore.layout``: keys, ``available_at``, event
     time), still sorted once; duplicates are then found on a sorted copy of the key and time
     columns only.
@@ -216,7 +216,7 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         raise DataError(f"{path}: {some}{early} row(s) are available before their event time; "
                         "availability must be at or after the event")
     dup_cols = [*keys, EVENT_TIMESTAMP]
-    if order == "retrieval" and row_column is None:
+    if order == "retrieval":
         # The whole rows are sorted once, in the order retrieval reads. That leaves them nearly
         # sorted by keys and event time, so the narrow copy in which duplicates are neighbours
         # (in read order: the row number) sorts cheaply. Rows left after it are unique on keys
@@ -242,6 +242,21 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     if flags["__fs_dup"].any():
         df = df.filter(~flags["__fs_next"])  # the last one read of each run survives
     return df.drop(row)
+
+
+def snapshot_rows(df: pl.DataFrame, src: Mapping[str, Any], *, path: str, keys: Sequence[str],
+                  order: str, row_column: str | None = None) -> pl.DataFrame:
+    """A source's collected, normalized rows (or one bucket of them) as its snapshot holds
+    them: validated (``validate_rows``), filled (``causal_fill``, which reads event order) and
+    in ``order`` (``"event"`` or ``"retrieval"``)."""
+    from featurestore.layout import sort_for_retrieval
+
+    fills = src["fills"]
+    df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                       on_duplicate=src["on_duplicate"], row_column=row_column,
+                       order="event" if fills else order)
+    df = causal_fill(df, keys, fills)
+    return sort_for_retrieval(df, keys) if fills and order == "retrieval" else df
 
 
 def _duplicate_flags(df: pl.DataFrame, dup_cols: Sequence[str]) -> list[pl.Expr]:

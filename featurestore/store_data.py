@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,18 +35,17 @@ from featurestore.artifacts import (
 )
 from featurestore.definitions import canonical_json
 from featurestore.errors import ArtifactError, NotFoundError
-from featurestore.layout import sort_for_retrieval, sorted_by
+from featurestore.layout import sorted_by
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
 from featurestore.snapshotview import SnapshotColumns
 from featurestore.sourcedata import (
-    causal_fill,
     normalize,
     resolve_files,
     scan,
+    snapshot_rows,
     source_read_errors,
-    validate_rows,
 )
 from featurestore.transforms import EVENT_TIMESTAMP
 
@@ -61,13 +60,19 @@ def _noop_progress(_label: str, _done: int, _total: int) -> None:
     return None
 
 
-def snapshot_marker(df: pl.DataFrame | None, keys: Sequence[str]) -> dict[str, str]:
+def snapshot_marker(df: pl.DataFrame, keys: Sequence[str]) -> dict[str, str]:
     """``{"order": "retrieval"}`` for a snapshot's rows not in event order (keys, event time),
     else nothing: every snapshot without the marker, old ones included, is in event order."""
-    if df is None:  # bucketed: written in event order, part by part
-        return {}
     ids = [*keys, EVENT_TIMESTAMP]
     return {} if sorted_by(df.select(ids), ids) else {"order": "retrieval"}
+
+
+def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
+             params: dict[str, Any]) -> Iterator[pl.DataFrame]:
+    """``parts`` as they come, adding to ``params`` the marker of any part not in event order."""
+    for part in parts:
+        params.update(snapshot_marker(part, keys))
+        yield part
 
 
 class StoreData:
@@ -129,13 +134,7 @@ class StoreData:
         lf, src, keys, path = self.source_frame(name)
         with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
-        retrieval = self.snapshot_order(src) == "retrieval"
-        # Fills read rows in event order: retrieval order after them.
-        df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
-                           on_duplicate=src["on_duplicate"],
-                           order="retrieval" if retrieval and not src["fills"] else "event")
-        df = causal_fill(df, keys, src["fills"])
-        return sort_for_retrieval(df, keys) if retrieval and src["fills"] else df
+        return snapshot_rows(df, src, path=path, keys=keys, order=self.snapshot_order(src))
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
                progress: Progress = _noop_progress,
@@ -189,15 +188,19 @@ class StoreData:
         from featurestore.buckets import bucketed_source, source_buckets
 
         n = source_buckets(self, src)
-        with bucketed_source(self, name, n) as parts:
+        keys = self.registry.get("entity", src["entity"])["join_keys"]
+        params: dict[str, Any] = {"fills": src["fills"]}
+        with bucketed_source(self, name, n, order=self.snapshot_order(src)) as parts:
             df = self.read_source(name) if parts is None else None
+            if df is not None:
+                params.update(snapshot_marker(df, keys))
+            else:
+                parts = _marking(parts, keys, params)
+            # params is read when the row is inserted, after the last part is written.
             row = self._record_artifact("source", name, src["version"],
                                         df if parts is None else parts,
                                         fingerprint=fingerprint, transform=None, plugin=None,
-                                        plugin_version=None,
-                                        params={"fills": src["fills"], **snapshot_marker(
-                                            df, self.registry.get("entity", src["entity"])[
-                                                "join_keys"])},
+                                        plugin_version=None, params=params,
                                         verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df
 

@@ -181,15 +181,17 @@ def test_without_hard_links_the_view_is_copied_with_equal_answers(
             .equals(pl.read_parquet(copied.root / view["path"])))
 
 
-def test_bucketed_snapshot_parts_are_shared(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("late", [False, True])
+def test_bucketed_snapshot_parts_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            late: bool) -> None:
     monkeypatch.setenv(BUCKETS_ENV, "3")
     raw = tmp_path / "laps.parquet"
-    _laps(5, late=False).write_parquet(raw)
-    store = _store(tmp_path / "store", raw, late=False)
+    _laps(5, late=late).write_parquet(raw)
+    store = _store(tmp_path / "store", raw, late=late)
     materialize(store)
     snapshot, view = store.registry.latest_artifact("source", "laps"), _view(store)
     assert len(view["parts"]) == len(snapshot["parts"]) == 3
+    assert snapshot["params"].get("order") == ("retrieval" if late else None)
     for a, b in zip(artifact_files(store.root, snapshot), artifact_files(store.root, view),
                     strict=True):
         assert _same_file(a, b)
