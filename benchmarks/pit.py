@@ -426,6 +426,7 @@ class Run:
     wall: float
     rss: int  # bytes
     join_s: float
+    cpu: float = float("nan")  # user + system seconds of the process (wall is load-sensitive)
     # Non-zero: the process failed (``os.wait4`` status); a negative figure is the signal that
     # killed it, -9 being the kernel's out-of-memory killer on this machine (no swap).
     status: int = 0
@@ -475,10 +476,10 @@ def measure(name: str, paths: Paths, case: str, out: Path | None,
     info = json.loads(done.stdout.strip().splitlines()[-1])
     if info["status"] != 0:
         if may_fail:  # a peer that cannot finish at this scale is a figure, not a crash
-            return Run(info["wall"], info["rss"], float("nan"), info["status"])
+            return Run(info["wall"], info["rss"], float("nan"), status=info["status"])
         raise SystemExit(f"{name} ({case}) failed with status {info['status']}")
     joined = json.loads(info["stdout"].strip().splitlines()[-1]) if info["stdout"].strip() else {}
-    return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")))
+    return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")), info["cpu"])
 
 
 def launch(cmd: list[str]) -> None:
@@ -496,7 +497,8 @@ def launch(cmd: list[str]) -> None:
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     print(
         json.dumps(
-            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": code, "stdout": stdout}
+            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": code, "stdout": stdout,
+             "cpu": usage.ru_utime + usage.ru_stime}
         )
     )
 
@@ -632,7 +634,7 @@ def main() -> None:
             print(
                 f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
                 f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, "
-                f"peak {gib(mat.rss)}",
+                f"cpu {mat.cpu:.2f} s, peak {gib(mat.rss)}",
                 flush=True,
             )
             prep = skipped if args.skip_prepare else measure("prepare", paths, case, None,
@@ -643,8 +645,9 @@ def main() -> None:
                 f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
                 + ("not run (--skip-prepare)" if args.skip_prepare else
                    prep.describe_failure() if prep.failed else
-                   f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
-                   f"{mat.wall / prep.wall:.2f}"),
+                   f"wall {prep.wall:.2f} s, cpu {prep.cpu:.2f} s, peak {gib(prep.rss)}; "
+                   f"setup/prepare wall {mat.wall / prep.wall:.2f}, cpu "
+                   f"{mat.cpu / prep.cpu:.2f}"),
                 flush=True,
             )
         setups[case] = (mat, prep)

@@ -152,15 +152,16 @@ def stable_count(needed: int, previous: int) -> int:
 
 
 @contextmanager
-def bucketed_source(store: FeatureStore, name: str, n: int
+def bucketed_source(store: FeatureStore, name: str, n: int, *, order: str = "event"
                     ) -> Iterator[Iterator[pl.DataFrame] | None]:
     """The source's validated snapshot rows bucket by bucket (None when ``n`` is 1: read it
-    whole). The source is read once, streaming, into per-bucket temporary files under
-    ``data/``, which are gone when this exits."""
+    whole), each in ``order`` (``sourcedata.snapshot_rows``). The source is read once,
+    streaming, into per-bucket temporary files under ``data/``, which are gone when this
+    exits."""
     if n <= 1:
         yield None
         return
-    from featurestore.sourcedata import causal_fill, source_read_errors, validate_rows
+    from featurestore.sourcedata import snapshot_rows, source_read_errors
 
     lf, src, keys, path = store.source_frame(name)
     workdir = workdir_for(store.root)
@@ -170,9 +171,7 @@ def bucketed_source(store: FeatureStore, name: str, n: int
             empty = lf.with_row_index(ROW).clear().collect()
 
         def prepare(frame: pl.DataFrame) -> pl.DataFrame:
-            frame = validate_rows(frame, path=path, keys=keys, event_time=src["event_time"],
-                                  on_duplicate=src["on_duplicate"], row_column=ROW)
-            return causal_fill(frame, keys, src["fills"])
+            return snapshot_rows(frame, src, path=path, keys=keys, order=order, row_column=ROW)
 
         yield (prepare(read_bucket(f, empty)) for f in files)
     finally:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import polars as pl
 
 from featurestore.errors import DataError, DefinitionError
+from featurestore.layout import retrieval_order
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 UTC_DT = pl.Datetime("us", "UTC")
@@ -179,14 +180,18 @@ def source_read_errors(path: str, name: str) -> Iterator[None]:
 
 
 def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_time: str,
-                  on_duplicate: str, row_column: str | None = None) -> pl.DataFrame:
+                  on_duplicate: str, row_column: str | None = None,
+                  order: str = "event") -> pl.DataFrame:
     """Row-level checks on a collected, normalized frame, and the snapshot's order.
 
     Refuses null keys and times and rows available before their event; handles rows that
     share their keys and event time per ``on_duplicate`` (``keep_last``: the last one read).
     Returns the rows sorted by keys, event time (unique from here on, so also by
     ``available_at``): one sort, after which duplicates are neighbours, so finding them needs
-    no hash table.
+    no hash table. With ``order="retrieval"`` the same rows are
+    returned in retrieval order instead (``featurestore.layout``: keys, ``available_at``, event
+    time), still sorted once; duplicates are then found on a sorted copy of the key and time
+    columns only.
 
     ``row_column`` names a column holding each row's position in the whole source, when
     ``df`` is one bucket of it (``featurestore.buckets``): it orders duplicates and is what
@@ -211,25 +216,70 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         raise DataError(f"{path}: {some}{early} row(s) are available before their event time; "
                         "availability must be at or after the event")
     dup_cols = [*keys, EVENT_TIMESTAMP]
+    if order == "retrieval":
+        # The whole rows are sorted once, in the order retrieval reads. That leaves them nearly
+        # sorted by keys and event time, so the narrow copy in which duplicates are neighbours
+        # (in read order: the row number) sorts cheaply. Rows left after it are unique on keys
+        # and event time, so their order is settled without the row number.
+        df = df.sort(retrieval_order(keys))
+        ids = df.select(*dup_cols, row).sort([*dup_cols, row])
+        ids = ids.with_columns(_duplicate_flags(ids, dup_cols))
+        _refuse_duplicates(ids, path=path, keys=keys, event_time=event_time,
+                           on_duplicate=on_duplicate, some=some)
+        if ids["__fs_dup"].any():  # keep_last: the last one read of each run survives
+            df = df.filter(~pl.col(row).is_in(ids.filter(pl.col("__fs_next"))[row].implode()))
+        return df.drop(row)
+    if order not in ("event", "retrieval"):
+        raise ValueError(f"order must be 'event' or 'retrieval', got {order!r}")
     # The row number as the last sort column: an unstable sort (much faster than a stable one)
     # that still keeps rows sharing keys and event time in the order they were read.
     df = df.sort([*dup_cols, row])
     if df.height < 2:
         return df.drop(row)
+    flags = df.select(_duplicate_flags(df, dup_cols))
+    _refuse_duplicates(df.with_columns(flags), path=path, keys=keys, event_time=event_time,
+                       on_duplicate=on_duplicate, some=some)
+    if flags["__fs_dup"].any():
+        df = df.filter(~flags["__fs_next"])  # the last one read of each run survives
+    return df.drop(row)
+
+
+def snapshot_rows(df: pl.DataFrame, src: Mapping[str, Any], *, path: str, keys: Sequence[str],
+                  order: str, row_column: str | None = None) -> pl.DataFrame:
+    """A source's collected, normalized rows (or one bucket of them) as its snapshot holds
+    them: validated (``validate_rows``), filled (``causal_fill``, which reads event order) and
+    in ``order`` (``"event"`` or ``"retrieval"``)."""
+    from featurestore.layout import sort_for_retrieval
+
+    fills = src["fills"]
+    df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                       on_duplicate=src["on_duplicate"], row_column=row_column,
+                       order="event" if fills else order)
+    df = causal_fill(df, keys, fills)
+    return sort_for_retrieval(df, keys) if fills and order == "retrieval" else df
+
+
+def _duplicate_flags(df: pl.DataFrame, dup_cols: Sequence[str]) -> list[pl.Expr]:
+    """On rows sorted by ``dup_cols``: ``__fs_next`` (the next row has the same values) and
+    ``__fs_dup`` (a neighbour has)."""
     same_next = pl.all_horizontal(pl.col(c) == pl.col(c).shift(-1) for c in dup_cols)
     same_prev = pl.all_horizontal(pl.col(c) == pl.col(c).shift(1) for c in dup_cols)
-    flags = df.select(same_next.fill_null(False).alias("n"),
-                      (same_next | same_prev).fill_null(False).alias("d"))
-    n_dup = int(flags["d"].sum())
-    if n_dup:
-        example = df.filter(flags["d"]).row(0, named=True)
-        shown = ", ".join([*(f"{k}={example[k]!r}" for k in keys),
-                           f"{event_time}={_iso(example[EVENT_TIMESTAMP])}"])
-        if on_duplicate == "error":
-            raise DataError(f"{path}: {some}{n_dup} rows share their key and event time "
-                            f"(e.g. {shown}); set on_duplicate = \"keep_last\" to keep the last")
-        df = df.filter(~flags["n"])  # the last one read of each run survives
-    return df.drop(row)
+    return [same_next.fill_null(False).alias("__fs_next"),
+            (same_next | same_prev).fill_null(False).alias("__fs_dup")]
+
+
+def _refuse_duplicates(flagged: pl.DataFrame, *, path: str, keys: Sequence[str],
+                       event_time: str, on_duplicate: str, some: str) -> None:
+    """Raise for duplicate rows (``__fs_dup``, in (keys, event time, row) order) unless
+    ``on_duplicate`` keeps the last."""
+    n_dup = int(flagged["__fs_dup"].sum())
+    if not n_dup or on_duplicate != "error":
+        return
+    example = flagged.filter(pl.col("__fs_dup")).row(0, named=True)
+    shown = ", ".join([*(f"{k}={example[k]!r}" for k in keys),
+                       f"{event_time}={_iso(example[EVENT_TIMESTAMP])}"])
+    raise DataError(f"{path}: {some}{n_dup} rows share their key and event time "
+                    f"(e.g. {shown}); set on_duplicate = \"keep_last\" to keep the last")
 
 
 def _iso(value: Any) -> str:

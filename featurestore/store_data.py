@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,17 +35,17 @@ from featurestore.artifacts import (
 )
 from featurestore.definitions import canonical_json
 from featurestore.errors import ArtifactError, NotFoundError
+from featurestore.layout import sorted_by
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
 from featurestore.snapshotview import SnapshotColumns
 from featurestore.sourcedata import (
-    causal_fill,
     normalize,
     resolve_files,
     scan,
+    snapshot_rows,
     source_read_errors,
-    validate_rows,
 )
 from featurestore.transforms import EVENT_TIMESTAMP
 
@@ -58,6 +58,21 @@ Progress = Callable[[str, int, int], None]
 
 def _noop_progress(_label: str, _done: int, _total: int) -> None:
     return None
+
+
+def snapshot_marker(df: pl.DataFrame, keys: Sequence[str]) -> dict[str, str]:
+    """``{"order": "retrieval"}`` for a snapshot's rows not in event order (keys, event time),
+    else nothing: every snapshot without the marker, old ones included, is in event order."""
+    ids = [*keys, EVENT_TIMESTAMP]
+    return {} if sorted_by(df.select(ids), ids) else {"order": "retrieval"}
+
+
+def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
+             params: dict[str, Any]) -> Iterator[pl.DataFrame]:
+    """``parts`` as they come, adding to ``params`` the marker of any part not in event order."""
+    for part in parts:
+        params.update(snapshot_marker(part, keys))
+        yield part
 
 
 class StoreData:
@@ -101,14 +116,25 @@ class StoreData:
                        expected_schema=src["schema"])
         return lf, src, keys, path
 
+    def snapshot_order(self, src: Mapping[str, Any]) -> str:
+        """The order a source's next snapshot is written in: ``"event"`` (keys, event time) when
+        a live view runs a transform over it, which reads rows in event order; else
+        ``"retrieval"`` (``featurestore.layout``), so that its column view can be the snapshot's
+        own file (``featurestore.snapshotview``). The two are the same order whenever
+        availability never goes back in event order (a fixed lag). A snapshot that is not in
+        event order says so in its registry row (``params.order``, ``snapshot_marker``), and
+        is written again when a transform view of its source appears."""
+        views = self.registry.latest("view").values()
+        return "event" if any(v["source"] == src["name"] and v["transform"] is not None
+                              for v in views) else "retrieval"
+
     def read_source(self, name: str) -> pl.DataFrame:
-        """A source's rows in store layout (keys, event_timestamp, available_at, columns), validated."""
+        """A source's rows in store layout (keys, event_timestamp, available_at, columns),
+        validated, in ``snapshot_order``."""
         lf, src, keys, path = self.source_frame(name)
         with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
-        df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
-                           on_duplicate=src["on_duplicate"])  # and sorts by keys, event time
-        return causal_fill(df, keys, src["fills"])
+        return snapshot_rows(df, src, path=path, keys=keys, order=self.snapshot_order(src))
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
                progress: Progress = _noop_progress,
@@ -147,6 +173,8 @@ class StoreData:
         latest = self.registry.latest_artifact("source", name)
         if (not force and latest and latest["input_fingerprint"] == fingerprint
                 and latest["object_version"] == src["version"]
+                and not (latest["params"].get("order") == "retrieval"
+                         and self.snapshot_order(src) == "event")  # a transform reads it now
                 and self.intact(latest, rebuilding="re-snapshotting the source")):
             return {"name": name, "status": "up-to-date", "artifact": latest}, None
         if engine is not None and engine.name != "polars":  # the engine reads and writes
@@ -160,12 +188,19 @@ class StoreData:
         from featurestore.buckets import bucketed_source, source_buckets
 
         n = source_buckets(self, src)
-        with bucketed_source(self, name, n) as parts:
+        keys = self.registry.get("entity", src["entity"])["join_keys"]
+        params: dict[str, Any] = {"fills": src["fills"]}
+        with bucketed_source(self, name, n, order=self.snapshot_order(src)) as parts:
             df = self.read_source(name) if parts is None else None
+            if df is not None:
+                params.update(snapshot_marker(df, keys))
+            else:
+                parts = _marking(parts, keys, params)
+            # params is read when the row is inserted, after the last part is written.
             row = self._record_artifact("source", name, src["version"],
                                         df if parts is None else parts,
                                         fingerprint=fingerprint, transform=None, plugin=None,
-                                        plugin_version=None, params={"fills": src["fills"]},
+                                        plugin_version=None, params=params,
                                         verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df
 

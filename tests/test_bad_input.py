@@ -621,8 +621,10 @@ def concurrent_applies(root: Path, registry_url: str) -> None:
 # real call?). The child touches a marker file there and sleeps; the parent sends SIGINT.
 PAUSES = [
     ("featurestore.cli", "_register_extra_commands", "target", False),  # loading plugins
-    ("featurestore.materialize", "sort_for_retrieval", "target", False),  # computing the view
-    ("featurestore.store_data", "write_parquet_atomic", "target", True),  # file renamed, unregistered
+    # The project's views read columns as is: the view's artifact is its snapshot's file,
+    # linked (featurestore.snapshotview).
+    ("featurestore.materialize", "column_view_rows", "target", False),  # computing the view
+    ("featurestore.store_data", "link_artifact_atomic", "target", True),  # file linked, unregistered
     ("featurestore.store_data", "_insert_artifact", "target.StoreData", True),  # row not committed
 ]
 PAUSED_CLI = """

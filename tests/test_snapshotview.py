@@ -16,11 +16,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from featurestore import Entity, Feature, FeatureStore, Source
+from featurestore import Entity, Feature, FeatureStore, Source, View
 from featurestore.artifacts import artifact_files, verify_artifact
 from featurestore.buckets import BUCKETS_ENV
-from featurestore.errors import ArtifactError
+from featurestore.errors import ArtifactError, DataError
 from featurestore.materialize import materialize
 from featurestore.retrieval import ViewFrame
 from tests.oracles_retrieval import python_oracle
@@ -89,23 +91,25 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.parametrize("late", [False, True])
-def test_column_view_shares_the_snapshot_only_when_it_is_in_retrieval_order(
-        tmp_path: Path, late: bool) -> None:
+def test_column_view_is_the_snapshots_file(tmp_path: Path, late: bool) -> None:
+    """With no transform view over the source the snapshot is written in retrieval order, late
+    availability or not, and the column view links it."""
     raw = tmp_path / "laps.parquet"
     _laps(1, late=late).write_parquet(raw)
     store = _store(tmp_path / "store", raw, late=late)
     [result] = materialize(store)
     assert result.status == "materialized"
     snapshot, view = store.registry.latest_artifact("source", "laps"), _view(store)
-    shared = _same_file(store.root / snapshot["path"], store.root / view["path"])
-    assert shared is (not late)
+    assert _same_file(store.root / snapshot["path"], store.root / view["path"])
+    # Only a snapshot that is not in event order says so.
+    assert snapshot["params"].get("order") == ("retrieval" if late else None)
     assert view["path"] != snapshot["path"] and view["path"].startswith("data/views/")
     # The view's row lists the columns it serves, whatever its file holds.
     assert sorted(view["params"]["columns"]) == ["fuel", "speed"]
     assert list(view["schema"]) == ["car", "event_timestamp", "available_at",
                                     *view["params"]["columns"]]
-    assert view["row_count"] == snapshot["row_count"]
-    assert (view["checksum"] == snapshot["checksum"]) is shared
+    assert "note" in pl.read_parquet_schema(store.root / view["path"])
+    assert view["row_count"] == snapshot["row_count"] and view["checksum"] == snapshot["checksum"]
     verify_artifact(store.root, view, trust_cache=False)
     verify_artifact(store.root, view, checksum=False)
     query = _query(2)
@@ -119,6 +123,36 @@ def test_column_view_shares_the_snapshot_only_when_it_is_in_retrieval_order(
     # Up to date on the next run: the shared file passes the intact check.
     [again] = materialize(store)
     assert again.status == "up-to-date"
+
+
+def test_a_transform_view_gets_its_snapshot_in_event_order(tmp_path: Path) -> None:
+    """Late availability and a transform view over the source: the snapshot stays in event
+    order (the transform's input order) and the column view is a sorted copy. Adding the
+    transform view to a store whose snapshot is in retrieval order writes the snapshot again."""
+    raw = tmp_path / "laps.parquet"
+    _laps(14, late=True).write_parquet(raw)
+    store = _store(tmp_path / "store", raw, late=True)
+    materialize(store)
+    first = store.registry.latest_artifact("source", "laps")
+    assert first["params"]["order"] == "retrieval"
+    query = _query(15)
+    before = store.get_historical_features(query, ["speed", "fuel"], tier="historical")
+    store.apply([View("speeds", "laps", "rolling",
+                      {"column": "speed", "windows": [3], "aggs": ["mean"]}),
+                 Feature("speed_mean_last_3", view="speeds")])
+    # Row windows over late rows do leak (verification says so): not what is tested here.
+    with pytest.warns(UserWarning, match="verification skipped"):
+        materialize(store, verify=False)
+    snapshot = store.registry.latest_artifact("source", "laps")
+    assert snapshot["id"] != first["id"] and "order" not in snapshot["params"]
+    rows = pl.read_parquet(store.root / snapshot["path"])
+    assert rows.equals(rows.sort("car", "event_timestamp"))
+    view = _view(store)
+    assert not _same_file(store.root / snapshot["path"], store.root / view["path"])
+    assert pl.read_parquet_schema(store.root / view["path"]) == {
+        c: rows.schema[c] for c in view["schema"]}
+    assert store.get_historical_features(query, ["speed", "fuel"], tier="historical").equals(before)
+    assert before.equals(_oracle(store, query))
 
 
 def test_without_hard_links_the_view_is_copied_with_equal_answers(
@@ -147,15 +181,17 @@ def test_without_hard_links_the_view_is_copied_with_equal_answers(
             .equals(pl.read_parquet(copied.root / view["path"])))
 
 
-def test_bucketed_snapshot_parts_are_shared(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("late", [False, True])
+def test_bucketed_snapshot_parts_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            late: bool) -> None:
     monkeypatch.setenv(BUCKETS_ENV, "3")
     raw = tmp_path / "laps.parquet"
-    _laps(5, late=False).write_parquet(raw)
-    store = _store(tmp_path / "store", raw, late=False)
+    _laps(5, late=late).write_parquet(raw)
+    store = _store(tmp_path / "store", raw, late=late)
     materialize(store)
     snapshot, view = store.registry.latest_artifact("source", "laps"), _view(store)
     assert len(view["parts"]) == len(snapshot["parts"]) == 3
+    assert snapshot["params"].get("order") == ("retrieval" if late else None)
     for a, b in zip(artifact_files(store.root, snapshot), artifact_files(store.root, view),
                     strict=True):
         assert _same_file(a, b)
@@ -263,3 +299,47 @@ def test_online_publishing_serves_only_the_view_columns(tmp_path: Path) -> None:
     query = pl.DataFrame({"car": cars, "event_timestamp": [at] * len(cars)})
     offline = store.get_historical_features(query, ["speed", "fuel"], tier="historical")
     assert online.equals(offline.drop("event_timestamp"))
+
+
+ingest_row = st.tuples(st.integers(0, 2), st.sampled_from(["a", "b"]), st.integers(0, 6),
+                       st.integers(0, 4), st.one_of(st.none(), st.integers(0, 9)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(ingest_row, max_size=40),
+       on_duplicate=st.sampled_from(["error", "keep_last"]))
+def test_validating_in_retrieval_order_keeps_the_same_rows(rows: list[tuple],
+                                                           on_duplicate: str) -> None:
+    """``validate_rows(order="retrieval")`` refuses what event order refuses, with the same
+    message, and keeps the same rows (the last one read of duplicates), in retrieval order."""
+    from featurestore.layout import retrieval_order
+    from featurestore.sourcedata import validate_rows
+
+    frame = pl.DataFrame(
+        {"k": [r[0] for r in rows], "k2": [r[1] for r in rows],
+         "event_timestamp": [T0 + dt.timedelta(minutes=r[2]) for r in rows],
+         "available_at": [T0 + dt.timedelta(minutes=r[2] + r[3]) for r in rows],
+         "v": [r[4] for r in rows]},
+        schema={"k": pl.Int64, "k2": pl.String, "event_timestamp": pl.Datetime("us", "UTC"),
+                "available_at": pl.Datetime("us", "UTC"), "v": pl.Int64})
+    outcomes = []
+    for order in ("event", "retrieval"):
+        try:
+            outcomes.append(validate_rows(frame, path="p", keys=["k", "k2"], event_time="t",
+                                          on_duplicate=on_duplicate, order=order))
+        except DataError as exc:
+            outcomes.append(str(exc))
+    by_event, by_retrieval = outcomes
+    if isinstance(by_event, str):
+        assert by_retrieval == by_event
+        return
+    # Plain Python: the last row read of each (keys, event time), sorted in retrieval order.
+    last = {}
+    for i, r in enumerate(rows):
+        last[(r[0], r[1], r[2])] = (r, i)
+    want = sorted(((r[0], r[1], r[2] + r[3], r[2], r[4]) for r, _ in last.values()),
+                  key=lambda t: t[:4])
+    got = by_retrieval.select(*retrieval_order(["k", "k2"]), "v").rows()
+    assert [(k, k2, int((a - T0).total_seconds() // 60), int((e - T0).total_seconds() // 60), v)
+            for k, k2, a, e, v in got] == want
+    assert by_event.sort(retrieval_order(["k", "k2"])).equals(by_retrieval)

@@ -23,7 +23,11 @@ from featurestore.materialize import materialize
 
 
 def artifact_frame(store, row) -> pl.DataFrame:
-    return pl.read_parquet(store.root / row["path"])
+    """The artifact's rows: only its columns (a Polars column view's file is its snapshot's),
+    a snapshot's in one fixed order (the Polars engine writes a snapshot that no transform
+    reads in retrieval order, the Spark engine in event order)."""
+    frame = pl.read_parquet(store.root / row["path"], columns=list(row["schema"]))
+    return frame.sort(frame.columns) if row["kind"] == "source" else frame
 
 
 def by_kind(store) -> dict[tuple[str, str], list[dict]]:
