@@ -56,10 +56,12 @@ that did not run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -424,10 +426,23 @@ class Run:
     wall: float
     rss: int  # bytes
     join_s: float
+    # Non-zero: the process failed (``os.wait4`` status); a negative figure is the signal that
+    # killed it, -9 being the kernel's out-of-memory killer on this machine (no swap).
+    status: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.status != 0
+
+    def describe_failure(self) -> str:
+        sig = -self.status if self.status < 0 else 0
+        why = ("killed (SIGKILL: out of memory?)" if sig == signal.SIGKILL
+               else f"killed by signal {sig}" if sig else f"exit status {self.status}")
+        return f"FAILED: {why} after {self.wall:.2f} s at peak {gib(self.rss)}"
 
 
 def measure(name: str, paths: Paths, case: str, out: Path | None,
-            env: dict[str, str] | None = None) -> Run:
+            env: dict[str, str] | None = None, *, may_fail: bool = False) -> Run:
     """Run one contestant in a fresh process; wall time and peak RSS come from ``os.wait4``.
 
     The contestant is started by a small launcher process (``--launch``): on Linux a child's
@@ -459,6 +474,8 @@ def measure(name: str, paths: Paths, case: str, out: Path | None,
         raise SystemExit(f"launcher for {name} ({case}) failed")
     info = json.loads(done.stdout.strip().splitlines()[-1])
     if info["status"] != 0:
+        if may_fail:  # a peer that cannot finish at this scale is a figure, not a crash
+            return Run(info["wall"], info["rss"], float("nan"), info["status"])
         raise SystemExit(f"{name} ({case}) failed with status {info['status']}")
     joined = json.loads(info["stdout"].strip().splitlines()[-1]) if info["stdout"].strip() else {}
     return Run(info["wall"], info["rss"], joined.get("join_s", float("nan")))
@@ -470,15 +487,23 @@ def launch(cmd: list[str]) -> None:
     Imports nothing heavy, so the child's inherited ``ru_maxrss`` floor stays ~10 MB.
     """
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    # If the machine runs out of memory, the contestant is the process the kernel kills, not an
+    # unrelated one (large peers at XL can outgrow 24 GiB).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_oom_first)
     stdout = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     print(
         json.dumps(
-            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": status, "stdout": stdout}
+            {"wall": wall, "rss": usage.ru_maxrss * 1024, "status": code, "stdout": stdout}
         )
     )
+
+
+def _oom_first() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
 
 
 def same_results(files: dict[str, Path]) -> list[str]:
@@ -502,7 +527,7 @@ def gib(n: int) -> str:
 
 
 def ratio(a: Run | None, b: Run | None, attr: str = "wall") -> str:
-    if a is None or b is None:
+    if a is None or b is None or a.failed or b.failed:
         return "nan"
     return f"{getattr(a, attr) / getattr(b, attr):.2f}"
 
@@ -597,13 +622,14 @@ def main() -> None:
             f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, peak {gib(mat.rss)}",
             flush=True,
         )
-        prep = measure("prepare", paths, case, None)
+        prep = measure("prepare", paths, case, None, may_fail=True)
         for j in range(len(paths.raws(case))):
             prepared(paths, case, j).unlink(missing_ok=True)
         print(
             f"[{case}] hand-written Polars prepare (scan, available_at, sort, write): "
-            f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
-            f"{mat.wall / prep.wall:.2f}",
+            + (prep.describe_failure() if prep.failed else
+               f"wall {prep.wall:.2f} s, peak {gib(prep.rss)}; setup/prepare wall "
+               f"{mat.wall / prep.wall:.2f}"),
             flush=True,
         )
         setups[case] = (mat, prep)
@@ -626,21 +652,27 @@ def main() -> None:
                 if args.cold_checksums and name == "featurestore":
                     cold = tempfile.mkdtemp(prefix="fs-checksums-", dir=root)
                     env = {**os.environ, "FEATURESTORE_CACHE_DIR": cold}
-                run = measure(name, paths, case, outs[name], env)
+                run = measure(name, paths, case, outs[name], env,
+                              may_fail=name != "featurestore")
                 if env is not None:
                     shutil.rmtree(env["FEATURESTORE_CACHE_DIR"], ignore_errors=True)
                 runs[name].append(run)
                 print(
-                    f"  round {r + 1} {name:<12} wall {run.wall:6.2f} s  (in-process "
-                    f"{run.join_s:6.2f} s)  peak {gib(run.rss)}",
+                    f"  round {r + 1} {name:<12} "
+                    + (run.describe_failure() if run.failed else
+                       f"wall {run.wall:6.2f} s  (in-process {run.join_s:6.2f} s)  "
+                       f"peak {gib(run.rss)}"),
                     flush=True,
                 )
+        for name, rs in runs.items():  # a peer that failed once has no result to compare
+            if any(x.failed for x in rs):
+                outs.pop(name).unlink(missing_ok=True)
         problems = same_results(outs)
         if problems:
             failed = True
             print("  RESULTS DIFFER: " + "; ".join(problems))
         else:
-            print(f"  results identical: {' == '.join(contestants)}")
+            print(f"  results identical: {' == '.join(outs)}")
         for p in outs.values():
             p.unlink(missing_ok=True)
         med = {
@@ -648,6 +680,7 @@ def main() -> None:
                 statistics.median(x.wall for x in v),
                 max(x.rss for x in v),
                 statistics.median(x.join_s for x in v),
+                next((x.status for x in v if x.failed), 0),
             )
             for k, v in runs.items()
         }
@@ -658,6 +691,9 @@ def main() -> None:
             f"{'mem ratio fs/x':>15}"
         )
         for name, run in med.items():
+            if run.failed:
+                print(f"  {name:<12} {run.describe_failure()}")
+                continue
             print(
                 f"  {name:<12} {run.wall:>12.2f} s {gib(run.rss):>15} {fs.wall / run.wall:>16.2f} "
                 f"{fs.rss / run.rss:>15.2f}"
@@ -668,12 +704,12 @@ def main() -> None:
     fs = s["featurestore"]
     po, dd, pa, da = (s.get(k) for k in ("polars", "duckdb", "polars_art", "duckdb_art"))
     mat, prep = setups["single"]
-    e2e = "nan" if dd is None else f"{(mat.wall + fs.wall) / dd.wall:.2f}"
+    e2e = "nan" if dd is None or dd.failed else f"{(mat.wall + fs.wall) / dd.wall:.2f}"
     print(
         f"RESULT scale={args.scale} fs_vs_polars_wall={ratio(fs, po)} "
         f"fs_vs_duckdb_wall={ratio(fs, dd)} fs_vs_polars_art_wall={ratio(fs, pa)} "
         f"fs_vs_duckdb_art_wall={ratio(fs, da)} fs_mem_gib={fs.rss / 2**30:.2f} "
-        f"setup_vs_prepare_wall={mat.wall / prep.wall:.2f} setup_peak_gib={mat.rss / 2**30:.2f} "
+        f"setup_vs_prepare_wall={ratio(mat, prep)} setup_peak_gib={mat.rss / 2**30:.2f} "
         f"e2e_vs_duckdb_wall={e2e}"
     )
 

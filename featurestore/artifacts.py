@@ -27,12 +27,16 @@ from featurestore.checksums import checksum_mismatch, file_checksum, write_hashe
 from featurestore.definitions import COMPRESSIONS
 from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreError
 
-__all__ = ["ReusedPart", "artifact_files", "artifact_parts", "file_checksum", "reading_artifacts",
-           "verify_artifact", "write_parquet_atomic", "write_parts_atomic"]
+__all__ = ["LinkUnsupported", "ReusedPart", "artifact_files", "artifact_parts", "file_checksum",
+           "link_artifact_atomic", "reading_artifacts", "verify_artifact", "write_parquet_atomic",
+           "write_parts_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
 _READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+# os.link's answers for "this file system (or its protected_hardlinks policy) will not link".
+_NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                   errno.ENOSYS)
 
 
 def read_only_error(path: Path, exc: OSError) -> ReadOnlyStoreError:
@@ -309,6 +313,42 @@ def write_parts_atomic(root: Path, relative: str | Path,
                            tuple(parts))
 
 
+class LinkUnsupported(Exception):
+    """The file system refused a hard link (none supported, or not to this user's file)."""
+
+
+def link_artifact_atomic(root: Path, relative: str | Path, row: dict[str, Any],
+                         schema: dict[str, str]) -> WrittenArtifact:
+    """A new artifact at ``root/relative`` whose bytes are those of the artifact ``row`` (its
+    file, or each of its parts), as hard links: nothing is copied, read or hashed, and the new
+    artifact's size, checksum, parts and row count are ``row``'s. ``schema`` is what the new
+    artifact serves: some of ``row``'s columns (a column view of a source snapshot).
+
+    All or nothing, like the writers above. Each name is an ordinary registered file to ``gc``,
+    ``doctor`` and ``delete``: removing one leaves the other's bytes in place. Raises
+    ``LinkUnsupported`` (nothing left behind) where the file system cannot link, so the caller
+    writes a copy instead.
+    """
+    files = artifact_files(root, row)
+    parts = artifact_parts(row)
+    with atomic_artifact_file(root, relative, row["compression"],
+                              directory=bool(parts)) as (tmp, final):
+        try:
+            if parts:
+                for p, f in zip(parts, files, strict=True):
+                    os.link(f, tmp / p["file"])
+            else:
+                tmp.unlink()  # the placeholder that proved the directory writable
+                os.link(files[0], tmp)
+        except OSError as exc:
+            if exc.errno in _NO_LINK_ERRNOS:
+                raise LinkUnsupported(f"cannot hard-link {files[0]}: {exc.strerror}") from None
+            raise
+    return WrittenArtifact(str(Path(relative).as_posix()), final, dict(schema), row["row_count"],
+                           row["min_event_time"], row["max_event_time"], row["checksum"],
+                           row["size_bytes"], row["compression"], tuple(parts))
+
+
 def _earliest(a: Any, b: Any) -> Any:
     return b if a is None or (b is not None and b < a) else a
 
@@ -318,7 +358,7 @@ def _latest(a: Any, b: Any) -> Any:
 
 
 def _verify_parts(path: Path, row: dict[str, Any], label: str, expected: dict[str, str], *,
-                  checksum: bool, trust_cache: bool) -> Path:
+                  checksum: bool, trust_cache: bool, subset: bool) -> Path:
     """``verify_artifact`` for a bucketed artifact: the directory holds exactly the recorded
     parts, each of its recorded size and checksum."""
     parts = artifact_parts(row)
@@ -338,7 +378,7 @@ def _verify_parts(path: Path, row: dict[str, Any], label: str, expected: dict[st
             size = part.stat().st_size
             if size != p["size"]:
                 raise ArtifactError(f"{label}: part {p['file']} is {size} bytes, the registry "
-                                    f"recorded {p['size']}{_schema_hint(part, expected)}")
+                                    f"recorded {p['size']}{_schema_hint(part, expected, subset)}")
             got = (checksum_mismatch(part, p["checksum"], trust_cache=trust_cache)
                    if checksum else None)
         except FileNotFoundError:
@@ -347,7 +387,7 @@ def _verify_parts(path: Path, row: dict[str, Any], label: str, expected: dict[st
             raise ArtifactError(f"{label}: cannot read {part}: {exc.strerror}") from None
         if got is not None:
             raise ArtifactError(f"{label}: part {p['file']} has checksum {got}, the registry "
-                                f"recorded {p['checksum']}{_schema_hint(part, expected)}")
+                                f"recorded {p['checksum']}{_schema_hint(part, expected, subset)}")
     first = path / parts[0]["file"]
     try:
         with reading_artifacts([first]):
@@ -355,7 +395,7 @@ def _verify_parts(path: Path, row: dict[str, Any], label: str, expected: dict[st
     except Exception as exc:
         raise ArtifactError(f"{label}: part {parts[0]['file']} is not a readable Parquet file "
                             f"({exc})") from None
-    diffs = _schema_diffs(expected, actual)
+    diffs = _schema_diffs(expected, actual, subset)
     if diffs:
         raise ArtifactError(f"{label}: schema differs from the registry: {diffs}")
     return path
@@ -372,20 +412,22 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     an abort) and its row count compared with the registry's.
     A verified checksum is remembered per user (``featurestore.checksums``), so repeat reads
     cost a ``stat``; ``trust_cache=False`` rehashes anyway (``doctor``, ``artifacts --verify``).
+    A column view's file may hold more columns than its row lists (``serves_some_columns``).
     """
     path = confine(root, row["path"])
     label = f"artifact {row['id']} ({row['kind']} {row['name']!r}, {row['path']})"
     expected = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
+    subset = serves_some_columns(row)
     if artifact_parts(row):
         return _verify_parts(path, row, label, expected, checksum=checksum,
-                             trust_cache=trust_cache)
+                             trust_cache=trust_cache, subset=subset)
     if path.is_dir():
         raise ArtifactError(f"{label}: is a directory, the registry recorded one file")
     try:
         size = path.stat().st_size
         if row.get("size_bytes") and size != row["size_bytes"]:
             raise ArtifactError(f"{label}: size is {size} bytes, the registry recorded "
-                                f"{row['size_bytes']}{_schema_hint(path, expected)}")
+                                f"{row['size_bytes']}{_schema_hint(path, expected, subset)}")
         got = checksum_mismatch(path, row["checksum"], trust_cache=trust_cache) if checksum else None
     except FileNotFoundError:
         raise ArtifactError(f"{label}: file is missing") from None
@@ -393,7 +435,7 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
         raise ArtifactError(f"{label}: cannot read {path}: {exc.strerror}") from None
     if got is not None:
         raise ArtifactError(f"{label}: checksum {got} differs from the recorded "
-                            f"{row['checksum']}{_schema_hint(path, expected)}")
+                            f"{row['checksum']}{_schema_hint(path, expected, subset)}")
     if not checksum:
         _check_footer(path, label, row)
     try:
@@ -401,7 +443,7 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
             actual = schema_dict(pl.read_parquet_schema(path))
     except Exception as exc:
         raise ArtifactError(f"{label}: not a readable Parquet file ({exc})") from None
-    diffs = _schema_diffs(expected, actual)
+    diffs = _schema_diffs(expected, actual, subset)
     if diffs:
         raise ArtifactError(f"{label}: schema differs from the registry: {diffs}")
     return path
@@ -422,12 +464,21 @@ def _check_footer(path: Path, label: str, row: dict[str, Any]) -> None:
                             f"{row['row_count']}")
 
 
-def _schema_diffs(expected: dict[str, str], actual: dict[str, str]) -> str:
+def serves_some_columns(row: dict[str, Any]) -> bool:
+    """Whether the artifact ``row`` may be a file with more columns than it serves: a column
+    view (no transform) may share its source snapshot's file (``link_artifact_atomic``), whose
+    other columns it never reads. Its recorded schema lists the columns it serves."""
+    return row.get("kind") == "view" and row.get("transform") is None
+
+
+def _schema_diffs(expected: dict[str, str], actual: dict[str, str], subset: bool = False) -> str:
+    if subset:  # only the served columns must be there, each with its dtype
+        actual = {c: t for c, t in actual.items() if c in expected}
     return "; ".join(f"{c}: registry {expected.get(c, 'absent')} vs file {actual.get(c, 'absent')}"
                      for c in sorted(set(actual) | set(expected)) if actual.get(c) != expected.get(c))
 
 
-def _schema_hint(path: Path, expected: dict[str, str]) -> str:
+def _schema_hint(path: Path, expected: dict[str, str], subset: bool = False) -> str:
     """Why a file that failed its checksum differs, when its footer still says (a rewrite).
 
     Read with pyarrow, whose reader reports garbage as an exception: these bytes are known to be
@@ -442,7 +493,7 @@ def _schema_hint(path: Path, expected: dict[str, str]) -> str:
         actual = schema_dict(pl.from_arrow(empty).schema)  # type: ignore[union-attr]
     except Exception:
         return ""
-    diffs = _schema_diffs(expected, actual)
+    diffs = _schema_diffs(expected, actual, subset)
     return f"; schema differs from the registry: {diffs}" if diffs else ""
 
 

@@ -13,6 +13,10 @@ no user can set back, and a replaced or restored file has a new inode, so a mark
 vouch for bytes that were not hashed. A deleted artifact (``featurestore gc``) simply leaves a
 marker that matches nothing. ``FEATURESTORE_CACHE_DIR=`` (empty) keeps markers in memory only.
 
+Within one ``hashing_once`` block (``doctor``, ``artifacts --verify``: they trust no marker) a
+file is hashed once however many registry rows name it: a column view may share its source
+snapshot's file as a hard link, the same inode under two names.
+
 Racy files: file times have a coarse granularity (a clock tick, or a second or two on some
 file systems), so a write landing in the same tick as the last one would not change ctime. A
 check is remembered only when the file's last change is more than ``RACY_SECONDS`` older than
@@ -27,7 +31,9 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 CACHE_ENV = "FEATURESTORE_CACHE_DIR"
@@ -35,6 +41,20 @@ RACY_SECONDS = 2.0
 _CHUNK = 4 << 20
 _memory: set[str] = set()
 _disk_failed: set[Path] = set()
+# Answers of this ``hashing_once`` block, by the cache key (inode, size, times, checksum).
+_block: ContextVar[dict[str, str | None] | None] = ContextVar("featurestore_hashed", default=None)
+
+
+@contextmanager
+def hashing_once() -> Iterator[None]:
+    """Within the block, ``checksum_mismatch`` hashes each file (inode, unchanged) at most once,
+    even with ``trust_cache=False``: a check that distrusts old markers still need not read the
+    same bytes twice because two registry rows name them."""
+    token = _block.set({})
+    try:
+        yield
+    finally:
+        _block.reset(token)
 
 
 def file_checksum(path: Path) -> str:
@@ -140,12 +160,18 @@ def checksum_mismatch(path: Path, expected: str, *, trust_cache: bool = True) ->
     key = _key(before, expected)
     if trust_cache and _is_known(key):
         return None
+    block = _block.get()
+    if block is not None and key in block:
+        return block[key]
     started = time.time()
     actual = file_checksum(path)
+    after = os.stat(path)
+    unchanged = _key(after, expected) == key
+    if block is not None and unchanged:
+        block[key] = None if actual == expected else actual
     if actual != expected:
         return actual
-    after = os.stat(path)
     last_change = max(after.st_mtime, after.st_ctime)
-    if _key(after, expected) == key and started - last_change > RACY_SECONDS:
+    if unchanged and started - last_change > RACY_SECONDS:
         _remember(key)
     return None

@@ -10,19 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from featurestore.artifacts import artifact_files
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
 from featurestore.errors import DataError, NotFoundError, PluginError
 from featurestore.incremental import growth, new_output_rows, recompute_input
 from featurestore.layout import sort_for_retrieval
 from featurestore.readers import reads_artifacts
+from featurestore.snapshotview import column_view_rows
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 
 if TYPE_CHECKING:
@@ -121,16 +121,9 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             if missing:
                 raise DataError(f"view {name!r}: source {view['source']!r} no longer has "
                                 f"column(s) {', '.join(missing)}; re-apply the definitions")
-            columns = [*base, *view["params"]["columns"]]
-            out: pl.DataFrame | Iterator[pl.DataFrame]
-            if src_row.get("parts"):
-                # Bucketed: part by part, one bucket in memory at a time.
-                out = (sort_for_retrieval(pl.read_parquet(f, columns=columns), keys)
-                       for f in artifact_files(store.root, src_row))
-            else:
-                # Ingested just now: its rows are in memory, so the file is not read back.
-                out = (fresh_rows.select(columns) if fresh_rows is not None
-                       else pl.read_parquet(snapshot_path, columns=columns))
+            # The snapshot's own files when already in retrieval order, else a sorted copy.
+            out: Any = column_view_rows(store.root, src_row, keys,
+                                        [*base, *view["params"]["columns"]], fresh_rows)
             t1 = t2 = time.perf_counter()
         elif src_row.get("parts"):
             # Bucketed: bucket by bucket, written as a bucketed view (materialize_buckets).

@@ -85,7 +85,7 @@ def _by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[P
     qkeys = q.select([p.query_expr().alias(p.internal) for p in plan.pairs]).with_row_index(qrow)
     pieces = []
     for f in files:
-        scan = pl.scan_parquet(f)
+        scan = pl.scan_parquet(f).select(view.frame.collect_schema().names())  # its columns
         present = scan.select([p.frame_expr().alias(p.internal) for p in plan.pairs]).unique()
         rows = qkeys.join(present.collect(), on=internals, how="semi", nulls_equal=False)[qrow]
         if rows.len() == 0:

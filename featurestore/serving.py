@@ -161,7 +161,10 @@ def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
         files = artifact_files(store.root, art)
         if parts is not None:
             parts.append(files)
-        frames.append(ViewFrame(name=art["name"], frame=pl.scan_parquet(files),
+        # Only the columns the artifact serves: a column view's file may be its source
+        # snapshot's, with more (``featurestore.snapshotview``).
+        frames.append(ViewFrame(name=art["name"],
+                                frame=pl.scan_parquet(files).select(list(art["schema"])),
                                 keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
     return frames
 

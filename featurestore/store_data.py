@@ -21,9 +21,11 @@ from sqlalchemy import Connection, select
 
 from featurestore import schema
 from featurestore.artifacts import (
+    LinkUnsupported,
     WrittenArtifact,
     confine,
     file_checksum,
+    link_artifact_atomic,
     reading_artifacts,
     remove_artifact_path,
     verify_artifact,
@@ -36,6 +38,7 @@ from featurestore.errors import ArtifactError, NotFoundError
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
+from featurestore.snapshotview import SnapshotColumns
 from featurestore.sourcedata import (
     causal_fill,
     normalize,
@@ -190,20 +193,16 @@ class StoreData:
         ensure_lock_files(self.root)  # readers lock them; see featurestore.readers
         with writers_lock(self.root):  # doctor --fix may not take the file for an orphan meanwhile
             try:
-                # A frame is one file; an iterable of frames is a bucketed artifact, one part
-                # each, written as they come (one bucket in memory at a time). Another engine
-                # writes its own frame.
-                written = (engine.write_artifact(self.root, relpath, df,
-                                                 compression=self.compression,
-                                                 time_column=EVENT_TIMESTAMP)
-                           if engine is not None else
-                           write_parquet_atomic(self.root, relpath, df,
-                                                compression=self.compression,
-                                                time_column=EVENT_TIMESTAMP)
-                           if isinstance(df, pl.DataFrame) else
-                           write_parts_atomic(self.root, relpath, df,
-                                              compression=self.compression,
-                                              time_column=EVENT_TIMESTAMP))
+                written = None
+                if isinstance(df, SnapshotColumns):
+                    # A column view of a snapshot already in its order: the snapshot's files,
+                    # linked; rows to write only where the file system cannot link.
+                    try:
+                        written = link_artifact_atomic(self.root, relpath, df.snapshot, df.schema)
+                    except LinkUnsupported:
+                        df = df.rows()
+                if written is None:
+                    written = self._write(relpath, df, engine)
                 if verdict is not None:
                     verified, verification, verification_report = verdict()
                 return self.registry.write(lambda conn: self._insert_artifact(
@@ -215,6 +214,20 @@ class StoreData:
                 # new file unless the registry recorded it, so no orphan and no lost artifact.
                 self._discard_unregistered(relpath)
                 raise
+
+    def _write(self, relpath: str, df: Any, engine: Any) -> WrittenArtifact:
+        # A frame is one file; an iterable of frames is a bucketed artifact, one part each,
+        # written as they come (one bucket in memory at a time). Another engine writes its own
+        # frame.
+        if engine is not None:
+            return engine.write_artifact(  # type: ignore[no-any-return]
+                self.root, relpath, df, compression=self.compression,
+                time_column=EVENT_TIMESTAMP)
+        if isinstance(df, pl.DataFrame):
+            return write_parquet_atomic(self.root, relpath, df, compression=self.compression,
+                                        time_column=EVENT_TIMESTAMP)
+        return write_parts_atomic(self.root, relpath, df, compression=self.compression,
+                                  time_column=EVENT_TIMESTAMP)
 
     def _discard_unregistered(self, relpath: str) -> None:
         try:
@@ -259,14 +272,16 @@ class StoreData:
                       verify_checksum: bool = True) -> pl.DataFrame | pl.LazyFrame:
         """Read an artifact after checking its checksum (remembered per user, so cheap after
         the first read) and schema against the registry."""
+        # Only the artifact's columns: a column view's file may be its source snapshot's.
         if lazy:  # read after this returns: no reader's lock can cover it
-            return pl.scan_parquet(verify_artifact(self.root, self.artifact(artifact_id),
-                                                   checksum=verify_checksum))
+            row = self.artifact(artifact_id)
+            return pl.scan_parquet(verify_artifact(self.root, row, checksum=verify_checksum)
+                                   ).select(list(row["schema"]))
         with reading(self.root):
             row = self.artifact(artifact_id)
             path = verify_artifact(self.root, row, checksum=verify_checksum)
             with reading_artifacts([path]):
-                return pl.read_parquet(path)
+                return pl.read_parquet(path, columns=list(row["schema"]))
 
     def intact(self, row: dict[str, Any], *, rebuilding: str | None = None) -> bool:
         """Whether an artifact's file is there and matches its registry row.

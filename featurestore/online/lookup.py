@@ -418,7 +418,7 @@ class OnlineReader:
             query[k] = pl.Series(k, values, strict=False)
         frame = pl.DataFrame(query).with_columns(
             pl.lit(t).cast(pl.Datetime("us", "UTC")).alias(_CUTOFF))
-        scan = pl.scan_parquet(artifact_files(self.store.root, art))
+        scan = pl.scan_parquet(artifact_files(self.store.root, art)).select(list(art["schema"]))
         key_filter = pl.lit(True)
         for k in vp.keys:
             wanted = frame[k].drop_nulls().unique().cast(schema[k], strict=False).drop_nulls()

@@ -236,7 +236,8 @@ def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], key
     # Published values are served without rereading the file: check it against its checksum.
     path = verify_artifact(store.root, art, checksum=True)
     schema = pl.read_parquet_schema(path)
-    columns = [c for c in schema if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)]
+    # The artifact's columns, not the file's: a column view's file may be its source snapshot's.
+    columns = [c for c in art["schema"] if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)]
     moment_us = int(at.timestamp() * 1_000_000)
     rows = (pl.scan_parquet(artifact_files(store.root, art)).with_row_index("__r")  # file order settles full ties
             .filter(pl.col(AVAILABLE_AT).is_not_null())  # never available: never served

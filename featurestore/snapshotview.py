@@ -1,0 +1,75 @@
+"""A source's column view served from its source snapshot's files, without a copy.
+
+A column view (no transform) holds some of the snapshot's columns, every row, in retrieval
+order (``featurestore.layout``). A snapshot is written sorted by keys and event time, unique
+per (keys, event time); when ``available_at`` never goes back in event order within an entity
+(a fixed lag, for one) that is already retrieval order, and the view's artifact is the
+snapshot's file (or parts) hard-linked under the view's own name
+(``artifacts.link_artifact_atomic``): no second sort, write or hash. Its registry row lists the
+view's columns only; every reader selects them (``artifacts.serves_some_columns``).
+
+Otherwise (an ``available_time`` column that goes back, or a file system without hard links)
+the view's columns are written as their own artifact, sorted, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from featurestore.artifacts import artifact_files, reading_artifacts
+from featurestore.layout import retrieval_nulls_last, retrieval_order, sort_for_retrieval, sorted_by
+
+Rows = pl.DataFrame | Iterator[pl.DataFrame]
+
+
+@dataclass(frozen=True)
+class SnapshotColumns:
+    """A column view's artifact as the snapshot ``snapshot`` (its registry row) holds it.
+
+    ``schema`` is what the view serves (column -> dtype, in the view's column order); ``rows``
+    gives the same rows as frames, for where the snapshot's files cannot be linked.
+    """
+
+    snapshot: dict[str, Any]
+    schema: dict[str, str]
+    rows: Callable[[], Rows]
+
+
+def column_view_rows(root: Path, src_row: dict[str, Any], keys: Sequence[str],
+                     columns: Sequence[str], fresh: pl.DataFrame | None) -> SnapshotColumns | Rows:
+    """A column view's artifact content: ``SnapshotColumns`` when the snapshot is in retrieval
+    order, else its rows to write (one frame, or one sorted frame per bucket).
+
+    ``fresh`` is the snapshot's rows when they are still in memory (just ingested, one file).
+    """
+    columns = list(columns)
+    files = artifact_files(root, src_row)
+
+    def rows() -> Rows:
+        if src_row.get("parts"):  # bucketed: part by part, one bucket in memory at a time
+            return (sort_for_retrieval(pl.read_parquet(f, columns=columns), keys) for f in files)
+        # Ingested just now: its rows are in memory, so the file is not read back.
+        return fresh.select(columns) if fresh is not None else pl.read_parquet(files[0],
+                                                                               columns=columns)
+
+    if not in_retrieval_order(files, keys, fresh):
+        return rows()
+    schema = {c: src_row["schema"][c] for c in columns}
+    return SnapshotColumns(src_row, schema, rows)
+
+
+def in_retrieval_order(files: Sequence[Path], keys: Sequence[str],
+                       fresh: pl.DataFrame | None = None) -> bool:
+    """Whether the snapshot in ``files`` (each part on its own) is in retrieval order: one
+    O(n) pass over its key and time columns, on ``fresh`` (its rows in memory) when given."""
+    order, nulls_last = retrieval_order(keys), retrieval_nulls_last(len(keys))
+    if fresh is not None:
+        return sorted_by(fresh.select(order), order, nulls_last)
+    with reading_artifacts(files):
+        return all(sorted_by(pl.read_parquet(f, columns=order), order, nulls_last)
+                   for f in files)
