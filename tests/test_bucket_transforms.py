@@ -25,7 +25,7 @@ from featurestore import Entity, FeatureStore, Source, View, hookimpl
 from featurestore.artifacts import artifact_files, verify_artifact
 from featurestore.buckets import BUCKETS_ENV
 from featurestore.cutplan import CUT_ID
-from featurestore.errors import PluginError
+from featurestore.errors import LeakageError, PluginError
 from featurestore.materialize import materialize
 from featurestore.plugins import get_transform
 from featurestore.transforms import Transform
@@ -378,14 +378,22 @@ def test_bucketed_views_equal_one_file_property(tmp_path_factory: pytest.TempPat
         store.apply([Entity("driver", ("driver_id",)),
                      Source("laps", str(path), "driver", "t", tier="race", timezone="UTC",
                             available_time="seen"), *views])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # unverifiable tiny inputs are warned about
-            results = materialize(store)
-        outputs[n] = {r.view: (_rows(store, r.artifact), r.artifact["verified"])
-                      for r in results}
+        outputs[n] = {}
+        for view in views:  # one by one: a leak refused in one view leaves the others
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # unverifiable tiny inputs are warned about
+                try:
+                    [r] = materialize(store, [view.name])
+                except LeakageError as exc:  # falloff's tyre age when a lap is published
+                    outputs[n][view.name] = ("leak", exc.feature)  # before the one before it
+                    continue
+            outputs[n][view.name] = (_rows(store, r.artifact), r.artifact["verified"])
         store.close()
     for view, (one, verified) in outputs[1].items():
         many, many_verified = outputs[buckets][view]
+        if isinstance(one, str):  # refused: refused bucket by bucket too, for the same feature
+            assert (many, many_verified) == (one, verified), view
+            continue
         assert_frame_equal(many.sort(ORDER), one, check_exact=True)
         if verified:
             assert many_verified, view
