@@ -1,6 +1,7 @@
 """Materialize benchmark: featurestore's rolling and falloff views vs the same code by hand.
 
     python benchmarks/materialize.py [--laps 10000000] [--drivers 10000] [--workdir DIR]
+                                     [--buckets N]
 
 One run, each contender a whole separate process (wall time and peak RSS from wait4):
   polars       hand-written Polars (benchmarks/materialize_polars.py) reading the raw laps file
@@ -10,7 +11,9 @@ One run, each contender a whole separate process (wall time and peak RSS from wa
   ingest       the store's ingest of the raw file (validation, the sorted snapshot), forced;
   fs           ``materialize`` of the two views without causality verification;
   fs+verify    the same with verification, whose own seconds give the verification share.
-Results of ``fs`` and both hand-written runs are checked equal. Ends with
+``--buckets N`` runs the store's processes with ``FEATURESTORE_BUCKETS=N`` (their own store
+under the work folder): a bucketed snapshot, views computed bucket by bucket and written as N
+parts. Results of ``fs`` and both hand-written runs are checked equal. Ends with
 ``RESULT materialize fs_vs_polars_wall=<x> fs_vs_polars_mem=<x> verify_share=<x>
 fs_ingest_vs_polars_wall=<x> fs_vs_polars_once_wall=<x> fs_ingest_vs_polars_once_wall=<x>``
 (on one line): ``fs_ingest_*`` count the store's ingest too, as the hand-written code pays for
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+CPU: dict[str, float] = {}
 sys.path.insert(0, str(HERE))
 
 DEFS = """
@@ -84,7 +88,7 @@ def child(mode: str, workdir: Path) -> None:
     from featurestore import FeatureStore
     from featurestore.materialize import materialize
 
-    store = FeatureStore(workdir / "store")
+    store = FeatureStore(workdir / _store_name())
     if mode == "setup":
         (workdir / "features.toml").write_text(DEFS.format(
             laps=laps, rolling=_toml_inline(rolling_params()), falloff=_toml_inline(falloff_params())))
@@ -110,14 +114,21 @@ def _toml_inline(value: object) -> str:
     return json.dumps(value)
 
 
+def _store_name() -> str:
+    buckets = os.environ.get("FEATURESTORE_BUCKETS", "").strip()
+    return f"store-b{buckets}" if buckets else "store"
+
+
 def measure(mode: str, workdir: Path) -> tuple[float, float, str]:
-    """Run ``mode`` in a fresh process; return wall seconds, peak RSS in GiB and its stdout."""
+    """Run ``mode`` in a fresh process; return wall seconds, peak RSS in GiB and its stdout
+    (and note its CPU seconds in ``CPU``)."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--workdir", str(workdir)],
                             stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    CPU[mode] = usage.ru_utime + usage.ru_stime
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{mode} failed with exit code {proc.returncode}")
@@ -129,8 +140,12 @@ def main() -> None:
     parser.add_argument("--laps", type=int, default=10_000_000)
     parser.add_argument("--drivers", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fs-bench-materialize"))
+    parser.add_argument("--buckets", type=int, default=None,
+                        help="FEATURESTORE_BUCKETS for the store's processes")
     parser.add_argument("--child", default=None)
     args = parser.parse_args()
+    if args.buckets is not None:
+        os.environ["FEATURESTORE_BUCKETS"] = str(args.buckets)  # inherited by the children
     if args.child:
         child(args.child, args.workdir)
         return
@@ -146,20 +161,22 @@ def main() -> None:
         make_laps(args.laps, args.drivers).write_parquet(laps)
         print(f"data: {args.laps:,} laps of {args.drivers:,} drivers generated in "
               f"{time.perf_counter() - t:.1f}s")
-    if not (work / "store").exists():
+    if not (work / _store_name()).exists():
         wall, mem, _ = measure("setup", work)
         print(f"one-time setup (apply + ingest snapshot): {wall:.2f}s, peak {mem:.2f} GiB")
     figures = {}
     for mode in ("polars", "polars-once", "ingest", "fs", "fs+verify"):
         figures[mode] = measure(mode, work)
-        print(f"{mode:>11}: wall {figures[mode][0]:6.2f}s  peak RSS {figures[mode][1]:5.2f} GiB")
+        print(f"{mode:>11}: wall {figures[mode][0]:6.2f}s  cpu {CPU[mode]:6.2f}s  "
+              f"peak RSS {figures[mode][1]:5.2f} GiB")
     fs_views = json.loads(figures["fs"][2].strip().splitlines()[-1])
     verified = json.loads(figures["fs+verify"][2].strip().splitlines()[-1])
-    store_root = work / "store"
+    store_root = work / _store_name()
     for view, hand in (("lap_rolling", "hand_rolling"), ("tyre_falloff", "hand_falloff"),
                        ("lap_rolling", "once_rolling"), ("tyre_falloff", "once_falloff")):
         want = pl.read_parquet(work / f"{hand}.parquet")
-        got = pl.read_parquet(store_root / fs_views[view]["path"])
+        path = store_root / fs_views[view]["path"]
+        got = pl.read_parquet(sorted(path.glob("part-*.parquet")) if path.is_dir() else path)
         order = ["driver_id", "event_timestamp", "available_at"]
         if "lap" in want.columns and "lap" not in got.columns:
             want = want.drop("lap")

@@ -698,6 +698,7 @@ def main() -> None:
                 statistics.median(x.wall for x in v),
                 max(x.rss for x in v),
                 statistics.median(x.join_s for x in v),
+                statistics.median(x.cpu for x in v),
                 next((x.status for x in v if x.failed), 0),
             )
             for k, v in runs.items()

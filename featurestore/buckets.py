@@ -9,12 +9,20 @@ entity lives in exactly one bucket, and each part is sorted like a whole snapsho
 concatenation of the parts keeps every entity's rows contiguous and in order: what retrieval
 needs (``featurestore.artifacts.artifact_files`` lists the parts in order). A column view of a
 bucketed snapshot is materialized part by part the same way, and retrieval joins a bucketed
-view part by part (``featurestore.retrieval_buckets``).
+view part by part, eagerly (``featurestore.retrieval_buckets``) and in the lazy plan.
 
-What stays whole: a transform view reads the whole snapshot (sorted again) and is written as
-one file; a bucketed source's views are recomputed in full, never incrementally; the lazy
-retrieval plan reads the parts as one frame. Small sources keep one file, as before: below the
-limit, which without a setting is a quarter of the machine's memory (``none``: no limit).
+A transform view of a bucketed snapshot is computed bucket by bucket and written as a bucketed
+view (``featurestore.materialize_buckets``): an entity-scope transform part by part; a
+group-scope one per *group bucket* (the rows re-split by a hash of its group columns, the output
+re-split by entity hash into the view's parts). Each call is checked and verified on its own
+rows. Re-ingesting keeps the bucket count while it suffices (``stable_count``), so that bucket i
+keeps its entities and a view is rebuilt from the changed parts only (unchanged parts are
+carried over as hard links).
+
+What stays whole: one entity's rows (a bucket holds whole entities), one group's rows for a
+group-scope transform, and a group-scope transform without group columns (one group: every row).
+Small sources keep one file, as before: below the limit, which without a setting is a quarter of
+the machine's memory (``none``: no limit). See docs/memory.md.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Order of work for one view: read the source snapshot, run the transform, check the transform
 contract, verify causality, sort for retrieval, write the artifact atomically, record it.
 Nothing is registered unless every check passed (``verify=False`` is recorded, and warned about).
+A bucketed snapshot's transform views do the same bucket by bucket (``materialize_buckets``).
 """
 
 from __future__ import annotations

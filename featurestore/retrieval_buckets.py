@@ -11,6 +11,11 @@ whole artifact; the peak is one part's key columns (plus the query and the answe
 
 Routing reads the part's distinct keys, not a hash: nothing depends on the hash function that
 split the rows staying the same between writing and reading.
+
+The lazy engine (``retrieval_lazy``) gets the same treatment as a plan
+(``point_in_time_join_lazy_parts``): one ``join_asof`` per part on the query rows whose keys are
+in it, the parts' answers concatenated one part after another (``parallel=False``, so a collect
+holds one part's rows at a time) and joined back to the query.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from pathlib import Path
 
 import polars as pl
 
+from featurestore.retrieval_lazy import point_in_time_join_lazy
 from featurestore.retrieval_packed import point_in_time_join
 from featurestore.retrieval_plan import ViewFrame, ViewPlan, internal_prefix, plan_views
 from featurestore.transforms import EVENT_TIMESTAMP
 
-__all__ = ["point_in_time_join_parts"]
+__all__ = ["point_in_time_join_lazy_parts", "point_in_time_join_parts"]
 
 
 def point_in_time_join_parts(
@@ -92,3 +98,66 @@ def _by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[P
         got = pl.concat(pieces)
     order = pl.DataFrame({qrow: pl.int_range(q.height, dtype=pl.UInt32, eager=True)})
     return order.join(got, on=qrow, how="left", maintain_order="left").drop(qrow)
+
+
+def point_in_time_join_lazy_parts(
+    query: pl.DataFrame | pl.LazyFrame,
+    views: Sequence[ViewFrame],
+    parts: Sequence[Sequence[Path] | None],
+    *,
+    cutoff: str = EVENT_TIMESTAMP,
+    inclusive: bool = False,
+    ttl: timedelta | None = None,
+    cutoff_timezone: str | None = None,
+    with_availability: bool = False,
+) -> pl.LazyFrame:
+    """``point_in_time_join_lazy(query, views, ...)``, with ``views[i]`` joined part by part
+    when ``parts[i]`` lists more than one part file (each holding whole entities, each in
+    artifact order). Same columns, same rows, same order; validation happens now."""
+    options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": ttl,
+               "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
+    views = list(views)
+    # Validates every view against the query, and gives the output's columns.
+    whole = point_in_time_join_lazy(query, views, **options)  # type: ignore[arg-type]
+    if all(p is None or len(p) <= 1 for p in parts):
+        return whole
+    lq = query.lazy()
+    qschema = lq.collect_schema()
+    names = whole.collect_schema().names()
+    prefix = internal_prefix(qschema.names(), views)
+    plans = {plan.index: plan for plan in plan_views(qschema, views, cutoff, cutoff_timezone,
+                                                     with_availability, ttl, prefix)}
+    row = f"{prefix}lazy_row"
+    numbered = lq.with_row_index(row)
+    result = numbered
+    start = len(qschema)
+    for i, (view, files) in enumerate(zip(views, parts, strict=True)):
+        n_out = len(view.features) * (2 if with_availability else 1)
+        outputs = names[start:start + n_out]
+        start += n_out
+        if i not in plans or n_out == 0:
+            continue
+        if files is None or len(files) <= 1:
+            joined = point_in_time_join_lazy(numbered, [view], **options)  # type: ignore[arg-type]
+        else:
+            joined = _lazy_by_part(numbered, view, plans[i], files, options)
+        result = result.join(joined.select(row, *outputs), on=row, how="left",
+                             maintain_order="left")
+    return result.sort(row).select(names)
+
+
+def _lazy_by_part(numbered: pl.LazyFrame, view: ViewFrame, plan: ViewPlan,
+                  files: Sequence[Path], options: dict) -> pl.LazyFrame:
+    """One bucketed view joined to the query rows whose keys each part holds, part after part
+    (query rows in no part are left out: the caller's left join gives them nulls)."""
+    internals = [p.internal for p in plan.pairs]
+    keyed = numbered.with_columns([p.query_expr().alias(p.internal) for p in plan.pairs])
+    pieces = []
+    for f in files:
+        scan = pl.scan_parquet(f)
+        present = scan.select([p.frame_expr().alias(p.internal) for p in plan.pairs]).unique()
+        rows = keyed.join(present, on=internals, how="semi", nulls_equal=False).drop(internals)
+        pieces.append(point_in_time_join_lazy(rows, [dataclasses.replace(view, frame=scan)],
+                                              **options))  # type: ignore[arg-type]
+    # One part after another: a collect holds one part's rows (and the answers so far).
+    return pl.concat(pieces, parallel=False)

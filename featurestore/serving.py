@@ -26,12 +26,8 @@ from featurestore.errors import (
     LeakageError,
     NotFoundError,
 )
-from featurestore.retrieval import (
-    ViewFrame,
-    audit,
-    availability_column,
-    point_in_time_join_lazy,
-)
+from featurestore.retrieval import ViewFrame, audit, availability_column
+from featurestore.retrieval_buckets import point_in_time_join_lazy_parts
 from featurestore.tiers import TierOrder, parse_duration
 from featurestore.windowserve import is_window, window_request, window_values
 
@@ -252,8 +248,9 @@ def get_historical_features(store: ServingStore, entity_df: pl.DataFrame | pl.La
     options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": _ttl(ttl),
                "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     with reading_artifacts(paths):
-        if lazy and not windows:  # a lazy plan reads a bucketed view's parts as one frame
-            result = point_in_time_join_lazy(entity_df, frames, **options)  # type: ignore[arg-type]
+        if lazy and not windows:  # a lazy plan joins a bucketed view's parts one by one
+            result = point_in_time_join_lazy_parts(entity_df, frames, parts,
+                                                   **options)  # type: ignore[arg-type]
         else:  # the engine; Polars joins bucketed views part by part
             result = runner.point_in_time_join(entity_df, frames, parts, **options)
         if not windows:

@@ -95,6 +95,11 @@ def test_bucketed_retrieval_matches_the_oracle(tmp_path_factory: pytest.TempPath
             got = store.get_historical_features(query, ["speed", "fuel"], tier="historical",
                                                 cutoff="cutoff", inclusive=inclusive, ttl=ttl,
                                                 with_availability=True)
+            # The lazy plan joins part by part too (retrieval_buckets): the same frame.
+            lazy = store.get_historical_features_lazy(
+                query.lazy(), ["speed", "fuel"], tier="historical", cutoff="cutoff",
+                inclusive=inclusive, ttl=ttl, with_availability=True).collect()
+        assert lazy.equals(got)
     view = ViewFrame("laps", laps.rename({"t": "event_timestamp", "seen": "available_at"}),
                      keys=("team", "car_no"), features={"speed": "speed", "fuel": "fuel"})
     expected = python_oracle(query, [view], cutoff="cutoff", inclusive=inclusive, ttl=ttl,
