@@ -128,13 +128,15 @@ class StoreData:
         return "event" if any(v["source"] == src["name"] and v["transform"] is not None
                               for v in views) else "retrieval"
 
-    def read_source(self, name: str) -> pl.DataFrame:
+    def read_source(self, name: str, *, order: str = "event") -> pl.DataFrame:
         """A source's rows in store layout (keys, event_timestamp, available_at, columns),
-        validated, in ``snapshot_order``."""
+        validated and filled, in event order (keys, event time: what transforms read and what
+        every engine returns) or, with ``order="retrieval"``, in retrieval order
+        (``featurestore.layout``; ingest asks for ``snapshot_order``)."""
         lf, src, keys, path = self.source_frame(name)
         with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
-        return snapshot_rows(df, src, path=path, keys=keys, order=self.snapshot_order(src))
+        return snapshot_rows(df, src, path=path, keys=keys, order=order)
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
                progress: Progress = _noop_progress,
@@ -191,7 +193,7 @@ class StoreData:
         keys = self.registry.get("entity", src["entity"])["join_keys"]
         params: dict[str, Any] = {"fills": src["fills"]}
         with bucketed_source(self, name, n, order=self.snapshot_order(src)) as parts:
-            df = self.read_source(name) if parts is None else None
+            df = self.read_source(name, order=self.snapshot_order(src)) if parts is None else None
             if df is not None:
                 params.update(snapshot_marker(df, keys))
             else:
