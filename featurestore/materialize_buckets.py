@@ -27,7 +27,8 @@ an earlier snapshot with as many parts, a part whose snapshot part is unchanged 
 is carried over as it is (``artifacts.ReusedPart``: a hard link, so no bytes are copied and
 removing the older artifact later leaves the file in place); a part whose snapshot part only
 grew is computed like the one-file incremental path (``featurestore.incremental``), within that
-part; any other part is recomputed. Group-scope views are always recomputed in full: new rows of
+part, unless more than half of its rows would be recomputed anyway (a transform with an unbounded
+look-back, every entity grown); any other part is recomputed. Group-scope views are always recomputed in full: new rows of
 one entity can change its group's old rows.
 
 Memory: one bucket's input and output, and verification reruns bounded by the bucket's budget.
@@ -249,15 +250,18 @@ def _entity_parts(job: _Job, files: Sequence[Path],
 def _grown_part(job: _Job, old_snapshot: Path, old_view: Path,
                 new: pl.DataFrame) -> pl.DataFrame | None:
     """A part whose snapshot part only grew: the earlier output plus the new rows' (computed
-    from their look-back rows only); None when the part did not just grow."""
+    from their look-back rows only); None when the part did not just grow, or when more than
+    half of its rows would be recomputed anyway (cheaper in full)."""
     grown = growth(pl.read_parquet(old_snapshot), new, job.keys)
     if grown is None:
         return None
+    subset = recompute_input(new, job.keys, grown, job.transform.lookback(job.params))
+    if subset.height * 2 > new.height:
+        return None  # most rows to recompute anyway (a long look-back): the part in full
     previous = pl.read_parquet(old_view)
     job.grown += 1
     if grown.new_rows == 0:  # same rows (written differently): the earlier output stands
         return previous
-    subset = recompute_input(new, job.keys, grown, job.transform.lookback(job.params))
     fresh = new_output_rows(job.compute(subset, new.height), job.keys, grown)
     job.new_rows += fresh.height
     job.recomputed_rows += subset.height

@@ -18,7 +18,9 @@ output, count included, is null.
 Cost, with ``n`` rows and ``q`` query rows: rows are sorted by (keys, ``available_at``) once (a
 frame already in that order, as view artifacts are, is only checked), every key run becomes a
 segment, and the (segment, time) pairs pack into one sorted integer column, so each window
-boundary of every query row is one binary search (``numpy.searchsorted``). Then
+boundary of every query row is one binary search; the query rows are taken in (segment,
+cutoff) order (``featurestore.windowout``), so the searches go run by run of query rows
+within the stretch of the column the run falls in (``featurestore.sortedsearch``). Then
 
 * count, sum, mean, std: differences of prefix sums at the two boundaries. For floats the sums
   are of values shifted by their segment's mean (so the running sum is back near zero at every
@@ -26,7 +28,8 @@ boundary of every query row is one binary search (``numpy.searchsorted``). Then
   (timestamps as values, say) does not cancel digits away;
 * min, max: a window of at most 128 rows is reduced directly over its rows, all windows in one
   ``reduceat`` (the query rows come in row order, so the rows between consecutive windows that
-  it also reduces add at most ``n``);
+  it also reduces add at most ``n``), or, when the windows hold few of the rows they span,
+  step by step from each window's first row;
   a longer one is its head and tail rows plus whole 32-row blocks from a sparse table over the
   block extremes, built only up to the levels the windows need;
 * first, last: the next and the previous row with a value, precomputed for every row.
