@@ -1,15 +1,17 @@
 """A source's column view served from its source snapshot's files, without a copy.
 
 A column view (no transform) holds some of the snapshot's columns, every row, in retrieval
-order (``featurestore.layout``). A snapshot is written sorted by keys and event time, unique
-per (keys, event time); when ``available_at`` never goes back in event order within an entity
-(a fixed lag, for one) that is already retrieval order, and the view's artifact is the
-snapshot's file (or parts) hard-linked under the view's own name
-(``artifacts.link_artifact_atomic``): no second sort, write or hash. Its registry row lists the
-view's columns only; every reader selects them (``artifacts.serves_some_columns``).
+order (``featurestore.layout``). A snapshot no transform view reads is written in retrieval
+order (``StoreData.snapshot_order``); one a transform reads is sorted by keys and event time,
+which is retrieval order too whenever ``available_at`` never goes back in event order within an
+entity (a fixed lag, for one). Either way, a snapshot found in retrieval order (one O(n) pass
+over its key and time columns) is the view's artifact: its file, or parts, hard-linked under the
+view's own name (``artifacts.link_artifact_atomic``), with no second sort, write or hash. The
+view's registry row lists its columns only; every reader selects them
+(``artifacts.serves_some_columns``).
 
-Otherwise (an ``available_time`` column that goes back, or a file system without hard links)
-the view's columns are written as their own artifact, sorted, as before.
+Otherwise (a transform reads the snapshot and availability goes back, or the file system has
+no hard links) the view's columns are written as their own artifact, sorted, as before.
 """
 
 from __future__ import annotations

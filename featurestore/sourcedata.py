@@ -181,7 +181,7 @@ def source_read_errors(path: str, name: str) -> Iterator[None]:
 
 def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_time: str,
                   on_duplicate: str, row_column: str | None = None,
-                  order: str = "event") -> pl.DataFrame:
+                  order: str = "event", sorted_rows: str | None = None) -> pl.DataFrame:
     """Row-level checks on a collected, normalized frame, and the snapshot's order.
 
     Refuses null keys and times and rows available before their event; handles rows that
@@ -191,15 +191,17 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     no hash table. With ``order="retrieval"`` the same rows are
     returned in retrieval order instead (``featurestore.layout``: keys, ``available_at``, event
     time), still sorted once; duplicates are then found on a sorted copy of the key and time
-    columns only.
+    columns only. ``sorted_rows`` names a column of row numbers (the order the whole source was
+    read in) of a ``df`` already sorted in retrieval order (``StoreData.read_source`` sorts
+    while it reads, so the rows are never in memory twice); it is dropped.
 
     ``row_column`` names a column holding each row's position in the whole source, when
     ``df`` is one bucket of it (``featurestore.buckets``): it orders duplicates and is what
     errors cite; it is dropped. Counts in errors are then this bucket's ("at least").
     """
     some = "" if row_column is None else "at least "
-    row = row_column or "__fs_ingest_row"
-    if row_column is None:
+    row = row_column or sorted_rows or "__fs_ingest_row"
+    if row_column is None and sorted_rows is None:
         while row in df.columns:
             row = "_" + row
         df = df.with_row_index(row)
@@ -221,7 +223,8 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         # sorted by keys and event time, so the narrow copy in which duplicates are neighbours
         # (in read order: the row number) sorts cheaply. Rows left after it are unique on keys
         # and event time, so their order is settled without the row number.
-        df = df.sort(retrieval_order(keys))
+        if sorted_rows is None:
+            df = df.sort(retrieval_order(keys))
         ids = df.select(*dup_cols, row).sort([*dup_cols, row])
         ids = ids.with_columns(_duplicate_flags(ids, dup_cols))
         _refuse_duplicates(ids, path=path, keys=keys, event_time=event_time,

@@ -35,7 +35,7 @@ from featurestore.artifacts import (
 )
 from featurestore.definitions import canonical_json
 from featurestore.errors import ArtifactError, NotFoundError
-from featurestore.layout import sorted_by
+from featurestore.layout import retrieval_order, sorted_by
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
@@ -46,6 +46,7 @@ from featurestore.sourcedata import (
     scan,
     snapshot_rows,
     source_read_errors,
+    validate_rows,
 )
 from featurestore.transforms import EVENT_TIMESTAMP
 
@@ -134,6 +135,18 @@ class StoreData:
         every engine returns) or, with ``order="retrieval"``, in retrieval order
         (``featurestore.layout``; ingest asks for ``snapshot_order``)."""
         lf, src, keys, path = self.source_frame(name)
+        order = self.snapshot_order(src)
+        if order == "retrieval" and not src["fills"]:
+            # Sorted as it is read (the streaming engine's sort), so the rows are never in
+            # memory twice; the row number keeps the read order for the checks.
+            row, names = "__fs_ingest_row", lf.collect_schema().names()
+            while row in names:
+                row = "_" + row
+            with source_read_errors(path, name):
+                df = (lf.with_row_index(row).sort(retrieval_order(keys))
+                      .collect(engine="streaming"))
+            return validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                                 on_duplicate=src["on_duplicate"], order=order, sorted_rows=row)
         with source_read_errors(path, name):
             df = lf.collect(engine="streaming")
         return snapshot_rows(df, src, path=path, keys=keys, order=order)
