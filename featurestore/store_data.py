@@ -134,8 +134,9 @@ class StoreData:
         validated and filled, in event order (keys, event time: what transforms read and what
         every engine returns) or, with ``order="retrieval"``, in retrieval order
         (``featurestore.layout``; ingest asks for ``snapshot_order``)."""
+        if order not in ("event", "retrieval"):
+            raise ValueError(f"order must be 'event' or 'retrieval', got {order!r}")
         lf, src, keys, path = self.source_frame(name)
-        order = self.snapshot_order(src)
         if order == "retrieval" and not src["fills"]:
             # Sorted as it is read (the streaming engine's sort), so the rows are never in
             # memory twice; the row number keeps the read order for the checks.
