@@ -633,7 +633,7 @@ def main() -> None:
             mat = measure("materialize", paths, case, None, setup_env)
             print(
                 f"\n[{case}] one-time store setup (apply + ingest + materialize, memory limit "
-                f"{args.memory_limit or 'default: a quarter of RAM'}): wall {mat.wall:.2f} s, "
+                f"{args.memory_limit or 'default: a quarter of RAM, at most 2 GiB'}): wall {mat.wall:.2f} s, "
                 f"cpu {mat.cpu:.2f} s, peak {gib(mat.rss)}",
                 flush=True,
             )

@@ -22,7 +22,7 @@ carried over as hard links).
 What stays whole: one entity's rows (a bucket holds whole entities), one group's rows for a
 group-scope transform, and a group-scope transform without group columns (one group: every row).
 Small sources keep one file, as before: below the limit, which without a setting is a quarter of
-the machine's memory (``none``: no limit). See docs/memory.md.
+the machine's memory and at most 2 GiB (``none``: no limit). See docs/memory.md.
 """
 
 from __future__ import annotations
@@ -69,22 +69,26 @@ def parse_bytes(text: str, *, what: str) -> int:
 
 # Said instead of a size: no limit, every artifact one file (the behaviour before limits).
 NO_LIMIT = "none"
-# Without a setting, a quarter of this machine's memory: sources that fit (most) keep one file
-# and their speed; a source too big for that is bucketed instead of exhausting the machine.
+# Without a setting, a quarter of this machine's memory and at most 2 GiB. The cap because
+# bigger buckets buy nothing: at 50M rows (benchmarks/pit.py L, 2026-12-01) setup took 46.07 s
+# with a 7.09 GiB peak in 3 buckets under a 6 GiB limit, and 42.76 s with a 2.90 GiB peak in 8
+# buckets under 2 GiB; at 10M rows 2 buckets cost 9.78 s against 8.94 s for one file.
 DEFAULT_SHARE = 4
+DEFAULT_CAP = 2 * 2**30
 
 
 def default_memory_limit() -> int | None:
-    """A quarter of physical memory, or None where the platform does not say."""
+    """A quarter of physical memory, at most 2 GiB; None where the platform does not say."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // DEFAULT_SHARE
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+    return min(ram // DEFAULT_SHARE, DEFAULT_CAP)
 
 
 def memory_limit(settings: dict[str, str | None]) -> int | None:
     """The memory limit in bytes: the environment's, else the store's setting, else a quarter
-    of physical memory; None (no limit) when the one that applies says ``none``."""
+    of physical memory at most 2 GiB; None (no limit) when the one that applies says ``none``."""
     env = os.environ.get(MEMORY_ENV, "").strip()
     value = env or settings.get("memory_limit")
     if value is None:

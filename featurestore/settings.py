@@ -8,7 +8,7 @@ it is written.
   default, and then an online lookup without a tier is refused: serving has no safe default.
 - ``memory_limit``: the memory ``ingest`` and ``materialize`` aim to stay within, such as
   ``2GiB`` (``FEATURESTORE_MEMORY_LIMIT`` overrides it per process). Unset: a quarter of the
-  machine's memory; ``none``: no limit, every artifact one file. See ``featurestore.buckets``.
+  machine's memory, at most 2 GiB; ``none``: no limit, every artifact one file. See ``featurestore.buckets``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _check_memory(registry: Registry, conn: Connection, value: str) -> str:
 SETTINGS: dict[str, tuple[str, Callable[[Registry, Connection, str], str]]] = {
     "default_tier": ("prediction tier of online lookups that name none", _check_tier),
     "memory_limit": ("memory ingest and materialize stay within, e.g. 2GiB, or none "
-                     "(default: a quarter of RAM; FEATURESTORE_MEMORY_LIMIT overrides)",
+                     "(default: a quarter of RAM, at most 2 GiB; FEATURESTORE_MEMORY_LIMIT overrides)",
                      _check_memory),
 }
 

@@ -169,7 +169,7 @@ def test_memory_limit_decides_the_bucket_count(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     raw = tmp_path / "raw.parquet"
     _duplicated_laps(20_000).write_parquet(raw)
-    assert bucket_count([str(raw)], {"memory_limit": None}) == 1  # a quarter of RAM: fits
+    assert bucket_count([str(raw)], {"memory_limit": None}) == 1  # the default (<= 2 GiB): fits
     assert bucket_count([str(raw)], {"memory_limit": "none"}) == 1
     small = bucket_count([str(raw)], {"memory_limit": "100KiB"})
     assert small > 1
@@ -190,7 +190,7 @@ def test_without_a_setting_the_limit_is_a_share_of_the_machine(
     monkeypatch.delenv(BUCKETS_ENV, raising=False)
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert buckets.memory_limit({}) == ram // 4
+    assert buckets.memory_limit({}) == min(ram // 4, 2 * 2**30)
     assert buckets.memory_limit({"memory_limit": "none"}) is None
     monkeypatch.setenv(MEMORY_ENV, "none")  # the environment lifts a store's limit
     assert buckets.memory_limit({"memory_limit": "1GiB"}) is None
