@@ -146,21 +146,21 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
                 grown = growth(previous[0], snapshot, keys)
             if grown is not None and snapshot is not None:
                 subset = recompute_input(snapshot, keys, grown, transform.lookback(params))
-                computed = _run_checked(transform, params, subset, ctx, name, plugin_name)
+                computed = run_checked(transform, params, subset, ctx, name, plugin_name)
                 fresh = new_output_rows(computed, keys, grown)
                 scope = f"incremental: {fresh.height} new of {snapshot.height} rows, " \
                         f"{subset.height} recomputed; "
                 verify_input, verify_output = subset, computed
             else:
                 # Scanned, not read: the transform's projection decides which columns load.
-                computed = _run_checked(
+                computed = run_checked(
                     transform, params, pl.scan_parquet(snapshot_path), ctx, name, plugin_name,
                     input_schema=snapshot_schema,
                     ids=pl.read_parquet(snapshot_path, columns=base))
                 fresh, scope = computed, ""
                 verify_input, verify_output = None, computed
             t1 = time.perf_counter()
-            _validate_hooks(name, view["transform"], params, verify_output)
+            validate_hooks(name, view["transform"], params, verify_output)
             if verify:
                 from featurestore.verification import verify_causality
 
@@ -230,10 +230,10 @@ def view_fingerprint(src_row: dict[str, Any], view: dict[str, Any], plugin_versi
         "params": view["params"], "verify": verify}).encode()).hexdigest()
 
 
-def _run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,
-                 ctx: TransformContext, view: str, plugin: str | None, *,
-                 input_schema: dict[str, pl.DataType] | None = None,
-                 ids: pl.DataFrame | None = None) -> pl.DataFrame:
+def run_checked(transform: Transform, params: Any, frame: pl.DataFrame | pl.LazyFrame,
+                ctx: TransformContext, view: str, plugin: str | None, *,
+                input_schema: dict[str, pl.DataType] | None = None,
+                ids: pl.DataFrame | None = None) -> pl.DataFrame:
     """Run a transform and check its contract; a plugin's crash is reported with its name.
 
     ``ids`` (the input's key and time columns) with ``input_schema`` lets the check run
@@ -267,7 +267,9 @@ def _shared_plan(plans: dict[tuple[Any, ...], Any], frame: pl.DataFrame, ctx: Tr
         return None
 
 
-def _validate_hooks(view: str, transform: str, params: Any, frame: pl.DataFrame) -> None:
+def validate_hooks(view: str, transform: str, params: Any, frame: pl.DataFrame) -> None:
+    """Plugins' ``validate_materialized`` verdicts on ``frame``: a ``PluginError`` listing
+    their problems, if any."""
     from featurestore.plugins import call_validate_materialized
 
     problems = call_validate_materialized(view, transform, params, frame)

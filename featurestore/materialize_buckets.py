@@ -56,7 +56,7 @@ from featurestore.cutplan import default_budget
 from featurestore.errors import ArtifactError, NotFoundError
 from featurestore.incremental import growth, new_output_rows, recompute_input
 from featurestore.layout import sort_for_retrieval
-from featurestore.materialize import MaterializeResult, _run_checked, _validate_hooks
+from featurestore.materialize import MaterializeResult, run_checked, validate_hooks
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 from featurestore.verifyreport import VerificationReport, combine_reports, combined_verified
 
@@ -169,10 +169,10 @@ class _Job:
         """The transform's checked and verified output for ``frame`` (rows of one bucket,
         which holds ``bucket_rows`` of the snapshot's rows: its share of the budget)."""
         t0 = time.perf_counter()
-        out = _run_checked(self.transform, self.params, frame, self.ctx, self.name,
-                           self.plugin or None)
+        out = run_checked(self.transform, self.params, frame, self.ctx, self.name,
+                          self.plugin or None)
         t1 = time.perf_counter()
-        _validate_hooks(self.name, self.transform_name, self.params, out)
+        validate_hooks(self.name, self.transform_name, self.params, out)
         if self.verify:
             from featurestore.verification import verify_causality
 
@@ -272,13 +272,13 @@ def _group_parts(job: _Job, files: Sequence[Path],
                  workdir: Path) -> Iterator[pl.DataFrame]:
     """Group scope: transform each group bucket, spill its output by entity bucket, then
     yield the view's parts one by one (see the module docstring)."""
-    from featurestore.verification import _group_columns
+    from featurestore.verification import checked_group_columns
 
     n = len(files)
     scan = pl.scan_parquet(files)
     schema = scan.collect_schema()
-    groups = _group_columns(job.transform, job.params, schema,
-                            f"transform {job.transform.name!r} (view {job.name!r})")
+    groups = checked_group_columns(job.transform, job.params, schema,
+                                   f"transform {job.transform.name!r} (view {job.name!r})")
     m = n if groups else 1  # no group columns: one group, everything at once
     by_group = split(scan, groups, m, workdir / "groups") if groups else [list(files)]
     empty = scan.with_row_index(ROW).clear().collect()

@@ -138,7 +138,7 @@ def verify_causality(
     if scope not in SCOPES:
         raise PluginError(f"{what} declares scope {scope!r}; expected one of {', '.join(SCOPES)}")
     inp = collect(frame)
-    groups = _group_columns(transform, params, inp.schema, what) if scope == "group" else []
+    groups = checked_group_columns(transform, params, inp.schema, what) if scope == "group" else []
     if output is None:
         output = run_transform(transform, params, inp, ctx, what, during="on the full input",
                                collect_output=True)
@@ -211,8 +211,10 @@ def _mode(plan: CutPlan, pairs: pl.DataFrame, check: _Check, inp: pl.DataFrame,
     return "isolation" if check.isolation_rows else "none"
 
 
-def _group_columns(transform: Transform, params: Params, schema: Mapping[str, pl.DataType],
-                   what: str) -> list[str]:
+def checked_group_columns(transform: Transform, params: Params,
+                          schema: Mapping[str, pl.DataType], what: str) -> list[str]:
+    """The group transform's declared group columns, each a column of ``schema``; a
+    ``DefinitionError`` or ``PluginError`` naming ``what`` otherwise."""
     try:
         columns = list(transform.group_columns(params))
     except ValueError as exc:
