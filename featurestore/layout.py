@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import polars as pl
 
+from featurestore.packedsort import sort_in_place
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 __all__ = ["retrieval_nulls_last", "retrieval_order", "sort_for_retrieval", "sorted_by"]
@@ -40,8 +41,11 @@ def sort_for_retrieval(frame: Frame, keys: Sequence[str]) -> Frame:
     order, which is artifact order when availability follows event time: no sort, no copy).
     """
     order, nulls_last = retrieval_order(keys), retrieval_nulls_last(len(keys))
-    if isinstance(frame, pl.DataFrame) and sorted_by(frame, order, nulls_last):
-        return frame
+    if isinstance(frame, pl.DataFrame):
+        if sorted_by(frame, order, nulls_last):
+            return frame
+        # A shallow copy, sorted in place: the caller's frame keeps its order.
+        return sort_in_place(frame.clone(), order, nulls_last, maintain_order=True)
     # The row number as the last sort column: an unstable sort (several times faster than
     # polars' stable one on wide frames) with the stable sort's result.
     row = "__fs_sort_row"

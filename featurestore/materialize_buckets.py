@@ -57,6 +57,7 @@ from featurestore.errors import ArtifactError, NotFoundError
 from featurestore.incremental import growth, new_output_rows, recompute_input
 from featurestore.layout import sort_for_retrieval
 from featurestore.materialize import MaterializeResult, run_checked, validate_hooks
+from featurestore.packedsort import sort_in_place
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 from featurestore.verifyreport import VerificationReport, combine_reports, combined_verified
 
@@ -288,9 +289,9 @@ def _group_parts(job: _Job, files: Sequence[Path],
     order = [*job.keys, EVENT_TIMESTAMP]  # a one-file snapshot's order (unique per snapshot)
     for j, group_files in enumerate(by_group):
         if groups:
-            frame = read_bucket(group_files, empty).drop(ROW).sort(order)
+            frame = sort_in_place(read_bucket(group_files, empty).drop(ROW), order)
         else:
-            frame = pl.read_parquet(group_files).sort(order)
+            frame = sort_in_place(pl.read_parquet(group_files), order)
         out = job.compute(frame, frame.height)
         del frame
         template = out.clear() if template is None else template

@@ -19,6 +19,7 @@ import polars as pl
 
 from featurestore.errors import DataError, DefinitionError
 from featurestore.layout import retrieval_order
+from featurestore.packedsort import sort_in_place
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 UTC_DT = pl.Datetime("us", "UTC")
@@ -181,7 +182,7 @@ def source_read_errors(path: str, name: str) -> Iterator[None]:
 
 def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_time: str,
                   on_duplicate: str, row_column: str | None = None,
-                  order: str = "event", sorted_rows: str | None = None) -> pl.DataFrame:
+                  order: str = "event", read_rows: str | None = None) -> pl.DataFrame:
     """Row-level checks on a collected, normalized frame, and the snapshot's order.
 
     Refuses null keys and times and rows available before their event; handles rows that
@@ -191,20 +192,23 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     no hash table. With ``order="retrieval"`` the same rows are
     returned in retrieval order instead (``featurestore.layout``: keys, ``available_at``, event
     time), still sorted once; duplicates are then found on a sorted copy of the key and time
-    columns only. ``sorted_rows`` names a column of row numbers (the order the whole source was
-    read in) of a ``df`` already sorted in retrieval order (``StoreData.read_source`` sorts
-    while it reads, so the rows are never in memory twice); it is dropped.
+    columns only. The sorts pack key and time columns into one integer
+    (``featurestore.packedsort``).
 
-    ``row_column`` names a column holding each row's position in the whole source, when
-    ``df`` is one bucket of it (``featurestore.buckets``): it orders duplicates and is what
-    errors cite; it is dropped. Counts in errors are then this bucket's ("at least").
+    ``read_rows`` names a column of ``df`` holding row numbers in the order the source was read
+    (added while reading, so that ``df`` is the only frame holding these rows); ``row_column``
+    one holding each row's position in the whole source, when ``df`` is one bucket of it
+    (``featurestore.buckets``; counts in errors are then this bucket's: "at least"). Either
+    orders duplicates and is what errors cite, and is dropped. With either, ``df`` is the
+    caller's to give away: it is sorted in place, column by column, so its rows are never in
+    memory twice; without, it is left as it was.
     """
     some = "" if row_column is None else "at least "
-    row = row_column or sorted_rows or "__fs_ingest_row"
-    if row_column is None and sorted_rows is None:
+    row = row_column or read_rows or "__fs_ingest_row"
+    if row_column is None and read_rows is None:
         while row in df.columns:
             row = "_" + row
-        df = df.with_row_index(row)
+        df = df.with_row_index(row)  # a new frame: sorting it in place leaves the caller's
     for col, label in [*[(k, f"key column {k!r}") for k in keys],
                        (EVENT_TIMESTAMP, f"event-time column {event_time!r}"),
                        (AVAILABLE_AT, "availability time")]:
@@ -223,9 +227,8 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         # sorted by keys and event time, so the narrow copy in which duplicates are neighbours
         # (in read order: the row number) sorts cheaply. Rows left after it are unique on keys
         # and event time, so their order is settled without the row number.
-        if sorted_rows is None:
-            df = df.sort(retrieval_order(keys))
-        ids = df.select(*dup_cols, row).sort([*dup_cols, row])
+        df = sort_in_place(df, retrieval_order(keys))
+        ids = sort_in_place(df.select(*dup_cols, row), [*dup_cols, row])
         ids = ids.with_columns(_duplicate_flags(ids, dup_cols))
         _refuse_duplicates(ids, path=path, keys=keys, event_time=event_time,
                            on_duplicate=on_duplicate, some=some)
@@ -236,7 +239,7 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         raise ValueError(f"order must be 'event' or 'retrieval', got {order!r}")
     # The row number as the last sort column: an unstable sort (much faster than a stable one)
     # that still keeps rows sharing keys and event time in the order they were read.
-    df = df.sort([*dup_cols, row])
+    df = sort_in_place(df, [*dup_cols, row])
     if df.height < 2:
         return df.drop(row)
     flags = df.select(_duplicate_flags(df, dup_cols))
@@ -248,16 +251,18 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
 
 
 def snapshot_rows(df: pl.DataFrame, src: Mapping[str, Any], *, path: str, keys: Sequence[str],
-                  order: str, row_column: str | None = None) -> pl.DataFrame:
+                  order: str, row_column: str | None = None,
+                  read_rows: str | None = None) -> pl.DataFrame:
     """A source's collected, normalized rows (or one bucket of them) as its snapshot holds
-    them: validated (``validate_rows``), filled (``causal_fill``, which reads event order) and
-    in ``order`` (``"event"`` or ``"retrieval"``)."""
+    them: validated (``validate_rows``, which takes ``row_column`` and ``read_rows`` and so may
+    sort ``df`` in place), filled (``causal_fill``, which reads event order) and in ``order``
+    (``"event"`` or ``"retrieval"``)."""
     from featurestore.layout import sort_for_retrieval
 
     fills = src["fills"]
     df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
                        on_duplicate=src["on_duplicate"], row_column=row_column,
-                       order="event" if fills else order)
+                       read_rows=read_rows, order="event" if fills else order)
     df = causal_fill(df, keys, fills)
     return sort_for_retrieval(df, keys) if fills and order == "retrieval" else df
 

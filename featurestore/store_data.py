@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +37,7 @@ from featurestore.artifacts import (
 )
 from featurestore.definitions import canonical_json
 from featurestore.errors import ArtifactError, NotFoundError
-from featurestore.layout import retrieval_order, sorted_by
+from featurestore.layout import sorted_by
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.registry import utcnow
@@ -66,6 +68,27 @@ def snapshot_marker(df: pl.DataFrame, keys: Sequence[str]) -> dict[str, str]:
     else nothing: every snapshot without the marker, old ones included, is in event order."""
     ids = [*keys, EVENT_TIMESTAMP]
     return {} if sorted_by(df.select(ids), ids) else {"order": "retrieval"}
+
+
+def _hashing(fingerprint: Callable[[dict[str, Any]], str], src: dict[str, Any]) -> Future[str]:
+    """``fingerprint(src)`` computed in a thread (hashing releases the GIL), so that hashing a
+    source's files overlaps reading them; its error, if any, is raised by ``result()``."""
+    future: Future[str] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fingerprint(src))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="featurestore-fingerprint", daemon=True).start()
+    return future
+
+
+def _done(value: str) -> Future[str]:
+    future: Future[str] = Future()
+    future.set_result(value)
+    return future
 
 
 def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
@@ -137,20 +160,17 @@ class StoreData:
         if order not in ("event", "retrieval"):
             raise ValueError(f"order must be 'event' or 'retrieval', got {order!r}")
         lf, src, keys, path = self.source_frame(name)
-        if order == "retrieval" and not src["fills"]:
-            # Sorted as it is read (the streaming engine's sort), so the rows are never in
-            # memory twice; the row number keeps the read order for the checks.
-            row, names = "__fs_ingest_row", lf.collect_schema().names()
-            while row in names:
-                row = "_" + row
-            with source_read_errors(path, name):
-                df = (lf.with_row_index(row).sort(retrieval_order(keys))
-                      .collect(engine="streaming"))
-            return validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
-                                 on_duplicate=src["on_duplicate"], order=order, sorted_rows=row)
+        # The row number keeps the read order for the checks; numbered while reading, the
+        # frame is validate_rows' to sort in place, so the rows are never in memory twice.
+        row, names = "__fs_ingest_row", lf.collect_schema().names()
+        while row in names:
+            row = "_" + row
         with source_read_errors(path, name):
-            df = lf.collect(engine="streaming")
-        return snapshot_rows(df, src, path=path, keys=keys, order=order)
+            df = lf.with_row_index(row).collect(engine="streaming")
+        if order == "retrieval" and not src["fills"]:
+            return validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                                 on_duplicate=src["on_duplicate"], order=order, read_rows=row)
+        return snapshot_rows(df, src, path=path, keys=keys, order=order, read_rows=row)
 
     def ingest(self, sources: Sequence[str] | None = None, *, force: bool = False,
                progress: Progress = _noop_progress,
@@ -185,18 +205,28 @@ class StoreData:
         """One source's ``ingest`` result, with the snapshot's rows when they were just
         written (None when the snapshot was up to date and so not read, or was written by an
         engine other than Polars)."""
-        fingerprint = self._source_fingerprint(src)
         latest = self.registry.latest_artifact("source", name)
-        if (not force and latest and latest["input_fingerprint"] == fingerprint
+        if force or not latest:
+            # Nothing to compare it with: the input files are hashed while they are read.
+            return self._snapshot(name, src, _hashing(self._source_fingerprint, src), engine)
+        fingerprint = self._source_fingerprint(src)
+        if (latest["input_fingerprint"] == fingerprint
                 and latest["object_version"] == src["version"]
                 and not (latest["params"].get("order") == "retrieval"
                          and self.snapshot_order(src) == "event")  # a transform reads it now
                 and self.intact(latest, rebuilding="re-snapshotting the source")):
             return {"name": name, "status": "up-to-date", "artifact": latest}, None
+        return self._snapshot(name, src, _done(fingerprint), engine)
+
+    def _snapshot(self, name: str, src: dict[str, Any], fingerprint: Future[str],
+                  engine: Any) -> tuple[dict[str, Any], pl.DataFrame | None]:
+        """``_ingest_one`` for a source whose snapshot is written now; ``fingerprint`` is its
+        input fingerprint, maybe still being computed."""
         if engine is not None and engine.name != "polars":  # the engine reads and writes
-            row = self._record_artifact("source", name, src["version"],
-                                        engine.read_source(self, name),
-                                        fingerprint=fingerprint, transform=None, plugin=None,
+            frame = engine.read_source(self, name)
+            row = self._record_artifact("source", name, src["version"], frame,
+                                        fingerprint=fingerprint.result(), transform=None,
+                                        plugin=None,
                                         plugin_version=None, params={"fills": src["fills"]},
                                         verified=True, verification="source snapshot",
                                         engine=engine)
@@ -215,7 +245,8 @@ class StoreData:
             # params is read when the row is inserted, after the last part is written.
             row = self._record_artifact("source", name, src["version"],
                                         df if parts is None else parts,
-                                        fingerprint=fingerprint, transform=None, plugin=None,
+                                        fingerprint=fingerprint.result(), transform=None,
+                                        plugin=None,
                                         plugin_version=None, params=params,
                                         verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df

@@ -325,13 +325,13 @@ def test_a_grown_source_under_a_memory_limit_keeps_its_buckets(
     monkeypatch.delenv(MEMORY_ENV, raising=False)
     drivers = list(range(1, 41))
     store, path = _store(tmp_path, laps(drivers, 40), views=[VIEWS[0]])
-    store.set_setting("memory_limit", "30KiB")
+    store.set_setting("memory_limit", "15KiB")
     [first] = materialize(store)
     n = len(first.artifact["parts"])
     assert n > 2
     # More rows, but a limit that needs fewer buckets now: the count stays, and so the view
     # is rebuilt from the parts that changed only.
-    store.set_setting("memory_limit", "60KiB")
+    store.set_setting("memory_limit", "30KiB")
     pl.concat([laps(drivers, 40), laps(drivers[:2], 10, start=40)]).write_parquet(path)
     [again] = materialize(store)
     assert len(store.registry.latest_artifact("source", "laps")["parts"]) == n
