@@ -59,7 +59,10 @@ def column_view_rows(root: Path, src_row: dict[str, Any], keys: Sequence[str],
         return fresh.select(columns) if fresh is not None else pl.read_parquet(files[0],
                                                                                columns=columns)
 
-    if not in_retrieval_order(files, keys, fresh):
+    # Written in retrieval order by this store's ingest (``params.layout``; its checksum is
+    # checked before any read), else found so by reading its key and time columns.
+    if (src_row["params"].get("layout") != "retrieval"
+            and not in_retrieval_order(files, keys, fresh)):
         return rows()
     schema = {c: src_row["schema"][c] for c in columns}
     return SnapshotColumns(src_row, schema, rows)

@@ -235,9 +235,12 @@ class StoreData:
 
         n = source_buckets(self, src)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
+        order = self.snapshot_order(src)
         params: dict[str, Any] = {"fills": src["fills"]}
-        with bucketed_source(self, name, n, order=self.snapshot_order(src)) as parts:
-            df = self.read_source(name, order=self.snapshot_order(src)) if parts is None else None
+        if order == "retrieval":  # its column views need not check the order again
+            params["layout"] = "retrieval"
+        with bucketed_source(self, name, n, order=order) as parts:
+            df = self.read_source(name, order=order) if parts is None else None
             if df is not None:
                 params.update(snapshot_marker(df, keys))
             else:

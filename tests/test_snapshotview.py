@@ -103,6 +103,9 @@ def test_column_view_is_the_snapshots_file(tmp_path: Path, late: bool) -> None:
     assert _same_file(store.root / snapshot["path"], store.root / view["path"])
     # Only a snapshot that is not in event order says so.
     assert snapshot["params"].get("order") == ("retrieval" if late else None)
+    # And it says it was written in retrieval order: its column view is linked without
+    # reading the key and time columns back to check.
+    assert snapshot["params"]["layout"] == "retrieval"
     assert view["path"] != snapshot["path"] and view["path"].startswith("data/views/")
     # The view's row lists the columns it serves, whatever its file holds.
     assert sorted(view["params"]["columns"]) == ["fuel", "speed"]
@@ -145,6 +148,7 @@ def test_a_transform_view_gets_its_snapshot_in_event_order(tmp_path: Path) -> No
         materialize(store, verify=False)
     snapshot = store.registry.latest_artifact("source", "laps")
     assert snapshot["id"] != first["id"] and "order" not in snapshot["params"]
+    assert "layout" not in snapshot["params"]  # event order: its column view checks the order
     rows = pl.read_parquet(store.root / snapshot["path"])
     assert rows.equals(rows.sort("car", "event_timestamp"))
     view = _view(store)
