@@ -70,14 +70,14 @@ def snapshot_marker(df: pl.DataFrame, keys: Sequence[str]) -> dict[str, str]:
     return {} if sorted_by(df.select(ids), ids) else {"order": "retrieval"}
 
 
-def _hashing(fingerprint: Callable[[dict[str, Any]], str], src: dict[str, Any]) -> Future[str]:
-    """``fingerprint(src)`` computed in a thread (hashing releases the GIL), so that hashing a
+def _hashing(fingerprint: Callable[[], str]) -> Future[str]:
+    """``fingerprint()`` computed in a thread (hashing releases the GIL), so that hashing a
     source's files overlaps reading them; its error, if any, is raised by ``result()``."""
     future: Future[str] = Future()
 
     def run() -> None:
         try:
-            future.set_result(fingerprint(src))
+            future.set_result(fingerprint())
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
@@ -113,16 +113,27 @@ class StoreData:
         def _require_writable(self, what: str) -> None: ...
 
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
+        return self._fingerprinter(src)()
+
+    def _fingerprinter(self, src: dict[str, Any]) -> Callable[[], str]:
+        """The source's input fingerprint, in two steps: what the registry says is read now;
+        the returned function hashes the input files (and touches no registry, so it may run
+        in another thread)."""
         digest = hashlib.sha256(canonical_json({k: src[k] for k in (
             "name", "version", "path", "entity", "event_time", "timezone", "available_time",
             "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
                 "available_lag_seconds": src["available_lag_seconds"]}
                 if src.get("available_lag_seconds") is not None else {})).encode())
         digest.update(canonical_json([t.lag.total_seconds() for t in self.tiers]).encode())
-        for f in resolve_files(absolute_source_path(src["path"], self.root)):
-            # Content, not mtime: a rewritten but identical file is not new input.
-            digest.update(f"{f}:{file_checksum(Path(f))}".encode())
-        return "sha256:" + digest.hexdigest()
+        files = resolve_files(absolute_source_path(src["path"], self.root))
+
+        def hash_files() -> str:
+            for f in files:
+                # Content, not mtime: a rewritten but identical file is not new input.
+                digest.update(f"{f}:{file_checksum(Path(f))}".encode())
+            return "sha256:" + digest.hexdigest()
+
+        return hash_files
 
     def source_lag(self, src: Mapping[str, Any]) -> timedelta:
         """A registered source's availability lag: its own ``available_lag``, else its tier's."""
@@ -208,7 +219,7 @@ class StoreData:
         latest = self.registry.latest_artifact("source", name)
         if force or not latest:
             # Nothing to compare it with: the input files are hashed while they are read.
-            return self._snapshot(name, src, _hashing(self._source_fingerprint, src), engine)
+            return self._snapshot(name, src, _hashing(self._fingerprinter(src)), engine)
         fingerprint = self._source_fingerprint(src)
         if (latest["input_fingerprint"] == fingerprint
                 and latest["object_version"] == src["version"]
