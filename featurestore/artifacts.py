@@ -277,7 +277,9 @@ def write_parts_atomic(root: Path, relative: str | Path,
     schema: dict[str, str] | None = None
     rows, lo, hi = 0, None, None
     with atomic_artifact_file(root, relative, compression, directory=True) as (tmp, final):
-        for i, frame in enumerate(frames):
+        # Not enumerate(): its result tuple would hold the previous part while the next is made.
+        for frame in frames:
+            i = len(parts)
             name = f"part-{i:05d}.parquet"
             target = tmp / name
             if isinstance(frame, ReusedPart):
@@ -304,6 +306,8 @@ def write_parts_atomic(root: Path, relative: str | Path,
             if times is not None:
                 lo = _earliest(lo, times.min())
                 hi = _latest(hi, times.max())
+            # Before the next part is computed: else this one stays in memory beside it.
+            del frame, times
         if schema is None:
             raise ArtifactError(f"artifact {relative}: no parts to write")
     lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None

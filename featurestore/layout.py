@@ -33,8 +33,12 @@ def retrieval_nulls_last(n_keys: int) -> list[bool]:
     return [True] * n_keys + [True, False]
 
 
-def sort_for_retrieval(frame: Frame, keys: Sequence[str]) -> Frame:
+def sort_for_retrieval(frame: Frame, keys: Sequence[str], *, in_place: bool = False) -> Frame:
     """``frame`` in artifact order; a ``DataFrame`` stays eager and a ``LazyFrame`` lazy.
+
+    With ``in_place`` a ``DataFrame`` that needs sorting is sorted in place, column by column,
+    and returned (``featurestore.packedsort.sort_in_place``): for a caller done with its old
+    order, so that the rows are in memory once. Without, ``frame`` is left as it was.
 
     Stable: rows tied on every sort column keep their order. A ``DataFrame`` already in order is
     returned as is after one comparison pass (transforms usually emit rows in key and event
@@ -44,8 +48,9 @@ def sort_for_retrieval(frame: Frame, keys: Sequence[str]) -> Frame:
     if isinstance(frame, pl.DataFrame):
         if sorted_by(frame, order, nulls_last):
             return frame
-        # A shallow copy, sorted in place: the caller's frame keeps its order.
-        return sort_in_place(frame.clone(), order, nulls_last, maintain_order=True)
+        # Else a shallow copy, sorted in place: the caller's frame keeps its order.
+        return sort_in_place(frame if in_place else frame.clone(), order, nulls_last,
+                             maintain_order=True)
     # The row number as the last sort column: an unstable sort (several times faster than
     # polars' stable one on wide frames) with the stable sort's result.
     row = "__fs_sort_row"

@@ -245,7 +245,10 @@ def _entity_parts(job: _Job, files: Sequence[Path],
         if out is None:
             out = job.compute(new, new.height)
         del new
-        yield sort_for_retrieval(out, job.keys)
+        part = sort_for_retrieval(out, job.keys, in_place=True)
+        del out
+        yield part
+        del part  # before the next bucket is read: one in memory, not two
 
 
 def _grown_part(job: _Job, old_snapshot: Path, old_view: Path,
@@ -304,4 +307,4 @@ def _group_parts(job: _Job, files: Sequence[Path],
     assert template is not None  # at least one group bucket ran
     for i in range(n):
         yield sort_for_retrieval(read_bucket(sorted(out_dir.glob(f"{i}-*.parquet")), template),
-                                 job.keys)
+                                 job.keys, in_place=True)

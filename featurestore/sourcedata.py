@@ -264,7 +264,7 @@ def snapshot_rows(df: pl.DataFrame, src: Mapping[str, Any], *, path: str, keys: 
                        on_duplicate=src["on_duplicate"], row_column=row_column,
                        read_rows=read_rows, order="event" if fills else order)
     df = causal_fill(df, keys, fills)
-    return sort_for_retrieval(df, keys) if fills and order == "retrieval" else df
+    return sort_for_retrieval(df, keys, in_place=True) if fills and order == "retrieval" else df
 
 
 def _duplicate_flags(df: pl.DataFrame, dup_cols: Sequence[str]) -> list[pl.Expr]:

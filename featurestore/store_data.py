@@ -97,6 +97,7 @@ def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
     for part in parts:
         params.update(snapshot_marker(part, keys))
         yield part
+        del part  # before the next part is read: one bucket in memory, not two
 
 
 class StoreData:

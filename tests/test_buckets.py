@@ -13,6 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -340,3 +341,45 @@ def test_cli_config_memory_limit_buckets_the_next_ingest(tmp_path: Path,
     assert out[0]["status"] == "ingested"
     assert len(store.registry.latest_artifact("source", "laps")["parts"]) > 1
     store.close()
+
+
+def _frames_released_one_by_one(consume: Any) -> None:
+    """``consume(frames)`` drops each frame it is given before it asks for the next: while the
+    generator builds part i+1, nothing holds part i (one bucket in memory, not two)."""
+    import gc
+    import weakref
+
+    given: list[weakref.ref] = []
+    held: list[int] = []
+
+    def frames():
+        for i in range(4):
+            gc.collect()
+            held.append(sum(ref() is not None for ref in given))
+            frame = pl.DataFrame({"k": [i, i], "event_timestamp": [dt.datetime(2024, 1, 1, i)] * 2,
+                                  "v": [1.0, 2.0]},
+                                 schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")})
+            given.append(weakref.ref(frame))
+            yield frame
+            del frame
+
+    consume(frames())
+    assert held == [0, 0, 0, 0]
+
+
+def test_a_bucketed_write_holds_one_part_at_a_time(tmp_path: Path) -> None:
+    from featurestore.artifacts import write_parts_atomic
+
+    _frames_released_one_by_one(lambda frames: write_parts_atomic(
+        tmp_path, "data/views/v/a.parquet", frames, time_column="event_timestamp"))
+
+
+def test_marking_parts_holds_one_part_at_a_time() -> None:
+    from featurestore.store_data import _marking
+
+    params: dict = {}
+    from collections import deque
+
+    # deque(maxlen=0) drops each item before asking for the next, as the part writer does.
+    _frames_released_one_by_one(lambda frames: deque(_marking(frames, ["k"], params), maxlen=0))
+    assert params == {}  # each part is in event order
