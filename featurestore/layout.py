@@ -48,7 +48,7 @@ def sort_for_retrieval(frame: Frame, keys: Sequence[str], *, in_place: bool = Fa
     if isinstance(frame, pl.DataFrame):
         if sorted_by(frame, order, nulls_last):
             return frame
-        # Else a shallow copy, sorted in place: the caller's frame keeps its order.
+        # In place, or on a shallow copy (the caller's frame keeps its order).
         return sort_in_place(frame if in_place else frame.clone(), order, nulls_last,
                              maintain_order=True)
     # The row number as the last sort column: an unstable sort (several times faster than

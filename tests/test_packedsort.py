@@ -4,12 +4,14 @@ permutation for every mix of packable and unpackable columns, nulls, ties, wide 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from featurestore import packedsort
 from featurestore.packedsort import packed_key, sort_in_place, sort_indices
 
 T0 = dt.datetime(2024, 3, 10, tzinfo=dt.UTC)
@@ -33,6 +35,16 @@ def _values(name: str) -> st.SearchStrategy:
         "i8": st.integers(-128, 127),
     }[name]
     return st.one_of(st.none(), base) if name in ("small", "t", "name") else base
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _pack_small_frames() -> Iterator[None]:
+    """Packing starts at ``PACK_FROM_ROWS`` rows: here at every size, so that these small
+    frames go through the packed sort and the in-place gather."""
+    before = packedsort.PACK_FROM_ROWS
+    packedsort.PACK_FROM_ROWS = 0
+    yield
+    packedsort.PACK_FROM_ROWS = before
 
 
 rows = st.lists(st.fixed_dictionaries({c: _values(c) for c in COLUMNS}), max_size=50)
@@ -78,6 +90,17 @@ def test_packing_is_what_makes_it_fast_and_chunked_columns_are_gathered_whole() 
     assert packed_key(frame, ["v", "e"]) == (None, 0)
     want = frame.sort(["e", "a"], maintain_order=True)
     assert sort_in_place(frame, ["e", "a"], maintain_order=True).equals(want)
+
+
+def test_small_frames_are_sorted_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``PACK_FROM_ROWS`` a sorted copy, the given frame untouched; the same order."""
+    monkeypatch.setattr(packedsort, "PACK_FROM_ROWS", 10)
+    frame = pl.DataFrame({"e": [2, 1, 2, 1], "a": [4, 3, 1, 2]})
+    mine = frame.clone()
+    out = sort_in_place(mine, ["e", "a"])
+    assert out is not mine and mine.equals(frame)
+    assert out.equals(frame.sort(["e", "a"]))
+    assert sort_indices(frame, ["e", "a"]).to_list() == [3, 1, 2, 0]
 
 
 def test_flags_must_match_columns() -> None:
