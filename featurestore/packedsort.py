@@ -34,8 +34,10 @@ PACK_FROM_ROWS = 100_000
 
 def _packable(s: pl.Series) -> bool:
     dt = s.dtype
+    # 128-bit integers may lie beyond the 64-bit arithmetic the packing is done in.
     return ((dt.is_integer() or dt.is_temporal() or dt == pl.Boolean)
-            and not isinstance(dt, pl.Time) and s.null_count() == 0)
+            and dt not in (pl.Int128, pl.UInt128) and not isinstance(dt, pl.Time)
+            and s.null_count() == 0)
 
 
 def _offset(s: pl.Series) -> tuple[pl.Expr, int] | None:

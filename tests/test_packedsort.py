@@ -103,6 +103,14 @@ def test_small_frames_are_sorted_as_they_are(monkeypatch: pytest.MonkeyPatch) ->
     assert sort_indices(frame, ["e", "a"]).to_list() == [3, 1, 2, 0]
 
 
+def test_128_bit_integers_are_sorted_as_they_are() -> None:
+    """Values beyond 64 bits (a narrow range of them, too) are not packed: no overflow."""
+    frame = pl.DataFrame({"a": pl.Series([2**100 + 5, 2**100, 2**100 + 5], dtype=pl.Int128),
+                          "b": [1, 0, 0]})
+    assert packed_key(frame, ["a", "b"]) == (None, 0)
+    assert sort_indices(frame, ["a", "b"]).to_list() == [1, 2, 0]
+
+
 def test_flags_must_match_columns() -> None:
     with pytest.raises(ValueError, match="2 columns but 1 nulls_last flags"):
         sort_indices(pl.DataFrame({"a": [1], "b": [2]}), ["a", "b"], [True])
