@@ -2,6 +2,7 @@
 
     python benchmarks/pit.py --scale S|M|L|XL [--data-dir DIR] [--repeat N] [--skip-multi]
                                 [--skip-prepare] [--reuse-store] [--peers a,b] [--cold-checksums] [--engine spark]
+                                [--layout copy|reference]
 
 ``--engine spark`` runs ``pit_spark.py`` instead: the store's polars engine against its spark
 engine on the same store and query (see that module).
@@ -569,6 +570,11 @@ def main() -> None:
     ap.add_argument("--reuse-store", action="store_true",
                     help="time retrieval on the store a previous run of this scale left, "
                          "without setting it up again (setup figures: nan)")
+    ap.add_argument("--layout", choices=("copy", "reference"), default=None,
+                    help="the store's snapshot_layout for this run (FEATURESTORE_SNAPSHOT_LAYOUT;"
+                         " default: the store's default, copy). With reference, the peers "
+                         "that read the store's sorted copy (polars_art, duckdb_art) have none "
+                         "to read and are left out unless named in --peers")
     ap.add_argument("--engine", choices=("polars", "spark"), default="polars",
                     help="spark: compare the store's polars and spark engines (pit_spark.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -591,7 +597,10 @@ def main() -> None:
             raise SystemExit(f"unknown contestants {unknown}; choose from {list(RUNNERS)}")
     else:
         contestants = [p for p in RUNNERS
-                       if not (args.scale in BIG_SCALES and p in RAW_PEERS)]
+                       if not (args.scale in BIG_SCALES and p in RAW_PEERS)
+                       and not (args.layout == "reference" and p.endswith("_art"))]
+    if args.layout:  # inherited by the setup's and every contestant's process
+        os.environ["FEATURESTORE_SNAPSHOT_LAYOUT"] = args.layout
     if "featurestore" not in contestants:
         contestants.insert(0, "featurestore")
     import polars as pl

@@ -29,7 +29,7 @@ from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreE
 
 __all__ = ["LinkUnsupported", "ReusedPart", "artifact_files", "artifact_parts", "file_checksum",
            "link_artifact_atomic", "reading_artifacts", "verify_artifact", "write_parquet_atomic",
-           "write_parts_atomic"]
+           "write_parts_atomic", "write_row_groups_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
@@ -317,6 +317,52 @@ def write_parts_atomic(root: Path, relative: str | Path,
                            tuple(parts))
 
 
+def write_row_groups_atomic(root: Path, relative: str | Path, frames: Iterable[pl.DataFrame], *,
+                            compression: str = "zstd",
+                            time_column: str | None = None) -> WrittenArtifact:
+    """Write the frames, one after another, as one Parquet file: each frame's rows become row
+    groups appended to it, so ``frames`` is consumed one at a time (one bucket in memory) and
+    the file reads as their concatenation. All or nothing, hashed as written, like
+    ``write_parquet_atomic``. Every frame must have the first one's schema."""
+    import pyarrow.parquet as pq
+
+    state: dict[str, Any] = {"rows": 0, "lo": None, "hi": None, "schema": None}
+
+    def write(path: Path) -> None:
+        writer = None
+        try:
+            for frame in frames:
+                got = schema_dict(frame.schema)
+                if state["schema"] is not None and got != state["schema"]:
+                    raise ArtifactError(f"artifact {relative}: a bucket has schema {got}, the "
+                                        f"first has {state['schema']}; buckets must agree")
+                state["schema"] = got
+                table = frame.to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema, compression=(
+                        "none" if compression == "uncompressed" else compression))
+                if frame.height:
+                    writer.write_table(table)
+                    state["rows"] += frame.height
+                    if time_column:
+                        state["lo"] = _earliest(state["lo"], frame[time_column].min())
+                        state["hi"] = _latest(state["hi"], frame[time_column].max())
+                del frame, table  # before the next bucket is read
+        finally:
+            if writer is not None:
+                writer.close()
+
+    with atomic_artifact_file(root, relative, compression) as (tmp, final):
+        checksum = write_hashed(tmp, write)
+        if state["schema"] is None:
+            raise ArtifactError(f"artifact {relative}: no rows to write")
+    lo, hi = state["lo"], state["hi"]
+    lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None
+    hi = hi.replace(tzinfo=None) if isinstance(hi, datetime) else None
+    return WrittenArtifact(str(Path(relative).as_posix()), final, state["schema"],
+                           state["rows"], lo, hi, checksum, final.stat().st_size, compression)
+
+
 class LinkUnsupported(Exception):
     """The file system refused a hard link (none supported, or not to this user's file)."""
 
@@ -418,10 +464,26 @@ def verify_artifact(root: Path, row: dict[str, Any], *, checksum: bool = True,
     cost a ``stat``; ``trust_cache=False`` rehashes anyway (``doctor``, ``artifacts --verify``).
     A column view's file may hold more columns than its row lists (``serves_some_columns``).
     """
-    path = confine(root, row["path"])
+    from featurestore.reference import index_schema, reference_of, verify_referenced
+
     label = f"artifact {row['id']} ({row['kind']} {row['name']!r}, {row['path']})"
-    expected = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
-    subset = serves_some_columns(row)
+    served = row["schema"] if isinstance(row["schema"], dict) else json.loads(row["schema"])
+    ref = reference_of(row)
+    if ref is None:
+        return _verify_file(root, row, label, served, checksum=checksum,
+                            trust_cache=trust_cache)
+    # An index (featurestore.reference): its own file, then the source files it refers to.
+    path = _verify_file(root, row, label, index_schema(served, ref), checksum=checksum,
+                        trust_cache=trust_cache, subset=True)
+    verify_referenced(ref, label, served, checksum=checksum, trust_cache=trust_cache)
+    return path
+
+
+def _verify_file(root: Path, row: dict[str, Any], label: str, expected: dict[str, str], *,
+                 checksum: bool, trust_cache: bool, subset: bool = False) -> Path:
+    """``verify_artifact`` for the artifact's own file (or parts), against ``expected``."""
+    path = confine(root, row["path"])
+    subset = subset or serves_some_columns(row)
     if artifact_parts(row):
         return _verify_parts(path, row, label, expected, checksum=checksum,
                              trust_cache=trust_cache, subset=subset)

@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -167,18 +167,22 @@ def stable_count(needed: int, previous: int) -> int:
 
 
 @contextmanager
-def bucketed_source(store: FeatureStore, name: str, n: int, *, order: str = "event"
+def bucketed_source(store: FeatureStore, name: str, n: int, *, order: str = "event",
+                    narrow: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
                     ) -> Iterator[Iterator[pl.DataFrame] | None]:
     """The source's validated snapshot rows bucket by bucket (None when ``n`` is 1: read it
     whole), each in ``order`` (``sourcedata.snapshot_rows``). The source is read once,
     streaming, into per-bucket temporary files under ``data/``, which are gone when this
-    exits."""
+    exits. ``narrow`` maps the source's rows (store layout) to the columns to keep (an index
+    keeps keys, times and source row numbers: ``featurestore.reference``)."""
     if n <= 1:
         yield None
         return
     from featurestore.sourcedata import snapshot_rows, source_read_errors
 
     lf, src, keys, path = store.source_frame(name)
+    if narrow is not None:
+        lf = narrow(lf)
     workdir = workdir_for(store.root)
     # Deleting a big file can take as long as writing it on some file systems: a thread
     # deletes each bucket's files while the next bucket is sorted and written.

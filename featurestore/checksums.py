@@ -150,6 +150,20 @@ def _remember(key: str) -> None:
         _disk_failed.add(marker.parents[2])
 
 
+def checksum_remembered(path: Path) -> str:
+    """``file_checksum(path)``, remembered as verified (as ``checksum_mismatch`` does) when the
+    file did not change while it was hashed and is not racy: a file hashed on the way in is not
+    hashed again by the first check after it."""
+    before = os.stat(path)
+    started = time.time()
+    actual = file_checksum(path)
+    after = os.stat(path)
+    if (_key(after, actual) == _key(before, actual)
+            and started - max(after.st_mtime, after.st_ctime) > RACY_SECONDS):
+        _remember(_key(after, actual))
+    return actual
+
+
 def checksum_mismatch(path: Path, expected: str, *, trust_cache: bool = True) -> str | None:
     """None when ``path`` hashes to ``expected``, else the checksum it does have.
 

@@ -25,7 +25,10 @@ def config(c: Ctx, key: str | None, value: str | None, unset: bool, as_json: boo
 
     Settings: default_tier, the prediction tier `online` uses when --tier is not given
     (unset by default: then `online` needs --tier); memory_limit, such as 2GiB, what ingest
-    and materialize stay within (FEATURESTORE_MEMORY_LIMIT overrides it; unset: no limit).
+    and materialize stay within (FEATURESTORE_MEMORY_LIMIT overrides it; unset: a quarter
+    of RAM, at most 2 GiB); snapshot_layout, copy (default) or reference: whether the next
+    snapshots copy the source's rows or index them and read values from the source's own
+    files (FEATURESTORE_SNAPSHOT_LAYOUT overrides it).
     """
     from featurestore.settings import SETTINGS, setting_name
 

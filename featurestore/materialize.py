@@ -19,10 +19,11 @@ import polars as pl
 
 from featurestore.cutplan import DEFAULT_SAMPLES
 from featurestore.definitions import canonical_json
-from featurestore.errors import DataError, NotFoundError, PluginError
+from featurestore.errors import ArtifactError, DataError, NotFoundError, PluginError
 from featurestore.incremental import growth, new_output_rows, recompute_input
 from featurestore.layout import sort_for_retrieval
 from featurestore.readers import reads_artifacts
+from featurestore.reference import reference_of
 from featurestore.snapshotview import column_view_rows
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP, Transform, TransformContext
 
@@ -104,7 +105,9 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             progress(f"materialize {name}", i, len(names))
         view = registered[name]
         src_row, snapshot_path, fresh_rows = store.fresh_snapshot(view["source"])
-        snapshot_schema = (dict(fresh_rows.schema) if fresh_rows is not None
+        src_ref = reference_of(src_row)  # an index: its schema lists the source's columns
+        snapshot_schema = (dict(src_row["schema"]) if src_ref is not None
+                           else dict(fresh_rows.schema) if fresh_rows is not None
                            else dict(pl.read_parquet_schema(snapshot_path)))
         keys = store.registry.get("entity", store.registry.get("source", view["source"])["entity"])["join_keys"]
         transform, plugin_name, plugin_version = view_transform(view)
@@ -116,6 +119,7 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
         t0 = time.perf_counter()
         base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
         verification = "columns read as is"
+        params = view["params"]
         verified, report_json = True, json.dumps({"verified": True, "mode": "columns"})
         if transform is None:
             missing = [c for c in view["params"]["columns"] if c not in snapshot_schema]
@@ -126,6 +130,8 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
             out: Any = column_view_rows(store.root, src_row, keys,
                                         [*base, *view["params"]["columns"]], fresh_rows)
             t1 = t2 = time.perf_counter()
+            if src_ref is not None:  # the view is an index too, of the same source files
+                params = {**view["params"], "reference": src_ref}
         elif src_row.get("parts"):
             # Bucketed: bucket by bucket, written as a bucketed view (materialize_buckets).
             from featurestore.materialize_buckets import materialize_bucketed
@@ -135,6 +141,11 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
                 latest, fingerprint, verify=verify, samples=samples, budget=budget, force=force))
             continue
         else:
+            if src_ref is not None:  # ingest snapshots a source a transform reads as a copy
+                raise ArtifactError(f"view {name!r}: snapshot {src_row['id']} of source "
+                                    f"{view['source']!r} is an index (snapshot_layout "
+                                    "reference), which transforms do not read; run "
+                                    "`featurestore ingest --force` and materialize again")
             fresh_rows = None  # the transform scans the file: only the columns it reads load
             ctx = TransformContext(keys=tuple(keys))
             params = view["params"]
@@ -190,7 +201,7 @@ def materialize_polars(store: FeatureStore, views: Sequence[str] | None = None, 
         row = store._record_artifact(
             "view", name, view["version"], out, fingerprint=fingerprint,
             transform=view["transform"], plugin=plugin_name, plugin_version=plugin_version,
-            params=view["params"], verified=verified, verification=verification,
+            params=params, verified=verified, verification=verification,
             input_artifact_id=src_row["id"], verification_report=report_json)
         status = "incremental" if verification.startswith("incremental") else "materialized"
         results.append(MaterializeResult(name, status, row, t1 - t0, t2 - t1))
@@ -282,7 +293,6 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
                       verify: bool) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The previous source snapshot and view output, when they can seed an incremental run."""
     from featurestore.artifacts import verify_artifact
-    from featurestore.errors import ArtifactError
     from featurestore.plugins import get_transform
 
     if get_transform(view["transform"]).transform.scope != "entity":
@@ -298,7 +308,7 @@ def _incremental_base(store: FeatureStore, latest: dict[str, Any] | None, view: 
         return None
     try:
         old_src = store.artifact(latest["input_artifact_id"])
-        if old_src.get("parts"):
+        if old_src.get("parts") or reference_of(old_src) is not None:
             return None
         old_snapshot = pl.read_parquet(verify_artifact(store.root, old_src))
         old_out = pl.read_parquet(verify_artifact(store.root, latest))

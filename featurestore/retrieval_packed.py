@@ -107,13 +107,15 @@ def _join_view(
     run = (pl.struct(fkeys) if len(fkeys) > 1 else pl.col(fkeys[0])).rle_id().alias(gcol)
     source: pl.LazyFrame | pl.DataFrame = view.frame
     packed = None
+    # A snapshot by reference is searched in its index; values are fetched from the source.
+    keyframe = view.frame if view.reference is None else view.reference.index
     if view.presorted:
-        k = view.frame.select(*fkeys, av_phys).with_columns(run).collect()
+        k = keyframe.select(*fkeys, av_phys).with_columns(run).collect()
         n_rows = k.height
         if k[avp].null_count():
             k = k.with_row_index(ridx).filter(pl.col(avp).is_not_null()).with_columns(run)
         packed = _pack(k, fkeys, avp, gcol)
-        if packed is not None and not _ties_in_order(view.frame, k, packed[0], ridx):
+        if packed is not None and not _ties_in_order(keyframe, k, packed[0], ridx):
             packed = None
         if packed is None:
             warnings.warn(
@@ -258,8 +260,11 @@ def _fetch(
     sub_pos = uniq.search_sorted(valid_rows, side="left")
     pos = pl.repeat(None, n_query, dtype=pl.UInt32, eager=True).scatter(valid_order, sub_pos)
     distinct_cols = list(dict.fromkeys(c for _, c, _ in plan.outputs))
+    remap = None
     if isinstance(source, pl.DataFrame):
         sub = source.select(distinct_cols).gather(uniq)
+    elif view.reference is not None:  # in source order: its rows are remapped below
+        sub, remap = view.reference.fetch(uniq, distinct_cols)
     else:
         ridx = f"{prefix}row"
         mask = pl.repeat(False, n_rows, dtype=pl.Boolean, eager=True).scatter(uniq, True)
@@ -279,6 +284,8 @@ def _fetch(
     # one chunk per row group: slow gathers), gather with non-null indices, then null the
     # unmatched rows, which is faster than a gather with null indices.
     idx = pos.fill_null(0)
+    if remap is not None:
+        idx = remap.gather(idx)
     matched = pos.is_not_null() if pos.null_count() else None
     got: dict[str, pl.Series] = {}
     for c in distinct_cols:

@@ -16,6 +16,7 @@ from datetime import timedelta
 import polars as pl
 
 from featurestore.errors import DataError
+from featurestore.reference import Reference
 from featurestore.transforms import AVAILABLE_AT
 
 AVAILABILITY_SUFFIX = "__available_at"
@@ -47,6 +48,9 @@ class ViewFrame:
     features: Mapping[str, str]
     query_keys: tuple[str, ...] | None = None
     presorted: bool = False
+    # The store's snapshot-by-reference artifacts (``featurestore.reference``): ``frame`` joins
+    # index and values; the eager engine searches the index and fetches the matched values.
+    reference: Reference | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", tuple(self.keys))

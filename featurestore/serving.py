@@ -26,6 +26,7 @@ from featurestore.errors import (
     LeakageError,
     NotFoundError,
 )
+from featurestore.reference import artifact_frame, reference
 from featurestore.retrieval import ViewFrame, audit, availability_column
 from featurestore.retrieval_buckets import point_in_time_join_lazy_parts
 from featurestore.tiers import TierOrder, parse_duration
@@ -163,9 +164,9 @@ def view_frames(store: ServingStore, features: list[dict[str, Any]], *,
             parts.append(files)
         # Only the columns the artifact serves: a column view's file may be its source
         # snapshot's, with more (``featurestore.snapshotview``).
-        frames.append(ViewFrame(name=art["name"],
-                                frame=pl.scan_parquet(files).select(list(art["schema"])),
-                                keys=tuple(entity["join_keys"]), features=mapping, presorted=True))
+        frames.append(ViewFrame(name=art["name"], frame=artifact_frame(store.root, art),
+                                keys=tuple(entity["join_keys"]), features=mapping, presorted=True,
+                                reference=reference(store.root, art)))
     return frames
 
 

@@ -9,6 +9,10 @@ it is written.
 - ``memory_limit``: the memory ``ingest`` and ``materialize`` aim to stay within, such as
   ``2GiB`` (``FEATURESTORE_MEMORY_LIMIT`` overrides it per process). Unset: a quarter of the
   machine's memory, at most 2 GiB; ``none``: no limit, every artifact one file. See ``featurestore.buckets``.
+- ``snapshot_layout``: ``copy`` (the default: a snapshot holds a sorted copy of its rows) or
+  ``reference`` (an index of keys and times; values read from the source's own files, checked
+  by checksum). ``FEATURESTORE_SNAPSHOT_LAYOUT`` overrides it per process. See
+  ``featurestore.reference``.
 """
 
 from __future__ import annotations
@@ -40,12 +44,20 @@ def _check_memory(registry: Registry, conn: Connection, value: str) -> str:
     return value.strip()
 
 
+def _check_layout(registry: Registry, conn: Connection, value: str) -> str:
+    from featurestore.reference import check_layout
+
+    return check_layout(value, what="setting snapshot_layout")
+
+
 # name -> (description, check(registry, conn, value) -> normalized value)
 SETTINGS: dict[str, tuple[str, Callable[[Registry, Connection, str], str]]] = {
     "default_tier": ("prediction tier of online lookups that name none", _check_tier),
     "memory_limit": ("memory ingest and materialize stay within, e.g. 2GiB, or none "
                      "(default: a quarter of RAM, at most 2 GiB; FEATURESTORE_MEMORY_LIMIT overrides)",
                      _check_memory),
+    "snapshot_layout": ("copy (default) or reference: what the next snapshots hold "
+                        "(FEATURESTORE_SNAPSHOT_LAYOUT overrides)", _check_layout),
 }
 
 

@@ -10,6 +10,9 @@ view's own name (``artifacts.link_artifact_atomic``), with no second sort, write
 view's registry row lists its columns only; every reader selects them
 (``artifacts.serves_some_columns``).
 
+A snapshot by reference (``featurestore.reference``) is an index: its column views are indexes
+of the same source files, linked the same way.
+
 Otherwise (a transform reads the snapshot and availability goes back, or the file system has
 no hard links) the view's columns are written as their own artifact, sorted, as before.
 """
@@ -25,6 +28,7 @@ import polars as pl
 
 from featurestore.artifacts import artifact_files, reading_artifacts
 from featurestore.layout import retrieval_nulls_last, retrieval_order, sort_for_retrieval, sorted_by
+from featurestore.reference import SOURCE_ROW, reference_of
 
 Rows = pl.DataFrame | Iterator[pl.DataFrame]
 
@@ -49,8 +53,11 @@ def column_view_rows(root: Path, src_row: dict[str, Any], keys: Sequence[str],
 
     ``fresh`` is the snapshot's rows when they are still in memory (just ingested, one file).
     """
-    columns = list(columns)
+    served = list(columns)
     files = artifact_files(root, src_row)
+    ref = reference_of(src_row)
+    # An index: the view's rows are its rows (the values stay in the source files).
+    columns = served if ref is None else [c for c in served if c not in ref["columns"]] + [SOURCE_ROW]
 
     def rows() -> Rows:
         if src_row.get("parts"):  # bucketed: part by part, one bucket in memory at a time
@@ -64,7 +71,7 @@ def column_view_rows(root: Path, src_row: dict[str, Any], keys: Sequence[str],
     if (src_row["params"].get("layout") != "retrieval"
             and not in_retrieval_order(files, keys, fresh)):
         return rows()
-    schema = {c: src_row["schema"][c] for c in columns}
+    schema = {c: src_row["schema"][c] for c in served}
     return SnapshotColumns(src_row, schema, rows)
 
 

@@ -7,6 +7,7 @@ on their own. A failed write leaves neither a file nor a registry row behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -26,20 +27,31 @@ from featurestore.artifacts import (
     LinkUnsupported,
     WrittenArtifact,
     confine,
-    file_checksum,
     link_artifact_atomic,
     reading_artifacts,
     remove_artifact_path,
+    schema_dict,
     verify_artifact,
     write_parquet_atomic,
     write_parts_atomic,
+    write_row_groups_atomic,
     writers_lock,
 )
+from featurestore.checksums import checksum_remembered
 from featurestore.definitions import canonical_json
 from featurestore.errors import ArtifactError, NotFoundError
 from featurestore.layout import sorted_by
 from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
+from featurestore.reference import (
+    SOURCE_ROW,
+    SOURCE_ROW_DTYPE,
+    artifact_frame,
+    index_buckets,
+    reference_of,
+    reference_params,
+    snapshot_layout,
+)
 from featurestore.registry import utcnow
 from featurestore.snapshotview import SnapshotColumns
 from featurestore.sourcedata import (
@@ -50,7 +62,7 @@ from featurestore.sourcedata import (
     source_read_errors,
     validate_rows,
 )
-from featurestore.transforms import EVENT_TIMESTAMP
+from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.registry import Registry
@@ -100,6 +112,13 @@ def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
         del part  # before the next part is read: one bucket in memory, not two
 
 
+@dataclasses.dataclass(frozen=True)
+class _RowGroups:
+    """Frames to write one after another into one file (``write_row_groups_atomic``)."""
+
+    frames: Iterator[pl.DataFrame]
+
+
 class StoreData:
     """Ingestion and artifacts of a ``FeatureStore`` (see the module docstring)."""
 
@@ -116,10 +135,11 @@ class StoreData:
     def _source_fingerprint(self, src: dict[str, Any]) -> str:
         return self._fingerprinter(src)()
 
-    def _fingerprinter(self, src: dict[str, Any]) -> Callable[[], str]:
+    def _fingerprinter(self, src: dict[str, Any],
+                       sums: dict[str, str] | None = None) -> Callable[[], str]:
         """The source's input fingerprint, in two steps: what the registry says is read now;
         the returned function hashes the input files (and touches no registry, so it may run
-        in another thread)."""
+        in another thread), putting each file's checksum in ``sums`` when given."""
         digest = hashlib.sha256(canonical_json({k: src[k] for k in (
             "name", "version", "path", "entity", "event_time", "timezone", "available_time",
             "fills", "on_duplicate", "tier")} | ({  # only when declared: old fingerprints hold
@@ -131,7 +151,11 @@ class StoreData:
         def hash_files() -> str:
             for f in files:
                 # Content, not mtime: a rewritten but identical file is not new input.
-                digest.update(f"{f}:{file_checksum(Path(f))}".encode())
+                # Remembered as verified: a snapshot by reference checks these very files.
+                checksum = checksum_remembered(Path(f))
+                if sums is not None:
+                    sums[f] = checksum
+                digest.update(f"{f}:{checksum}".encode())
             return "sha256:" + digest.hexdigest()
 
         return hash_files
@@ -218,22 +242,29 @@ class StoreData:
         written (None when the snapshot was up to date and so not read, or was written by an
         engine other than Polars)."""
         latest = self.registry.latest_artifact("source", name)
+        sums: dict[str, str] = {}
         if force or not latest:
             # Nothing to compare it with: the input files are hashed while they are read.
-            return self._snapshot(name, src, _hashing(self._fingerprinter(src)), engine)
-        fingerprint = self._source_fingerprint(src)
+            return self._snapshot(name, src, _hashing(self._fingerprinter(src, sums)), engine,
+                                  sums)
+        fingerprint = self._fingerprinter(src, sums)()
         if (latest["input_fingerprint"] == fingerprint
                 and latest["object_version"] == src["version"]
-                and not (latest["params"].get("order") == "retrieval"
+                and not ((latest["params"].get("order") == "retrieval"
+                          or reference_of(latest) is not None)
                          and self.snapshot_order(src) == "event")  # a transform reads it now
+                # Other engines read snapshots that hold their rows.
+                and not (reference_of(latest) is not None and engine is not None
+                         and engine.name != "polars")
                 and self.intact(latest, rebuilding="re-snapshotting the source")):
             return {"name": name, "status": "up-to-date", "artifact": latest}, None
-        return self._snapshot(name, src, _done(fingerprint), engine)
+        return self._snapshot(name, src, _done(fingerprint), engine, sums)
 
     def _snapshot(self, name: str, src: dict[str, Any], fingerprint: Future[str],
-                  engine: Any) -> tuple[dict[str, Any], pl.DataFrame | None]:
+                  engine: Any, sums: dict[str, str]) -> tuple[dict[str, Any], pl.DataFrame | None]:
         """``_ingest_one`` for a source whose snapshot is written now; ``fingerprint`` is its
-        input fingerprint, maybe still being computed."""
+        input fingerprint, maybe still being computed (and ``sums`` its files' checksums once
+        it is)."""
         if engine is not None and engine.name != "polars":  # the engine reads and writes
             frame = engine.read_source(self, name)
             row = self._record_artifact("source", name, src["version"], frame,
@@ -251,6 +282,8 @@ class StoreData:
         params: dict[str, Any] = {"fills": src["fills"]}
         if order == "retrieval":  # its column views need not check the order again
             params["layout"] = "retrieval"
+            if not src["fills"] and snapshot_layout(self.settings()) == "reference":
+                return self._index_snapshot(name, src, keys, fingerprint, sums, params)
         with bucketed_source(self, name, n, order=order) as parts:
             df = self.read_source(name, order=order) if parts is None else None
             if df is not None:
@@ -266,6 +299,50 @@ class StoreData:
                                         verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df
 
+    def _index_snapshot(self, name: str, src: dict[str, Any], keys: Sequence[str],
+                        fingerprint: Future[str], sums: dict[str, str],
+                        params: dict[str, Any]) -> tuple[dict[str, Any], pl.DataFrame]:
+        """``_snapshot`` by reference (``featurestore.reference``): only the key and time
+        columns are read, validated and sorted; the rows' values stay in the source files,
+        whose checksums (taken while the index is built) the registry row records."""
+        from featurestore.buckets import bucketed_source
+
+        lf, src, keys, path = self.source_frame(name)
+        names = lf.collect_schema().names()
+        base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
+        files = resolve_files(path)
+        raw = [*keys, src["event_time"], *([src["available_time"]] if src["available_time"]
+                                            else [])]
+        n = index_buckets(files, raw, self.settings())
+
+        def narrow(frame: pl.LazyFrame) -> pl.LazyFrame:
+            return (frame.select(base).with_row_index(SOURCE_ROW)
+                    .with_columns(pl.col(SOURCE_ROW).cast(SOURCE_ROW_DTYPE)))
+
+        # Bucketed, the index is still one file: each bucket's rows (whole entities, in
+        # retrieval order) appended as row groups, which read as one snapshot does.
+        with bucketed_source(self, name, n, order="retrieval", narrow=narrow) as parts:
+            df = None
+            if parts is None:
+                row = "__fs_ingest_row"
+                while row in names:
+                    row = "_" + row
+                with source_read_errors(path, name):
+                    df = (narrow(lf).with_columns(pl.col(SOURCE_ROW).cast(pl.UInt32).alias(row))
+                          .collect(engine="streaming"))
+                df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
+                                   on_duplicate=src["on_duplicate"], order="retrieval",
+                                   read_rows=row)
+            written_fp = fingerprint.result()  # every file hashed: sums is complete
+            ref = reference_params(files, sums, [c for c in names if c not in base])
+            row_ = self._record_artifact(
+                "source", name, src["version"], df if parts is None else _RowGroups(parts),
+                fingerprint=written_fp, transform=None, plugin=None, plugin_version=None,
+                params={**params, "reference": ref}, verified=True,
+                verification="source snapshot (by reference)",
+                schema=schema_dict(lf.collect_schema()))
+        return {"name": name, "status": "ingested", "artifact": row_}, df
+
     def _artifact_relpath(self, kind: str, name: str, version: int) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return f"data/{kind}s/{name}/v{version}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
@@ -276,14 +353,15 @@ class StoreData:
                          verified: bool, verification: str,
                          input_artifact_id: int | None = None,
                          verification_report: str = "{}", engine: Any = None,
-                         verdict: Callable[[], tuple[bool, str, str]] | None = None
-                         ) -> dict[str, Any]:
+                         verdict: Callable[[], tuple[bool, str, str]] | None = None,
+                         schema: dict[str, str] | None = None) -> dict[str, Any]:
         """Write ``df`` (a frame of ``engine``, Polars by default) as a new artifact and record
         it; on any failure neither the file nor the row is left behind.
 
         ``verdict``, when given, is called once the data is written and returns ``(verified,
         verification, verification_report)`` in place of those arguments: a bucketed view's
-        parts are verified as they are computed, while they are written.
+        parts are verified as they are computed, while they are written. ``schema``, when
+        given, is recorded instead of the written columns' (an index's: its rows' columns).
         """
         self._require_writable(f"write an artifact of {kind} {name!r}")
         relpath = self._artifact_relpath(kind, name, version)
@@ -297,9 +375,13 @@ class StoreData:
                     try:
                         written = link_artifact_atomic(self.root, relpath, df.snapshot, df.schema)
                     except LinkUnsupported:
+                        if reference_of(df.snapshot) is not None:  # rows: the index's columns
+                            schema = df.schema
                         df = df.rows()
                 if written is None:
                     written = self._write(relpath, df, engine)
+                if schema is not None:
+                    written = dataclasses.replace(written, schema=dict(schema))
                 if verdict is not None:
                     verified, verification, verification_report = verdict()
                 return self.registry.write(lambda conn: self._insert_artifact(
@@ -323,6 +405,10 @@ class StoreData:
         if isinstance(df, pl.DataFrame):
             return write_parquet_atomic(self.root, relpath, df, compression=self.compression,
                                         time_column=EVENT_TIMESTAMP)
+        if isinstance(df, _RowGroups):
+            return write_row_groups_atomic(self.root, relpath, df.frames,
+                                           compression=self.compression,
+                                           time_column=EVENT_TIMESTAMP)
         return write_parts_atomic(self.root, relpath, df, compression=self.compression,
                                   time_column=EVENT_TIMESTAMP)
 
@@ -372,13 +458,13 @@ class StoreData:
         # Only the artifact's columns: a column view's file may be its source snapshot's.
         if lazy:  # read after this returns: no reader's lock can cover it
             row = self.artifact(artifact_id)
-            return pl.scan_parquet(verify_artifact(self.root, row, checksum=verify_checksum)
-                                   ).select(list(row["schema"]))
+            verify_artifact(self.root, row, checksum=verify_checksum)
+            return artifact_frame(self.root, row)
         with reading(self.root):
             row = self.artifact(artifact_id)
             path = verify_artifact(self.root, row, checksum=verify_checksum)
             with reading_artifacts([path]):
-                return pl.read_parquet(path, columns=list(row["schema"]))
+                return artifact_frame(self.root, row).collect()
 
     def intact(self, row: dict[str, Any], *, rebuilding: str | None = None) -> bool:
         """Whether an artifact's file is there and matches its registry row.

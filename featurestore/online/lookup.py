@@ -391,7 +391,8 @@ class OnlineReader:
     def _from_artifact(self, vp: _ViewPlan, layout: _Layout | None, rows: list[int],
                        columns: dict[str, list[Any]], t: int, inclusive: bool,
                        ttl_us: int | None, allow_unverified: bool, result: OnlineResult) -> None:
-        from featurestore.artifacts import artifact_files, reading_artifacts, verify_artifact
+        from featurestore.artifacts import reading_artifacts, verify_artifact
+        from featurestore.reference import artifact_frame
         from featurestore.retrieval import ViewFrame, point_in_time_join
 
         art = self._artifact(vp, layout)
@@ -418,7 +419,7 @@ class OnlineReader:
             query[k] = pl.Series(k, values, strict=False)
         frame = pl.DataFrame(query).with_columns(
             pl.lit(t).cast(pl.Datetime("us", "UTC")).alias(_CUTOFF))
-        scan = pl.scan_parquet(artifact_files(self.store.root, art)).select(list(art["schema"]))
+        scan = artifact_frame(self.store.root, art)
         key_filter = pl.lit(True)
         for k in vp.keys:
             wanted = frame[k].drop_nulls().unique().cast(schema[k], strict=False).drop_nulls()

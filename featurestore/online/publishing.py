@@ -229,17 +229,19 @@ def _publish_one(store: FeatureStore, backend: OnlineBackend, view: dict[str, An
 
 def _prepare(store: FeatureStore, view: dict[str, Any], art: dict[str, Any], keys: Sequence[str],
              at: datetime, history: int | None) -> _Prepared:
-    from featurestore.artifacts import artifact_files, verify_artifact
+    from featurestore.artifacts import verify_artifact
     from featurestore.layout import retrieval_nulls_last, sorted_by
+    from featurestore.reference import artifact_frame
 
     keys = list(keys)
     # Published values are served without rereading the file: check it against its checksum.
-    path = verify_artifact(store.root, art, checksum=True)
-    schema = pl.read_parquet_schema(path)
+    verify_artifact(store.root, art, checksum=True)
+    scan = artifact_frame(store.root, art)  # its columns, whatever its layout
+    schema = scan.collect_schema()
     # The artifact's columns, not the file's: a column view's file may be its source snapshot's.
     columns = [c for c in art["schema"] if c not in (*keys, EVENT_TIMESTAMP, AVAILABLE_AT)]
     moment_us = int(at.timestamp() * 1_000_000)
-    rows = (pl.scan_parquet(artifact_files(store.root, art)).with_row_index("__r")  # file order settles full ties
+    rows = (scan.with_row_index("__r")  # artifact order settles full ties
             .filter(pl.col(AVAILABLE_AT).is_not_null())  # never available: never served
             .select(*[to_storage(pl.col(k), schema[k]) for k in keys], "__r",
                     pl.col(AVAILABLE_AT).dt.epoch("us").alias("__a"),

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featurestore.errors import DefinitionError
 from featurestore.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -57,6 +58,13 @@ class SparkEngine:
                            with_availability: bool) -> pl.DataFrame:
         from featurestore.engines.spark.retrieval import point_in_time_join
 
+        for view in views:
+            if view.reference is not None:
+                raise DefinitionError(
+                    f"view {view.name!r} is served from a snapshot by reference (setting "
+                    "snapshot_layout reference), whose values Spark does not read; use the "
+                    "polars engine, or take a copy: `featurestore config snapshot_layout "
+                    "copy`, then `featurestore ingest --force` and `featurestore materialize`")
         return point_in_time_join(query, views, files, cutoff=cutoff, inclusive=inclusive,
                                   ttl=ttl, cutoff_timezone=cutoff_timezone,
                                   with_availability=with_availability)

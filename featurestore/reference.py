@@ -1,0 +1,231 @@
+"""Snapshots by reference: a sorted index of the source's rows, values read from its files.
+
+A snapshot normally holds a sorted copy of every source row (``copy`` layout). Under the
+``snapshot_layout`` setting ``reference`` (``FEATURESTORE_SNAPSHOT_LAYOUT`` overrides it per
+process), a source whose snapshot fits in one file and has no fills is ingested as an **index**:
+the key columns, ``event_timestamp`` and ``available_at`` of every validated row, in the
+snapshot's order, plus ``__fs_source_row``, the row's position in the concatenation of the
+source's files (read in ``resolve_files`` order). The value columns stay in the source's own
+files; the snapshot's registry row lists those files with their sha256, size and row count
+(``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
+which is what makes the first training frame cheap.
+
+What the contract keeps: every read checks the referenced files' checksums first, exactly as an
+artifact's own (the per-user cache of verified checksums applies), so a value is served only
+from the bytes the snapshot was validated on; a source file changed, moved or deleted after
+ingest makes the snapshot unreadable with an error naming the file, and ``ingest`` takes a new
+snapshot. Unlike a copy, a snapshot by reference does not outlive its source files: keep
+``copy`` where older snapshots must stay readable after the source is rewritten.
+
+Readers see the same rows either way: ``artifact_frame`` joins the index to the values by
+source row; the eager retrieval engine fetches only the matched rows' values (``Reference``).
+Transforms never read an index: a source that a transform view reads is snapshotted as a copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from featurestore.errors import ArtifactError, DefinitionError
+
+SOURCE_ROW = "__fs_source_row"
+SOURCE_ROW_DTYPE = pl.UInt64
+LAYOUT_ENV = "FEATURESTORE_SNAPSHOT_LAYOUT"
+LAYOUTS = ("copy", "reference")
+
+
+def check_layout(value: str, *, what: str) -> str:
+    """``value`` as a layout name, or a ``DefinitionError`` naming ``what``."""
+    layout = value.strip().lower()
+    if layout not in LAYOUTS:
+        raise DefinitionError(f"{what}: {value!r} is not a snapshot layout; use "
+                              f"{' or '.join(LAYOUTS)}")
+    return layout
+
+
+def snapshot_layout(settings: Mapping[str, str | None]) -> str:
+    """The layout of the next snapshot: the environment's, else the store's setting, else
+    ``copy``."""
+    env = os.environ.get(LAYOUT_ENV, "").strip()
+    if env:
+        return check_layout(env, what=LAYOUT_ENV)
+    value = settings.get("snapshot_layout")
+    return check_layout(value, what="setting snapshot_layout") if value else "copy"
+
+
+def reference_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An artifact's ``params.reference`` (its source files and value columns), or None for an
+    artifact that holds its values."""
+    params = row.get("params") or {}
+    return params.get("reference") if isinstance(params, dict) else None
+
+
+def reference_params(files: Sequence[str], sums: Mapping[str, str],
+                     columns: Sequence[str]) -> dict[str, Any]:
+    """``params.reference`` for an index over ``files`` (their checksums in ``sums``)."""
+    import pyarrow.parquet as pq
+
+    listed = []
+    for f in files:
+        p = Path(f).resolve()
+        listed.append({"path": str(p), "checksum": sums[f], "size": p.stat().st_size,
+                       "rows": pq.read_metadata(p).num_rows})
+    return {"files": listed, "columns": list(columns)}
+
+
+# Bytes per row an index holds beyond its key and time columns: the source row (UInt64) and the
+# row number ingest reads with (UInt32).
+_ROW_BYTES = 12
+
+
+def index_buckets(files: Sequence[str], columns: Sequence[str],
+                  settings: Mapping[str, str | None]) -> int:
+    """How many buckets building the index of ``files`` takes under the memory limit: as
+    ``buckets.bucket_count``, but only the key and time ``columns`` (the source's own names)
+    count, from the Parquet footers' sizes of their column chunks."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from featurestore.buckets import BUCKETS_ENV, WORKING_FACTOR, memory_limit
+
+    forced = os.environ.get(BUCKETS_ENV, "").strip()
+    if forced:
+        from featurestore.buckets import bucket_count
+
+        return bucket_count(files, dict(settings))  # checks and returns the forced count
+    limit = memory_limit(dict(settings))
+    if limit is None:
+        return 1
+    wanted, total = set(columns), 0
+    for f in files:
+        try:
+            meta = pq.read_metadata(f)
+        except Exception:
+            continue  # unreadable: reading the source reports it, naming the file
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            total += group.num_rows * _ROW_BYTES + sum(
+                group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                if group.column(c).path_in_schema in wanted)
+    return max(1, math.ceil(total * WORKING_FACTOR / limit))
+
+
+def source_rows(ref: Mapping[str, Any]) -> int:
+    """How many rows the referenced files hold together."""
+    return sum(int(f["rows"]) for f in ref["files"])
+
+
+def verify_referenced(ref: Mapping[str, Any], label: str, expected: Mapping[str, str], *,
+                      checksum: bool = True, trust_cache: bool = True) -> None:
+    """Check the files an index refers to: there, of their recorded size and checksum, with
+    the value columns and dtypes of the registry's schema (``expected``); else ``ArtifactError``
+    naming the file. Nothing of a file is read by the engine before its checksum matched."""
+    from featurestore.artifacts import reading_artifacts, schema_dict
+    from featurestore.checksums import checksum_mismatch
+
+    for f in ref["files"]:
+        path = Path(f["path"])
+        gone = (f"{label}: its source file {path} {{}} since the snapshot was taken; run "
+                "`featurestore ingest` to take a new one")
+        try:
+            size = path.stat().st_size
+            if size != f["size"]:
+                raise ArtifactError(gone.format(f"changed ({size} bytes, {f['size']} then)"))
+            got = checksum_mismatch(path, f["checksum"], trust_cache=trust_cache) if checksum else None
+        except FileNotFoundError:
+            raise ArtifactError(gone.format("is missing")) from None
+        except PermissionError as exc:
+            raise ArtifactError(f"{label}: cannot read its source file {path}: "
+                                f"{exc.strerror}") from None
+        if got is not None:
+            raise ArtifactError(gone.format(f"changed (checksum {got}, {f['checksum']} then)"))
+    first = Path(ref["files"][0]["path"])
+    with reading_artifacts([first]):
+        actual = schema_dict(pl.read_parquet_schema(first))
+    wrong = [f"{c!r}: {actual.get(c, 'absent')}, expected {expected[c]}"
+             for c in ref["columns"] if c in expected and actual.get(c) != expected[c]]
+    if wrong:
+        raise ArtifactError(f"{label}: its source file {first} no longer has the snapshot's "
+                            f"value columns ({'; '.join(wrong)})")
+
+
+def index_schema(expected: Mapping[str, str], ref: Mapping[str, Any]) -> dict[str, str]:
+    """What an index file holds of the registry's schema: every column but the values."""
+    return {c: t for c, t in expected.items() if c not in ref["columns"]}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An index's two halves for a reader that fetches few rows: ``index`` (keys, times,
+    ``__fs_source_row``, in the artifact's order) and ``values`` (the value columns in source
+    order, ``rows`` of them)."""
+
+    index: pl.LazyFrame
+    values: pl.LazyFrame
+    rows: int
+
+    def fetch(self, index_rows: pl.Series, columns: Sequence[str]
+              ) -> tuple[pl.DataFrame, pl.Series]:
+        """The ``columns`` of the given index rows (ascending positions in ``index``): a frame
+        in source order, read in one pass over the source files that keeps only those rows,
+        and for each asked row its row in that frame (so the caller gathers once)."""
+        own = [c for c in columns if c in self.index.collect_schema()]
+        if own:  # an index column asked for as a feature: read it from the index itself
+            got = self.index.select(columns).collect().gather(index_rows) if len(own) == len(
+                columns) else pl.concat([self.index.select(own).collect().gather(index_rows),
+                                         self.gather(index_rows, [c for c in columns
+                                                                  if c not in own])],
+                                        how="horizontal").select(columns)
+            return got, pl.int_range(index_rows.len(), dtype=pl.UInt32, eager=True)
+        at = self.index.select(SOURCE_ROW).collect().to_series().gather(index_rows)
+        mask = pl.repeat(False, self.rows, dtype=pl.Boolean, eager=True).scatter(at, True)
+        r = "__fs_r"
+        got = (self.values.select(columns).with_row_index(r)
+               .filter(pl.lit(mask).gather(pl.col(r))).drop(r).collect(engine="streaming"))
+        if got.height != at.len():
+            raise ArtifactError(f"source files returned {got.height} of {at.len()} rows asked "
+                                "for; the index does not match them")
+        # got is in source order: the k-th asked row is at got's rank of at[k].
+        rank = pl.repeat(0, at.len(), dtype=pl.UInt32, eager=True).scatter(
+            at.arg_sort(), pl.int_range(at.len(), dtype=pl.UInt32, eager=True))
+        return got, rank
+
+    def gather(self, index_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
+        """The ``columns`` of the given index rows, in that order (``fetch``, gathered)."""
+        got, rank = self.fetch(index_rows, columns)
+        return got.gather(rank)
+
+
+def reference(root: Path, row: Mapping[str, Any]) -> Reference | None:
+    """The halves of an index artifact (already verified), or None for a copy."""
+    from featurestore.artifacts import artifact_files
+
+    ref = reference_of(row)
+    if ref is None:
+        return None
+    index = pl.scan_parquet(artifact_files(root, dict(row)))
+    values = pl.scan_parquet([f["path"] for f in ref["files"]]).select(ref["columns"])
+    return Reference(index, values, source_rows(ref))
+
+
+def artifact_frame(root: Path, row: Mapping[str, Any]) -> pl.LazyFrame:
+    """An artifact's rows (already verified) as a lazy frame of the columns it serves, in its
+    order, whatever its layout: the files scanned, or an index joined to its source values."""
+    from featurestore.artifacts import artifact_files
+
+    columns = list(row["schema"])
+    ref = reference(root, row)
+    if ref is None:
+        return pl.scan_parquet(artifact_files(root, dict(row))).select(columns)
+    r = "__fs_r"
+    values = ref.values.with_row_index(r).with_columns(pl.col(r).cast(SOURCE_ROW_DTYPE))
+    return (ref.index.join(values, left_on=SOURCE_ROW, right_on=r, how="left",
+                           maintain_order="left")
+            .select(columns))
