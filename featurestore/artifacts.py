@@ -29,7 +29,7 @@ from featurestore.errors import ArtifactError, FeatureStoreError, ReadOnlyStoreE
 
 __all__ = ["LinkUnsupported", "ReusedPart", "artifact_files", "artifact_parts", "file_checksum",
            "link_artifact_atomic", "reading_artifacts", "verify_artifact", "write_parquet_atomic",
-           "write_parts_atomic", "write_row_groups_atomic"]
+           "write_parts_atomic"]
 
 TMP_PREFIX = ".fs-tmp-"
 LOCK_FILE = ".fs-writers.lock"
@@ -315,52 +315,6 @@ def write_parts_atomic(root: Path, relative: str | Path,
     return WrittenArtifact(str(Path(relative).as_posix()), final, schema, rows, lo, hi,
                            parts_checksum(parts), sum(p["size"] for p in parts), compression,
                            tuple(parts))
-
-
-def write_row_groups_atomic(root: Path, relative: str | Path, frames: Iterable[pl.DataFrame], *,
-                            compression: str = "zstd",
-                            time_column: str | None = None) -> WrittenArtifact:
-    """Write the frames, one after another, as one Parquet file: each frame's rows become row
-    groups appended to it, so ``frames`` is consumed one at a time (one bucket in memory) and
-    the file reads as their concatenation. All or nothing, hashed as written, like
-    ``write_parquet_atomic``. Every frame must have the first one's schema."""
-    import pyarrow.parquet as pq
-
-    state: dict[str, Any] = {"rows": 0, "lo": None, "hi": None, "schema": None}
-
-    def write(path: Path) -> None:
-        writer = None
-        try:
-            for frame in frames:
-                got = schema_dict(frame.schema)
-                if state["schema"] is not None and got != state["schema"]:
-                    raise ArtifactError(f"artifact {relative}: a bucket has schema {got}, the "
-                                        f"first has {state['schema']}; buckets must agree")
-                state["schema"] = got
-                table = frame.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(path, table.schema, compression=(
-                        "none" if compression == "uncompressed" else compression))
-                if frame.height:
-                    writer.write_table(table)
-                    state["rows"] += frame.height
-                    if time_column:
-                        state["lo"] = _earliest(state["lo"], frame[time_column].min())
-                        state["hi"] = _latest(state["hi"], frame[time_column].max())
-                del frame, table  # before the next bucket is read
-        finally:
-            if writer is not None:
-                writer.close()
-
-    with atomic_artifact_file(root, relative, compression) as (tmp, final):
-        checksum = write_hashed(tmp, write)
-        if state["schema"] is None:
-            raise ArtifactError(f"artifact {relative}: no rows to write")
-    lo, hi = state["lo"], state["hi"]
-    lo = lo.replace(tzinfo=None) if isinstance(lo, datetime) else None
-    hi = hi.replace(tzinfo=None) if isinstance(hi, datetime) else None
-    return WrittenArtifact(str(Path(relative).as_posix()), final, state["schema"],
-                           state["rows"], lo, hi, checksum, final.stat().st_size, compression)
 
 
 class LinkUnsupported(Exception):

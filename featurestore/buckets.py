@@ -169,12 +169,13 @@ def stable_count(needed: int, previous: int) -> int:
 @contextmanager
 def bucketed_source(store: FeatureStore, name: str, n: int, *, order: str = "event",
                     narrow: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
-                    ) -> Iterator[Iterator[pl.DataFrame] | None]:
+                    source_rows: str | None = None) -> Iterator[Iterator[pl.DataFrame] | None]:
     """The source's validated snapshot rows bucket by bucket (None when ``n`` is 1: read it
     whole), each in ``order`` (``sourcedata.snapshot_rows``). The source is read once,
     streaming, into per-bucket temporary files under ``data/``, which are gone when this
-    exits. ``narrow`` maps the source's rows (store layout) to the columns to keep (an index
-    keeps keys, times and source row numbers: ``featurestore.reference``)."""
+    exits. ``narrow`` maps the source's rows (store layout) to the columns to keep, and
+    ``source_rows`` names a column to keep each row's position in the source in (an index
+    keeps keys, times and those: ``featurestore.reference``)."""
     if n <= 1:
         yield None
         return
@@ -193,7 +194,9 @@ def bucketed_source(store: FeatureStore, name: str, n: int, *, order: str = "eve
             empty = lf.with_row_index(ROW).clear().collect()
 
         def prepare(frame: pl.DataFrame) -> pl.DataFrame:
-            return snapshot_rows(frame, src, path=path, keys=keys, order=order, row_column=ROW)
+            rows = snapshot_rows(frame, src, path=path, keys=keys, order=order, row_column=ROW,
+                                 keep_rows=source_rows is not None)
+            return rows if source_rows is None else rows.rename({ROW: source_rows})
 
         yield (prepare(read_bucket(f, empty, reaper)) for f in files)
     finally:

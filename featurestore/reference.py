@@ -2,10 +2,11 @@
 
 A snapshot normally holds a sorted copy of every source row (``copy`` layout). Under the
 ``snapshot_layout`` setting ``reference`` (``FEATURESTORE_SNAPSHOT_LAYOUT`` overrides it per
-process), a source whose snapshot fits in one file and has no fills is ingested as an **index**:
-the key columns, ``event_timestamp`` and ``available_at`` of every validated row, in the
-snapshot's order, plus ``__fs_source_row``, the row's position in the concatenation of the
-source's files (read in ``resolve_files`` order). The value columns stay in the source's own
+process), a source with no fills that no transform view reads is ingested as an **index**: the
+key columns, ``event_timestamp`` and ``available_at`` of every validated row, in retrieval
+order, plus ``__fs_source_row``, the row's position in the concatenation of the source's files
+(read in ``resolve_files`` order). Under the memory limit an index may be bucketed like a copy
+(``index_buckets``); its parts are searched as one. The value columns stay in the source's own
 files; the snapshot's registry row lists those files with their sha256, size and row count
 (``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
 which is what makes the first training frame cheap.
@@ -18,8 +19,10 @@ snapshot. Unlike a copy, a snapshot by reference does not outlive its source fil
 ``copy`` where older snapshots must stay readable after the source is rewritten.
 
 Readers see the same rows either way: ``artifact_frame`` joins the index to the values by
-source row; the eager retrieval engine fetches only the matched rows' values (``Reference``).
-Transforms never read an index: a source that a transform view reads is snapshotted as a copy.
+source row; the eager retrieval engine and online lookups search the index and fetch only the
+matched rows' values (``Reference``). Transforms never read an index: a source that a
+transform view reads, or that has fills, is snapshotted as a copy (so is one with a column
+named ``__fs_source_row``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ import polars as pl
 
 from featurestore.errors import ArtifactError, DefinitionError
 
-SOURCE_ROW = "__fs_source_row"
-SOURCE_ROW_DTYPE = pl.UInt64
+SOURCE_ROW = "__fs_source_row"  # an unsigned integer: Polars' row index type
 LAYOUT_ENV = "FEATURESTORE_SNAPSHOT_LAYOUT"
 LAYOUTS = ("copy", "reference")
 
@@ -79,31 +81,44 @@ def reference_params(files: Sequence[str], sums: Mapping[str, str],
     return {"files": listed, "columns": list(columns)}
 
 
-# Bytes per row an index holds beyond its key and time columns: the source row (UInt64) and the
-# row number ingest reads with (UInt32).
-_ROW_BYTES = 12
+# Peak memory of building an index over the bytes of its rows: the rows are narrow, so the
+# sort's per-row structures weigh more than in a copy's (buckets.WORKING_FACTOR). Measured
+# 2026-12-01: 50M rows (28 bytes each, 1.40 GB) in one bucket peaked at 4.04 GB.
+INDEX_FACTOR = 3.0
 
 
-def index_buckets(files: Sequence[str], columns: Sequence[str],
-                  settings: Mapping[str, str | None]) -> int:
-    """How many buckets building the index of ``files`` takes under the memory limit: as
-    ``buckets.bucket_count``, but only the key and time ``columns`` (the source's own names)
-    count, from the Parquet footers' sizes of their column chunks."""
+_WIDTHS = ((pl.Boolean, 1), (pl.Int8, 1), (pl.UInt8, 1), (pl.Int16, 2), (pl.UInt16, 2),
+           (pl.Int32, 4), (pl.UInt32, 4), (pl.Float32, 4), (pl.Int64, 8), (pl.UInt64, 8),
+           (pl.Float64, 8), (pl.Int128, 16), (pl.UInt128, 16))
+
+
+def _width(dtype: pl.DataType) -> int | None:
+    """Bytes a value of ``dtype`` takes in memory; None for variable widths (strings)."""
+    physical = pl.Series([], dtype=dtype).to_physical().dtype
+    return next((w for d, w in _WIDTHS if physical == d), None)
+
+
+def index_buckets(files: Sequence[str], keys: Sequence[str], settings: Mapping[str, str | None]
+                  ) -> int:
+    """How many buckets building the index of ``files`` takes under the memory limit (as
+    ``buckets.bucket_count`` for a copy): an index row holds the ``keys`` (their dtype's width,
+    or for strings and other variable widths their size in the Parquet footers), two times of
+    8 bytes and a 4-byte source row number."""
     import math
 
     import pyarrow.parquet as pq
 
-    from featurestore.buckets import BUCKETS_ENV, WORKING_FACTOR, memory_limit
+    from featurestore.buckets import BUCKETS_ENV, bucket_count, memory_limit
 
-    forced = os.environ.get(BUCKETS_ENV, "").strip()
-    if forced:
-        from featurestore.buckets import bucket_count
-
+    if os.environ.get(BUCKETS_ENV, "").strip():
         return bucket_count(files, dict(settings))  # checks and returns the forced count
     limit = memory_limit(dict(settings))
     if limit is None:
         return 1
-    wanted, total = set(columns), 0
+    schema = pl.read_parquet_schema(files[0])
+    widths = {k: _width(schema[k]) for k in keys}
+    per_row = 8 + 8 + 4 + sum(w for w in widths.values() if w is not None)
+    varying, total = {k for k, w in widths.items() if w is None}, 0
     for f in files:
         try:
             meta = pq.read_metadata(f)
@@ -111,10 +126,10 @@ def index_buckets(files: Sequence[str], columns: Sequence[str],
             continue  # unreadable: reading the source reports it, naming the file
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            total += group.num_rows * _ROW_BYTES + sum(
+            total += group.num_rows * per_row + sum(
                 group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                if group.column(c).path_in_schema in wanted)
-    return max(1, math.ceil(total * WORKING_FACTOR / limit))
+                if group.column(c).path_in_schema in varying)
+    return max(1, math.ceil(total * INDEX_FACTOR / limit))
 
 
 def source_rows(ref: Mapping[str, Any]) -> int:
@@ -225,7 +240,7 @@ def artifact_frame(root: Path, row: Mapping[str, Any]) -> pl.LazyFrame:
     if ref is None:
         return pl.scan_parquet(artifact_files(root, dict(row))).select(columns)
     r = "__fs_r"
-    values = ref.values.with_row_index(r).with_columns(pl.col(r).cast(SOURCE_ROW_DTYPE))
-    return (ref.index.join(values, left_on=SOURCE_ROW, right_on=r, how="left",
-                           maintain_order="left")
+    values = ref.values.with_row_index(r).with_columns(pl.col(r).cast(pl.UInt64))
+    return (ref.index.with_columns(pl.col(SOURCE_ROW).cast(pl.UInt64))
+            .join(values, left_on=SOURCE_ROW, right_on=r, how="left", maintain_order="left")
             .select(columns))

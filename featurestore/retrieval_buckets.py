@@ -53,6 +53,7 @@ def point_in_time_join_parts(
     options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": ttl,
                "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     views = list(views)
+    parts = _joined_by_part(views, parts)
     if all(p is None or len(p) <= 1 for p in parts):
         return point_in_time_join(q, views, **options)  # type: ignore[arg-type]
     # Validates every view against the query first, as the one-call engine would, and gives
@@ -75,6 +76,15 @@ def point_in_time_join_parts(
         else:
             out.append(_by_part(q, view, by_view[i], files, template, prefix, options))
     return pl.concat(out, how="horizontal")
+
+
+def _joined_by_part(views: Sequence[ViewFrame], parts: Sequence[Sequence[Path] | None]
+                    ) -> list[Sequence[Path] | None]:
+    """``parts``, with None for the views searched whole: an index (``featurestore.reference``)
+    holds only keys, times and source rows, narrow enough to search at once, and its values
+    are fetched in one pass over the source files, not once per part."""
+    return [None if view.reference is not None else files
+            for view, files in zip(views, parts, strict=True)]
 
 
 def _by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[Path],
@@ -117,6 +127,7 @@ def point_in_time_join_lazy_parts(
     options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": ttl,
                "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     views = list(views)
+    parts = _joined_by_part(views, parts)
     # Validates every view against the query, and gives the output's columns.
     whole = point_in_time_join_lazy(query, views, **options)  # type: ignore[arg-type]
     if all(p is None or len(p) <= 1 for p in parts):

@@ -182,7 +182,8 @@ def source_read_errors(path: str, name: str) -> Iterator[None]:
 
 def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_time: str,
                   on_duplicate: str, row_column: str | None = None,
-                  order: str = "event", read_rows: str | None = None) -> pl.DataFrame:
+                  order: str = "event", read_rows: str | None = None,
+                  keep_rows: bool = False) -> pl.DataFrame:
     """Row-level checks on a collected, normalized frame, and the snapshot's order.
 
     Refuses null keys and times and rows available before their event; handles rows that
@@ -201,7 +202,8 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
     (``featurestore.buckets``; counts in errors are then this bucket's: "at least"). Either
     orders duplicates and is what errors cite, and is dropped. With either, ``df`` is the
     caller's to give away: it is sorted in place, column by column, so its rows are never in
-    memory twice; without, it is left as it was.
+    memory twice; without, it is left as it was. With ``keep_rows`` that column is kept (an
+    index records each row's position in the source: ``featurestore.reference``).
     """
     some = "" if row_column is None else "at least "
     row = row_column or read_rows or "__fs_ingest_row"
@@ -229,27 +231,27 @@ def validate_rows(df: pl.DataFrame, *, path: str, keys: Sequence[str], event_tim
         # and event time, so their order is settled without the row number.
         df = sort_in_place(df, retrieval_order(keys))
         if _no_duplicates(df, dup_cols):  # the common case, proved without moving rows
-            return df.drop(row)
+            return df if keep_rows else df.drop(row)
         ids = sort_in_place(df.select(*dup_cols, row), [*dup_cols, row])
         ids = ids.with_columns(_duplicate_flags(ids, dup_cols))
         _refuse_duplicates(ids, path=path, keys=keys, event_time=event_time,
                            on_duplicate=on_duplicate, some=some)
         if ids["__fs_dup"].any():  # keep_last: the last one read of each run survives
             df = df.filter(~pl.col(row).is_in(ids.filter(pl.col("__fs_next"))[row].implode()))
-        return df.drop(row)
+        return df if keep_rows else df.drop(row)
     if order not in ("event", "retrieval"):
         raise ValueError(f"order must be 'event' or 'retrieval', got {order!r}")
     # The row number as the last sort column: an unstable sort (much faster than a stable one)
     # that still keeps rows sharing keys and event time in the order they were read.
     df = sort_in_place(df, [*dup_cols, row])
     if df.height < 2:
-        return df.drop(row)
+        return df if keep_rows else df.drop(row)
     flags = df.select(_duplicate_flags(df, dup_cols))
     _refuse_duplicates(df.with_columns(flags), path=path, keys=keys, event_time=event_time,
                        on_duplicate=on_duplicate, some=some)
     if flags["__fs_dup"].any():
         df = df.filter(~flags["__fs_next"])  # the last one read of each run survives
-    return df.drop(row)
+    return df if keep_rows else df.drop(row)
 
 
 def _no_duplicates(df: pl.DataFrame, columns: Sequence[str]) -> bool:
@@ -266,17 +268,18 @@ def _no_duplicates(df: pl.DataFrame, columns: Sequence[str]) -> bool:
 
 def snapshot_rows(df: pl.DataFrame, src: Mapping[str, Any], *, path: str, keys: Sequence[str],
                   order: str, row_column: str | None = None,
-                  read_rows: str | None = None) -> pl.DataFrame:
+                  read_rows: str | None = None, keep_rows: bool = False) -> pl.DataFrame:
     """A source's collected, normalized rows (or one bucket of them) as its snapshot holds
-    them: validated (``validate_rows``, which takes ``row_column`` and ``read_rows`` and so may
-    sort ``df`` in place), filled (``causal_fill``, which reads event order) and in ``order``
+    them: validated (``validate_rows``, which takes ``row_column``, ``read_rows`` and
+    ``keep_rows`` and so may sort ``df`` in place), filled (``causal_fill``, which reads event order) and in ``order``
     (``"event"`` or ``"retrieval"``)."""
     from featurestore.layout import sort_for_retrieval
 
     fills = src["fills"]
     df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
                        on_duplicate=src["on_duplicate"], row_column=row_column,
-                       read_rows=read_rows, order="event" if fills else order)
+                       read_rows=read_rows, order="event" if fills else order,
+                       keep_rows=keep_rows)
     df = causal_fill(df, keys, fills)
     return sort_for_retrieval(df, keys, in_place=True) if fills and order == "retrieval" else df
 

@@ -34,7 +34,6 @@ from featurestore.artifacts import (
     verify_artifact,
     write_parquet_atomic,
     write_parts_atomic,
-    write_row_groups_atomic,
     writers_lock,
 )
 from featurestore.checksums import checksum_remembered
@@ -45,7 +44,6 @@ from featurestore.plan import absolute_source_path
 from featurestore.readers import ensure_lock_files, reading
 from featurestore.reference import (
     SOURCE_ROW,
-    SOURCE_ROW_DTYPE,
     artifact_frame,
     index_buckets,
     reference_of,
@@ -110,13 +108,6 @@ def _marking(parts: Iterator[pl.DataFrame], keys: Sequence[str],
         params.update(snapshot_marker(part, keys))
         yield part
         del part  # before the next part is read: one bucket in memory, not two
-
-
-@dataclasses.dataclass(frozen=True)
-class _RowGroups:
-    """Frames to write one after another into one file (``write_row_groups_atomic``)."""
-
-    frames: Iterator[pl.DataFrame]
 
 
 class StoreData:
@@ -282,7 +273,8 @@ class StoreData:
         params: dict[str, Any] = {"fills": src["fills"]}
         if order == "retrieval":  # its column views need not check the order again
             params["layout"] = "retrieval"
-            if not src["fills"] and snapshot_layout(self.settings()) == "reference":
+            if (not src["fills"] and SOURCE_ROW not in src["schema"]
+                    and snapshot_layout(self.settings()) == "reference"):
                 return self._index_snapshot(name, src, keys, fingerprint, sums, params)
         with bucketed_source(self, name, n, order=order) as parts:
             df = self.read_source(name, order=order) if parts is None else None
@@ -311,32 +303,25 @@ class StoreData:
         names = lf.collect_schema().names()
         base = [*keys, EVENT_TIMESTAMP, AVAILABLE_AT]
         files = resolve_files(path)
-        raw = [*keys, src["event_time"], *([src["available_time"]] if src["available_time"]
-                                            else [])]
-        n = index_buckets(files, raw, self.settings())
+        n = index_buckets(files, keys, self.settings())
 
-        def narrow(frame: pl.LazyFrame) -> pl.LazyFrame:
-            return (frame.select(base).with_row_index(SOURCE_ROW)
-                    .with_columns(pl.col(SOURCE_ROW).cast(SOURCE_ROW_DTYPE)))
-
-        # Bucketed, the index is still one file: each bucket's rows (whole entities, in
-        # retrieval order) appended as row groups, which read as one snapshot does.
-        with bucketed_source(self, name, n, order="retrieval", narrow=narrow) as parts:
+        # The row number each row is read with (its position in the source) is what
+        # validation orders duplicates by, and then the index's __fs_source_row.
+        # Bucketed, the index's parts (whole entities each, in retrieval order) are searched
+        # as one: concatenated, they read as one snapshot does (retrieval_buckets).
+        with bucketed_source(self, name, n, order="retrieval", source_rows=SOURCE_ROW,
+                             narrow=lambda frame: frame.select(base)) as parts:
             df = None
             if parts is None:
-                row = "__fs_ingest_row"
-                while row in names:
-                    row = "_" + row
                 with source_read_errors(path, name):
-                    df = (narrow(lf).with_columns(pl.col(SOURCE_ROW).cast(pl.UInt32).alias(row))
-                          .collect(engine="streaming"))
+                    df = lf.select(base).with_row_index(SOURCE_ROW).collect(engine="streaming")
                 df = validate_rows(df, path=path, keys=keys, event_time=src["event_time"],
                                    on_duplicate=src["on_duplicate"], order="retrieval",
-                                   read_rows=row)
+                                   read_rows=SOURCE_ROW, keep_rows=True)
             written_fp = fingerprint.result()  # every file hashed: sums is complete
             ref = reference_params(files, sums, [c for c in names if c not in base])
             row_ = self._record_artifact(
-                "source", name, src["version"], df if parts is None else _RowGroups(parts),
+                "source", name, src["version"], df if parts is None else parts,
                 fingerprint=written_fp, transform=None, plugin=None, plugin_version=None,
                 params={**params, "reference": ref}, verified=True,
                 verification="source snapshot (by reference)",
@@ -405,10 +390,6 @@ class StoreData:
         if isinstance(df, pl.DataFrame):
             return write_parquet_atomic(self.root, relpath, df, compression=self.compression,
                                         time_column=EVENT_TIMESTAMP)
-        if isinstance(df, _RowGroups):
-            return write_row_groups_atomic(self.root, relpath, df.frames,
-                                           compression=self.compression,
-                                           time_column=EVENT_TIMESTAMP)
         return write_parts_atomic(self.root, relpath, df, compression=self.compression,
                                   time_column=EVENT_TIMESTAMP)
 

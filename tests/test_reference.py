@@ -100,8 +100,8 @@ def test_an_index_answers_as_the_copy_and_the_oracle(
         ttl_h: int | None, buckets: int | None) -> None:
     """Eager, lazy and ``load_artifact`` on an index equal the copy; the copy equals the
     oracle (on the rows that survive keep_last: the last one read of each duplicate). With
-    ``buckets`` both are built bucket by bucket: the copy as parts, the index as one file of
-    the buckets' row groups, in the same order."""
+    ``buckets`` both are built bucket by bucket, as parts in the same order; the index's parts
+    are searched as one."""
     tmp = tmp_path_factory.mktemp("ref")
     if buckets is None:
         monkeypatch.delenv(BUCKETS_ENV, raising=False)
@@ -125,8 +125,7 @@ def test_an_index_answers_as_the_copy_and_the_oracle(
             if laps.height:  # the layout under test, not the other one
                 assert (reference_of(arts["source"]) is not None) == (layout == "reference")
                 assert (reference_of(arts["view"]) is not None) == (layout == "reference")
-                # An index is one file, bucketed or not; a bucketed copy has parts.
-                assert bool(arts["source"]["parts"]) == (layout == "copy" and bool(buckets))
+                assert bool(arts["source"]["parts"]) == bool(buckets)
             with warnings.catch_warnings():  # null keys and cutoffs are warned about
                 warnings.simplefilter("ignore")
                 got[layout] = store.get_historical_features(query, FEATURES, **options)
@@ -225,6 +224,11 @@ def test_a_changed_source_file_is_refused_until_ingested_again(
         os.unlink(path)
         with pytest.raises(ArtifactError, match=rf"source file {path} is missing"):
             store.get_historical_features(query, ["speed"], tier="historical", cutoff="cutoff")
+        for fix in (False, True):  # doctor names the file; --fix leaves the index in place
+            report = store.doctor(fix=fix)
+            assert not report["ok"] and report["problems"]
+            assert all(f"source file {path} is missing" in p for p in report["problems"])
+            assert not report["removed"] and not report["quarantined"]
 
 
 def test_a_flipped_byte_in_the_source_is_never_served(tmp_path: Path,
@@ -249,7 +253,7 @@ def test_a_flipped_byte_in_the_source_is_never_served(tmp_path: Path,
 def test_where_an_index_cannot_serve_the_store_takes_a_copy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transform view reads rows in event order with their values: its source gets a copy.
-    A bucketed source still gets an index (one file of the buckets' row groups)."""
+    A bucketed source still gets an index, in parts."""
     # A fixed lag: a row-count window over event order is causal only then.
     laps = _laps([(t, c, h, 1, float(h * c), h) for t in "ab" for c in range(3)
                   for h in range(12)])
@@ -269,12 +273,7 @@ def test_where_an_index_cannot_serve_the_store_takes_a_copy(
     with _store(tmp_path / "b", path, "reference", monkeypatch) as store:
         materialize(store)
         src = store.registry.latest_artifact("source", "laps")
-        assert reference_of(src) is not None and not src["parts"]
-        import pyarrow.parquet as pq
-
-        from featurestore.artifacts import artifact_files
-        [index] = artifact_files(store.root, src)
-        assert pq.read_metadata(index).num_row_groups == 2  # one per non-empty bucket
+        assert reference_of(src) is not None and len(src["parts"]) == 2
         query = pl.DataFrame({"team": ["a", "b"], "car_no": [1, 2],
                               "cutoff": [T0 + dt.timedelta(days=2)] * 2})
         got = store.get_historical_features(query, ["speed"], tier="historical",

@@ -22,6 +22,7 @@ is published, never repeated per call.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -392,7 +393,7 @@ class OnlineReader:
                        columns: dict[str, list[Any]], t: int, inclusive: bool,
                        ttl_us: int | None, allow_unverified: bool, result: OnlineResult) -> None:
         from featurestore.artifacts import reading_artifacts, verify_artifact
-        from featurestore.reference import artifact_frame
+        from featurestore.reference import artifact_frame, reference
         from featurestore.retrieval import ViewFrame, point_in_time_join
 
         art = self._artifact(vp, layout)
@@ -426,10 +427,13 @@ class OnlineReader:
             key_filter = key_filter & pl.col(k).is_in(wanted.to_list())  # prunes row groups
         mapping = {name: row["column_name"] for name, row in vp.features}
         mapping[_EVENT] = EVENT_TIMESTAMP
+        ref = reference(self.store.root, art)
+        if ref is not None:  # search the index; fetch only the matched rows' values
+            ref = dataclasses.replace(ref, index=ref.index.filter(key_filter))
         with reading_artifacts([path]):
             joined = point_in_time_join(
                 frame, [ViewFrame(vp.name, scan.filter(key_filter), vp.keys, mapping,
-                                  presorted=True)],
+                                  presorted=True, reference=ref)],
                 cutoff=_CUTOFF, inclusive=inclusive, with_availability=True)
         avail = joined.select(pl.col(f"{_EVENT}__available_at").dt.epoch("us")).to_series().to_list()
         event = joined.select(pl.col(_EVENT).dt.epoch("us")).to_series().to_list()
