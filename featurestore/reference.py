@@ -6,7 +6,7 @@ process), a source with no fills that no transform view reads is ingested as an 
 key columns, ``event_timestamp`` and ``available_at`` of every validated row, in retrieval
 order, plus ``__fs_source_row``, the row's position in the concatenation of the source's files
 (read in ``resolve_files`` order). Under the memory limit an index may be bucketed like a copy
-(``index_buckets``); its parts are searched as one. The value columns stay in the source's own
+(``index_buckets``); its parts are searched one by one (``retrieval_buckets``). The value columns stay in the source's own
 files; the snapshot's registry row lists those files with their sha256, size and row count
 (``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
 which is what makes the first training frame cheap.
@@ -211,6 +211,26 @@ class Reference:
         rank = pl.repeat(0, at.len(), dtype=pl.UInt32, eager=True).scatter(
             at.arg_sort(), pl.int_range(at.len(), dtype=pl.UInt32, eager=True))
         return got, rank
+
+    def values_at(self, source_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
+        """The value ``columns`` at the given source positions (nulls give null rows), in
+        that order: one streaming pass over the source files keeping only those rows."""
+        valid = source_rows.drop_nulls()
+        uniq = valid.unique().sort()
+        mask = pl.repeat(False, self.rows, dtype=pl.Boolean, eager=True).scatter(uniq, True)
+        r = "__fs_r"
+        got = (self.values.select(columns).with_row_index(r)
+               .filter(pl.lit(mask).gather(pl.col(r))).drop(r).collect(engine="streaming"))
+        if got.height != uniq.len():
+            raise ArtifactError(f"source files returned {got.height} of {uniq.len()} rows "
+                                "asked for; the index does not match them")
+        if got.height == 0:
+            return got.clear(source_rows.len())  # every row null
+        # got is in source order, that is uniq's: a row's values are at its rank in uniq.
+        pos = uniq.search_sorted(source_rows.fill_null(0), side="left")
+        matched = source_rows.is_not_null()
+        return pl.DataFrame([pl.select(pl.when(matched).then(got.get_column(c).gather(pos)))
+                             .to_series().alias(c) for c in columns])
 
     def gather(self, index_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """The ``columns`` of the given index rows, in that order (``fetch``, gathered)."""

@@ -27,9 +27,16 @@ from pathlib import Path
 
 import polars as pl
 
+from featurestore.reference import SOURCE_ROW
 from featurestore.retrieval_lazy import point_in_time_join_lazy
 from featurestore.retrieval_packed import point_in_time_join
-from featurestore.retrieval_plan import ViewFrame, ViewPlan, internal_prefix, plan_views
+from featurestore.retrieval_plan import (
+    ViewFrame,
+    ViewPlan,
+    availability_column,
+    internal_prefix,
+    plan_views,
+)
 from featurestore.transforms import EVENT_TIMESTAMP
 
 __all__ = ["point_in_time_join_lazy_parts", "point_in_time_join_parts"]
@@ -53,7 +60,6 @@ def point_in_time_join_parts(
     options = {"cutoff": cutoff, "inclusive": inclusive, "ttl": ttl,
                "cutoff_timezone": cutoff_timezone, "with_availability": with_availability}
     views = list(views)
-    parts = _joined_by_part(views, parts)
     if all(p is None or len(p) <= 1 for p in parts):
         return point_in_time_join(q, views, **options)  # type: ignore[arg-type]
     # Validates every view against the query first, as the one-call engine would, and gives
@@ -73,16 +79,44 @@ def point_in_time_join_parts(
         if files is None or len(files) <= 1:
             joined = point_in_time_join(q, [view], **options)  # type: ignore[arg-type]
             out.append(joined.select(joined.columns[q.width:]))
+        elif view.reference is not None:
+            out.append(_index_by_part(q, view, by_view[i], files, prefix, options))
         else:
             out.append(_by_part(q, view, by_view[i], files, template, prefix, options))
     return pl.concat(out, how="horizontal")
 
 
+def _index_by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[Path],
+                   prefix: str, options: dict) -> pl.DataFrame:
+    """A bucketed index's output columns (``featurestore.reference``): each part searched on
+    its own by the engine, with the matched row's source position as the one feature asked
+    for, then every matched row's values fetched in one pass over the source files (not one
+    per part). The peak: one part's key and time columns, and the answers."""
+    assert view.reference is not None
+    src = "source_row"  # an output name: not the engine's internal prefix, not a query column
+    while src in q.columns:
+        src += "_"
+    search = dataclasses.replace(view, frame=view.reference.index, features={src: SOURCE_ROW},
+                                 reference=None)
+    search_options = {**options, "with_availability": True}
+    empty = point_in_time_join(q.head(0), [search], **search_options)  # type: ignore[arg-type]
+    [search_plan] = plan_views(q.schema, [search], options["cutoff"],
+                               options["cutoff_timezone"], True, options["ttl"], prefix)
+    found = _by_part(q, search, search_plan, files, empty.select(empty.columns[q.width:]),
+                     prefix, search_options)
+    columns = list(dict.fromkeys(c for _, c, _ in plan.outputs))
+    values = view.reference.values_at(found.get_column(src), columns)
+    result = [values.get_column(c).alias(out) for out, c, _ in plan.outputs]
+    if options["with_availability"]:
+        av = found.get_column(availability_column(src))
+        result += [av.alias(availability_column(out)) for out, _, _ in plan.outputs]
+    return pl.DataFrame(result)
+
+
 def _joined_by_part(views: Sequence[ViewFrame], parts: Sequence[Sequence[Path] | None]
                     ) -> list[Sequence[Path] | None]:
-    """``parts``, with None for the views searched whole: an index (``featurestore.reference``)
-    holds only keys, times and source rows, narrow enough to search at once, and its values
-    are fetched in one pass over the source files, not once per part."""
+    """``parts``, with None for the indexes (``featurestore.reference``): the lazy plan joins
+    an index whole (its values come from a join with the source files)."""
     return [None if view.reference is not None else files
             for view, files in zip(views, parts, strict=True)]
 

@@ -307,8 +307,8 @@ class StoreData:
 
         # The row number each row is read with (its position in the source) is what
         # validation orders duplicates by, and then the index's __fs_source_row.
-        # Bucketed, the index's parts (whole entities each, in retrieval order) are searched
-        # as one: concatenated, they read as one snapshot does (retrieval_buckets).
+        # Bucketed, the index's parts hold whole entities each, in retrieval order, as a
+        # copy's do (retrieval_buckets searches them one by one).
         with bucketed_source(self, name, n, order="retrieval", source_rows=SOURCE_ROW,
                              narrow=lambda frame: frame.select(base)) as parts:
             df = None

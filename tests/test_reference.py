@@ -101,7 +101,7 @@ def test_an_index_answers_as_the_copy_and_the_oracle(
     """Eager, lazy and ``load_artifact`` on an index equal the copy; the copy equals the
     oracle (on the rows that survive keep_last: the last one read of each duplicate). With
     ``buckets`` both are built bucket by bucket, as parts in the same order; the index's parts
-    are searched as one."""
+    are searched one by one and their values fetched in one pass."""
     tmp = tmp_path_factory.mktemp("ref")
     if buckets is None:
         monkeypatch.delenv(BUCKETS_ENV, raising=False)
