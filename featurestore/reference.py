@@ -200,13 +200,7 @@ class Reference:
                                         how="horizontal").select(columns)
             return got, pl.int_range(index_rows.len(), dtype=pl.UInt32, eager=True)
         at = self.index.select(SOURCE_ROW).collect().to_series().gather(index_rows)
-        mask = pl.repeat(False, self.rows, dtype=pl.Boolean, eager=True).scatter(at, True)
-        r = "__fs_r"
-        got = (self.values.select(columns).with_row_index(r)
-               .filter(pl.lit(mask).gather(pl.col(r))).drop(r).collect(engine="streaming"))
-        if got.height != at.len():
-            raise ArtifactError(f"source files returned {got.height} of {at.len()} rows asked "
-                                "for; the index does not match them")
+        got = self._read(at, columns)
         # got is in source order: the k-th asked row is at got's rank of at[k].
         rank = pl.repeat(0, at.len(), dtype=pl.UInt32, eager=True).scatter(
             at.arg_sort(), pl.int_range(at.len(), dtype=pl.UInt32, eager=True))
@@ -215,15 +209,10 @@ class Reference:
     def values_at(self, source_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """The value ``columns`` at the given source positions (nulls give null rows), in
         that order: one streaming pass over the source files keeping only those rows."""
-        valid = source_rows.drop_nulls()
-        uniq = valid.unique().sort()
-        mask = pl.repeat(False, self.rows, dtype=pl.Boolean, eager=True).scatter(uniq, True)
-        r = "__fs_r"
-        got = (self.values.select(columns).with_row_index(r)
-               .filter(pl.lit(mask).gather(pl.col(r))).drop(r).collect(engine="streaming"))
-        if got.height != uniq.len():
-            raise ArtifactError(f"source files returned {got.height} of {uniq.len()} rows "
-                                "asked for; the index does not match them")
+        if not columns:
+            return pl.DataFrame()
+        uniq = source_rows.drop_nulls().unique().sort()
+        got = self._read(uniq, columns)
         if got.height == 0:
             return got.clear(source_rows.len())  # every row null
         # got is in source order, that is uniq's: a row's values are at its rank in uniq.
@@ -231,6 +220,18 @@ class Reference:
         matched = source_rows.is_not_null()
         return pl.DataFrame([pl.select(pl.when(matched).then(got.get_column(c).gather(pos)))
                              .to_series().alias(c) for c in columns])
+
+    def _read(self, rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
+        """The value ``columns`` of the distinct source positions ``rows``, in source order:
+        one streaming pass over the source files that keeps only those rows."""
+        mask = pl.repeat(False, self.rows, dtype=pl.Boolean, eager=True).scatter(rows, True)
+        r = "__fs_r"
+        got = (self.values.select(columns).with_row_index(r)
+               .filter(pl.lit(mask).gather(pl.col(r))).drop(r).collect(engine="streaming"))
+        if got.height != rows.len():
+            raise ArtifactError(f"source files returned {got.height} of {rows.len()} rows "
+                                "asked for; the index does not match them")
+        return got
 
     def gather(self, index_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """The ``columns`` of the given index rows, in that order (``fetch``, gathered)."""

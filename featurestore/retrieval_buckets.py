@@ -96,16 +96,20 @@ def _index_by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequ
     src = "source_row"  # an output name: not the engine's internal prefix, not a query column
     while src in q.columns:
         src += "_"
-    search = dataclasses.replace(view, frame=view.reference.index, features={src: SOURCE_ROW},
-                                 reference=None)
+    columns = list(dict.fromkeys(c for _, c, _ in plan.outputs))
+    # A feature that is an index column itself (a time, say) comes with the search.
+    own = [c for c in columns if c in view.reference.index.collect_schema()]
+    search = dataclasses.replace(view, frame=view.reference.index, reference=None,
+                                 features={src: SOURCE_ROW, **{f"{src}.{c}": c for c in own}})
     search_options = {**options, "with_availability": True}
     empty = point_in_time_join(q.head(0), [search], **search_options)  # type: ignore[arg-type]
     [search_plan] = plan_views(q.schema, [search], options["cutoff"],
                                options["cutoff_timezone"], True, options["ttl"], prefix)
     found = _by_part(q, search, search_plan, files, empty.select(empty.columns[q.width:]),
                      prefix, search_options)
-    columns = list(dict.fromkeys(c for _, c, _ in plan.outputs))
-    values = view.reference.values_at(found.get_column(src), columns)
+    values = view.reference.values_at(found.get_column(src),
+                                      [c for c in columns if c not in own])
+    values = values.with_columns(found.get_column(f"{src}.{c}").alias(c) for c in own)
     result = [values.get_column(c).alias(out) for out, c, _ in plan.outputs]
     if options["with_availability"]:
         av = found.get_column(availability_column(src))
