@@ -22,6 +22,7 @@ import polars as pl
 
 from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.errors import ArtifactError, NotFoundError
+from featurestore.reference import reference_of
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
 from featurestore.windowengine import WindowOutput, window_aggregate
 from featurestore.windowspec import NAME, parse_params, value_exprs
@@ -58,6 +59,9 @@ def window_request(store: FeatureStore, art: Mapping[str, Any], mapping: Mapping
         if snapshot_id is None:
             raise NotFoundError("no input snapshot recorded")
         snapshot = store.artifact(snapshot_id)
+        if reference_of(snapshot) is not None:  # never so: a transform's source is copied
+            raise ArtifactError(f"snapshot {snapshot_id} is an index (snapshot_layout "
+                                "reference), which windows do not read")
         path = verify_artifact(store.root, snapshot, trust_cache=not verify_checksums)
     except (NotFoundError, ArtifactError) as exc:
         raise ArtifactError(

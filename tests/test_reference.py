@@ -281,6 +281,22 @@ def test_where_an_index_cannot_serve_the_store_takes_a_copy(
         assert got["speed"].to_list() == [11.0, 22.0]
 
 
+def test_a_source_column_named_like_the_index_row_gets_a_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    laps = _laps([("a", 1, h, 1, float(h), h) for h in range(5)]).with_columns(
+        pl.lit(7).alias(SOURCE_ROW))
+    path = _write_source(tmp_path, laps, 1)
+    with _store(tmp_path / "s", path, "reference", monkeypatch,
+                extra=[Feature("clash", source="laps", column=SOURCE_ROW)]) as store:
+        materialize(store)
+        assert reference_of(store.registry.latest_artifact("source", "laps")) is None
+        query = pl.DataFrame({"team": ["a"], "car_no": [1],
+                              "cutoff": [T0 + dt.timedelta(days=2)]})
+        got = store.get_historical_features(query, ["speed", "clash"], tier="historical",
+                                            cutoff="cutoff")
+        assert got.select("speed", "clash").row(0) == (4.0, 7)
+
+
 def test_the_layout_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     laps = _laps([("a", 1, h, 1, float(h), h) for h in range(5)])
     path = _write_source(tmp_path, laps, 1)
