@@ -267,7 +267,6 @@ class StoreData:
             return {"name": name, "status": "ingested", "artifact": row}, None
         from featurestore.buckets import bucketed_source, source_buckets
 
-        n = source_buckets(self, src)
         keys = self.registry.get("entity", src["entity"])["join_keys"]
         order = self.snapshot_order(src)
         params: dict[str, Any] = {"fills": src["fills"]}
@@ -275,7 +274,8 @@ class StoreData:
             params["layout"] = "retrieval"
             if (not src["fills"] and SOURCE_ROW not in src["schema"]
                     and snapshot_layout(self.settings()) == "reference"):
-                return self._index_snapshot(name, src, keys, fingerprint, sums, params)
+                return self._index_snapshot(name, fingerprint, sums, params)
+        n = source_buckets(self, src)
         with bucketed_source(self, name, n, order=order) as parts:
             df = self.read_source(name, order=order) if parts is None else None
             if df is not None:
@@ -291,9 +291,8 @@ class StoreData:
                                         verified=True, verification="source snapshot")
         return {"name": name, "status": "ingested", "artifact": row}, df
 
-    def _index_snapshot(self, name: str, src: dict[str, Any], keys: Sequence[str],
-                        fingerprint: Future[str], sums: dict[str, str],
-                        params: dict[str, Any]) -> tuple[dict[str, Any], pl.DataFrame]:
+    def _index_snapshot(self, name: str, fingerprint: Future[str], sums: dict[str, str],
+                        params: dict[str, Any]) -> tuple[dict[str, Any], pl.DataFrame | None]:
         """``_snapshot`` by reference (``featurestore.reference``): only the key and time
         columns are read, validated and sorted; the rows' values stay in the source files,
         whose checksums (taken while the index is built) the registry row records."""
