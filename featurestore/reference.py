@@ -6,8 +6,8 @@ process), a source with no fills that no transform view reads is ingested as an 
 key columns, ``event_timestamp`` and ``available_at`` of every validated row, in retrieval
 order, plus ``__fs_source_row``, the row's position in the concatenation of the source's files
 (read in ``resolve_files`` order). Under the memory limit an index may be bucketed like a copy
-(``index_buckets``); its parts are searched one by one (``retrieval_buckets``). The value columns stay in the source's own
-files; the snapshot's registry row lists those files with their sha256, size and row count
+(``index_buckets``); its parts are searched one by one (``retrieval_buckets``). The value
+columns stay in the source's own files; the snapshot's registry row lists those files with their sha256, size and row count
 (``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
 which is what makes the first training frame cheap.
 
@@ -192,12 +192,11 @@ class Reference:
         in source order, read in one pass over the source files that keeps only those rows,
         and for each asked row its row in that frame (so the caller gathers once)."""
         own = [c for c in columns if c in self.index.collect_schema()]
-        if own:  # an index column asked for as a feature: read it from the index itself
-            got = self.index.select(columns).collect().gather(index_rows) if len(own) == len(
-                columns) else pl.concat([self.index.select(own).collect().gather(index_rows),
-                                         self.gather(index_rows, [c for c in columns
-                                                                  if c not in own])],
-                                        how="horizontal").select(columns)
+        if own:  # an index column asked for as a feature (a time): read it from the index
+            rows = self.index.select(*own, SOURCE_ROW).collect().gather(index_rows)
+            rest = [c for c in columns if c not in own]
+            values = [self.values_at(rows.get_column(SOURCE_ROW), rest)] if rest else []
+            got = pl.concat([rows.select(own), *values], how="horizontal").select(columns)
             return got, pl.int_range(index_rows.len(), dtype=pl.UInt32, eager=True)
         at = self.index.select(SOURCE_ROW).collect().to_series().gather(index_rows)
         got = self._read(at, columns)
@@ -208,9 +207,8 @@ class Reference:
 
     def values_at(self, source_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """The value ``columns`` at the given source positions (nulls give null rows), in
-        that order: one streaming pass over the source files keeping only those rows."""
-        if not columns:
-            return pl.DataFrame()
+        that order: one streaming pass over the source files keeping only those rows.
+        ``columns`` is not empty."""
         uniq = source_rows.drop_nulls().unique().sort()
         got = self._read(uniq, columns)
         if got.height == 0:
@@ -239,11 +237,6 @@ class Reference:
             raise ArtifactError(f"source files returned {got.height} of {rows.len()} rows "
                                 "asked for; the index does not match them")
         return got
-
-    def gather(self, index_rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
-        """The ``columns`` of the given index rows, in that order (``fetch``, gathered)."""
-        got, rank = self.fetch(index_rows, columns)
-        return got.gather(rank)
 
 
 def reference(root: Path, row: Mapping[str, Any]) -> Reference | None:

@@ -107,9 +107,10 @@ def _index_by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequ
                                options["cutoff_timezone"], True, options["ttl"], prefix)
     found = _by_part(q, search, search_plan, files, empty.select(empty.columns[q.width:]),
                      prefix, search_options)
-    values = view.reference.values_at(found.get_column(src),
-                                      [c for c in columns if c not in own])
-    values = values.with_columns(found.get_column(f"{src}.{c}").alias(c) for c in own)
+    rest = [c for c in columns if c not in own]
+    values = pl.concat([found.select(pl.col(f"{src}.{c}").alias(c) for c in own),
+                        *([view.reference.values_at(found.get_column(src), rest)] if rest
+                          else [])], how="horizontal")
     result = [values.get_column(c).alias(out) for out, c, _ in plan.outputs]
     if options["with_availability"]:
         av = found.get_column(availability_column(src))
