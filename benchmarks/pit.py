@@ -360,6 +360,10 @@ def prepared(paths: Paths, case: str, j: int) -> Path:
     return paths.root / f"prepared_{paths.scale}_{case}_{j}.parquet"
 
 
+# The store's default codec (setting ``compression``): the peer writes the same kind of file.
+PREPARE_CODEC = "lz4"
+
+
 def run_prepare(paths: Paths, case: str) -> None:
     """The hand-written counterpart of the store's setup: scan each raw file, compute
     ``available_at`` (UTC), sort by key and time, write Parquet (Polars' streaming sink)."""
@@ -369,12 +373,26 @@ def run_prepare(paths: Paths, case: str) -> None:
         (pl.scan_parquet(raw)
          .with_columns(pl.col("available_at").dt.convert_time_zone("UTC"))
          .sort([KEY, "available_at", CUTOFF])
-         .sink_parquet(prepared(paths, case, j), compression="zstd"))
+         .sink_parquet(prepared(paths, case, j), compression=PREPARE_CODEC))
 
 
 RUNNERS = {"featurestore": run_featurestore, "polars": run_polars, "duckdb": run_duckdb,
            "polars_art": run_polars_art, "duckdb_art": run_duckdb_art}
 RAW_PEERS = ("polars", "duckdb")
+
+
+def compile_bytecode() -> None:
+    """Compile the store's modules (and its default plugins) to bytecode, as ``pip install``
+    does for an installed package. An editable install under ``PYTHONDONTWRITEBYTECODE`` (set
+    on some machines) would otherwise compile them again in every contestant process, while
+    Polars and DuckDB, installed normally, never pay for that."""
+    import importlib.util
+
+    for name in ("featurestore", "featurestore_plugins"):
+        spec = importlib.util.find_spec(name)
+        for where in (spec.submodule_search_locations or []) if spec else []:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", where], check=True,
+                           stdout=subprocess.DEVNULL)
 
 
 def first_read(paths: Paths, case: str) -> float:
@@ -625,6 +643,7 @@ def main() -> None:
 
     cases = ["single"] if args.skip_multi else ["single", "multi"]
     generate(paths, multi="multi" in cases)
+    compile_bytecode()
 
     summary: dict[str, dict[str, Run]] = {}
     setups: dict[str, tuple[Run, Run]] = {}

@@ -207,7 +207,7 @@ def atomic_artifact_file(root: Path, relative: str | Path, compression: str, *,
 
 
 def write_parquet_atomic(root: Path, relative: str | Path, frame: pl.DataFrame, *,
-                         compression: str = "zstd", time_column: str | None = None) -> WrittenArtifact:
+                         compression: str = "lz4", time_column: str | None = None) -> WrittenArtifact:
     """Write ``frame`` to ``root/relative`` atomically and describe the result."""
     with atomic_artifact_file(root, relative, compression) as (tmp, final):
         # Hashed as it is written, so the checksum costs no second read of the file.
@@ -263,7 +263,7 @@ def _carry_over(part: ReusedPart, target: Path) -> None:
 
 def write_parts_atomic(root: Path, relative: str | Path,
                        frames: Iterable[pl.DataFrame | ReusedPart], *,
-                       compression: str = "zstd",
+                       compression: str = "lz4",
                        time_column: str | None = None) -> WrittenArtifact:
     """Write a bucketed artifact: one part file per item of ``frames``, all or nothing.
 

@@ -28,7 +28,9 @@ def config(c: Ctx, key: str | None, value: str | None, unset: bool, as_json: boo
     and materialize stay within (FEATURESTORE_MEMORY_LIMIT overrides it; unset: a quarter
     of RAM, at most 2 GiB); snapshot_layout, copy (default) or reference: whether the next
     snapshots copy the source's rows or index them and read values from the source's own
-    files (FEATURESTORE_SNAPSHOT_LAYOUT overrides it).
+    files (FEATURESTORE_SNAPSHOT_LAYOUT overrides it); compression, the Parquet codec of
+    the next artifacts, lz4 (default), zstd, snappy, gzip, brotli or uncompressed
+    (FEATURESTORE_COMPRESSION overrides it).
     """
     from featurestore.settings import SETTINGS, setting_name
 

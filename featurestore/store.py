@@ -65,14 +65,14 @@ class FeatureStore(StoreData):
     """
 
     def __init__(self, root: str | Path = ".", *, registry_url: str | None = None,
-                 compression: str = "zstd", create: bool = True,
+                 compression: str | None = None, create: bool = True,
                  read_only: bool | None = None, online_store: str | None = None) -> None:
         from featurestore.identity import open_store
 
         self.root = Path(root).resolve()
-        if compression not in COMPRESSIONS:
+        if compression is not None and compression not in COMPRESSIONS:
             raise DefinitionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
-        self.compression = compression
+        self._compression = compression
         opened = open_store(self.root, registry_url or os.environ.get(REGISTRY_ENV) or None,
                             create=create and not read_only, read_only=read_only)
         self.registry = opened.registry
@@ -82,11 +82,22 @@ class FeatureStore(StoreData):
 
     @classmethod
     def open(cls, root: str | Path = ".", *, registry_url: str | None = None,
-             read_only: bool | None = None, compression: str = "zstd",
+             read_only: bool | None = None, compression: str | None = None,
              online_store: str | None = None) -> FeatureStore:
         """Open an existing store; never creates one (``NoStoreError`` when there is none)."""
         return cls(root, registry_url=registry_url, compression=compression, create=False,
                    read_only=read_only, online_store=online_store)
+
+    @property
+    def compression(self) -> str:
+        """The Parquet codec of the artifacts this store writes next: the ``compression``
+        argument, else ``FEATURESTORE_COMPRESSION``, else the store's ``compression`` setting,
+        else ``lz4``. Artifacts keep the codec they were written with."""
+        if self._compression is not None:
+            return self._compression
+        from featurestore.settings import artifact_compression
+
+        return artifact_compression(self.settings())
 
     def _require_writable(self, what: str) -> None:
         if self.read_only:

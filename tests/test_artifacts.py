@@ -42,6 +42,52 @@ def test_compressions_roundtrip(tmp_path: Path, compression: str) -> None:
     assert codec.lower().startswith(compression[:3])
 
 
+def _codecs(store: FeatureStore) -> dict[str, str]:
+    """Each latest artifact's codec, as recorded and as read from its Parquet footer."""
+    import pyarrow.parquet as pq
+
+    from featurestore.artifacts import artifact_files
+
+    got = {}
+    for row in store.list("artifact"):
+        for f in artifact_files(store.root, row):
+            meta = pq.ParquetFile(f).metadata
+            written = {meta.row_group(i).column(j).compression.lower()
+                       for i in range(meta.num_row_groups) for j in range(meta.num_columns)}
+            assert written == {row["compression"]}
+        got[f"{row['kind']}:{row['name']}:{row['id']}"] = row["compression"]
+    return got
+
+
+def test_the_compression_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurestore.errors import DefinitionError
+    from featurestore.settings import COMPRESSION_ENV
+
+    monkeypatch.delenv(COMPRESSION_ENV, raising=False)
+    store = _store_with_artifacts(tmp_path)  # the default: lz4
+    assert set(_codecs(store).values()) == {"lz4"} and store.compression == "lz4"
+    with pytest.raises(DefinitionError, match="setting compression: 'lzma' is not a compression"):
+        store.set_setting("compression", "lzma")
+    store.set_setting("compression", "ZSTD")
+    assert store.settings()["compression"] == "zstd"
+    before = _codecs(store)
+    store.ingest(force=True)  # a column view shares its snapshot's file, hence its codec
+    materialize(store, force=True)
+    after = _codecs(store)
+    assert {k: v for k, v in after.items() if k in before} == before  # old ones keep theirs
+    assert sorted(v for k, v in after.items() if k not in before) == ["zstd", "zstd"]
+    monkeypatch.setenv(COMPRESSION_ENV, "snappy")  # the environment wins over the setting
+    assert store.compression == "snappy"
+    monkeypatch.setenv(COMPRESSION_ENV, "nope")
+    with pytest.raises(DefinitionError, match=f"{COMPRESSION_ENV}: 'nope'"):
+        _ = store.compression
+    # and an explicit argument wins over both
+    assert FeatureStore(store.root, compression="gzip").compression == "gzip"
+    monkeypatch.delenv(COMPRESSION_ENV)
+    for row in store.list("artifact"):
+        store.load_artifact(row["id"])  # every codec still reads
+
+
 def test_artifacts_are_never_overwritten(tmp_path: Path) -> None:
     df = pl.DataFrame({"a": [1]})
     write_parquet_atomic(tmp_path, "data/a.parquet", df)

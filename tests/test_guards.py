@@ -491,7 +491,7 @@ def test_online_needs_a_tier_or_a_store_default(tmp_path: Path, registry_url: st
     with pytest.raises(DefinitionError, match=r"pass tier=\.\.\. .*featurestore config default_tier"):
         store.get_online_features(keys, ["finish"])
     assert store.settings() == {"default_tier": None, "memory_limit": None,
-                                "snapshot_layout": None}
+                                "snapshot_layout": None, "compression": None}
     assert store.default_tier is None
     store.set_setting("default_tier", "historical")
     assert store.default_tier == "historical"
@@ -518,7 +518,8 @@ def test_cli_config_and_online_tier(tmp_path: Path) -> None:
     # One registry is enough here: the settings' storage runs on both in the test above.
     store = online_store(tmp_path, f"sqlite:///{tmp_path / 'registry.db'}")
     assert json.loads(cli("config", "--json", store=store).stdout) == {
-        "default_tier": None, "memory_limit": None, "snapshot_layout": None}
+        "default_tier": None, "memory_limit": None, "snapshot_layout": None,
+        "compression": None}
     bad = cli("online", "--key", "driver_id=1", "--features", "finish", store=store, code=2)
     assert "--tier" in bad.stderr and "featurestore config default_tier" in bad.stderr
     leak = cli("online", "--key", "driver_id=1", "--features", "race_finish", "--tier",

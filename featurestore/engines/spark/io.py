@@ -29,7 +29,7 @@ from featurestore.checksums import file_checksum
 _CODECS = {"uncompressed": "none"}
 
 
-def write_artifact(root: Path, relative: str | Path, frame: Any, *, compression: str = "zstd",
+def write_artifact(root: Path, relative: str | Path, frame: Any, *, compression: str = "lz4",
                    time_column: str | None = None) -> WrittenArtifact:
     """Write the Spark DataFrame ``frame`` (in its current order) to ``root/relative``
     atomically and describe the result."""
