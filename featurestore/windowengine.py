@@ -55,49 +55,15 @@ from featurestore.layout import sorted_by
 from featurestore.numpy_memory import no_hugepages, reuse_freed_memory
 from featurestore.sortedsearch import searchsorted_runs
 from featurestore.windowagg import Column, add_per_segment, aggregate, newest_row
+from featurestore.windowdefs import AGGS, WindowOutput, output_dtype
 from featurestore.windowout import QueryOrder, series_with_nulls
 
 __all__ = ["AGGS", "WindowOutput", "output_dtype", "window_aggregate"]
 
-AGGS = ("count", "sum", "mean", "std", "min", "max", "first", "last")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _PACK_LIMIT = 2**62
 _CHUNK = 1 << 18  # rows per step of a chunked pass: its temporaries stay in cache
 _REUSE_FROM = 1 << 21  # rows + query rows from which freed memory is kept for reuse
-
-
-@dataclass(frozen=True)
-class WindowOutput:
-    """One output column: ``agg`` of ``value`` (a column of the rows frame) over ``window``.
-
-    ``window`` is a width (``timedelta``) or None for the expanding window (all rows before T).
-    """
-
-    name: str
-    value: str
-    agg: str
-    window: timedelta | None
-
-    def __post_init__(self) -> None:
-        if self.agg not in AGGS:
-            raise ValueError(f"window output {self.name!r}: unknown aggregation {self.agg!r}; "
-                             f"expected one of {', '.join(AGGS)}")
-        if self.window is not None and self.window <= timedelta(0):
-            raise ValueError(f"window output {self.name!r}: window must be positive, "
-                             f"got {self.window}")
-
-
-def output_dtype(agg: str, value_dtype: pl.DataType) -> pl.DataType:
-    """The dtype of ``agg`` over a value column of ``value_dtype`` (Boolean counts as Int32)."""
-    if value_dtype == pl.Boolean:
-        value_dtype = pl.Int32()
-    if agg in ("mean", "std"):
-        return pl.Float64()
-    if agg == "count":
-        return pl.Int64()
-    if agg == "sum":
-        return pl.Float64() if value_dtype.is_float() else pl.Int64()
-    return value_dtype
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from featurestore.artifacts import reading_artifacts, verify_artifact
 from featurestore.errors import ArtifactError, NotFoundError
 from featurestore.reference import reference_of
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
-from featurestore.windowengine import WindowOutput, window_aggregate
+from featurestore.windowdefs import WindowOutput
 from featurestore.windowspec import NAME, parse_params, value_exprs
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def window_values(request: WindowRequest, query: pl.DataFrame, *, cutoff: str,
             wanted = query[k].drop_nulls().unique()
             scan = scan.filter(pl.col(k).is_in(wanted.cast(scan.collect_schema()[k],
                                                             strict=False).drop_nulls().to_list()))
+    from featurestore.windowengine import window_aggregate  # numpy: only when windows are asked
+
     rows = scan.with_columns(request.prepare).collect()
     return window_aggregate(rows, query, request.outputs, keys=request.keys, cutoff=cutoff,
                             inclusive=inclusive, ttl=ttl, cutoff_timezone=cutoff_timezone or "UTC",

@@ -33,7 +33,7 @@ from featurestore.conditions import (
 )
 from featurestore.paramspec import REQUIRED, Param, ParamSpec
 from featurestore.transforms import AVAILABLE_AT, EVENT_TIMESTAMP
-from featurestore.windowengine import AGGS, WindowOutput, output_dtype
+from featurestore.windowdefs import AGGS, WindowOutput, output_dtype
 
 NAME = "window"
 ALL = "all"

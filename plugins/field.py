@@ -71,9 +71,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
 from featurestore.hookspecs import hookimpl
@@ -85,6 +84,9 @@ from featurestore.transforms import (
     Transform,
     TransformContext,
 )
+
+if TYPE_CHECKING:  # numpy is imported where it runs: every process loads this plugin
+    import numpy as np
 
 NAME = "field"
 KINDS: dict[str, pl.DataType] = {
@@ -236,6 +238,8 @@ def _statistic(o: Output) -> str | None:
 
 def _fenwick_add(tree: np.ndarray, slots: np.ndarray) -> None:
     """Add 1 at each of ``slots`` (1-based; repeats add more) of a Fenwick (binary indexed) tree."""
+    import numpy as np
+
     slots = slots.copy()
     while slots.size:
         np.add.at(tree, slots, 1)
@@ -245,6 +249,8 @@ def _fenwick_add(tree: np.ndarray, slots: np.ndarray) -> None:
 
 def _fenwick_prefix(tree: np.ndarray, slots: np.ndarray) -> np.ndarray:
     """The sums of ``tree``'s slots 1..s for each s of ``slots`` (0 gives 0)."""
+    import numpy as np
+
     slots, total = slots.copy(), np.zeros(slots.size, dtype=np.int64)
     while slots.any():
         total += tree[slots]  # tree[0] stays 0, so finished slots add nothing
@@ -263,6 +269,8 @@ def _dominance_counts(batch: pl.Series) -> pl.Series:
     in which each bucket owns a disjoint range of slots. O(n log n), however many rows share a
     position, in as many steps as the largest position.
     """
+    import numpy as np
+
     frame = batch.struct.unnest()
     rank = frame["_fd_vr"].fill_null(0).to_numpy().astype(np.int64)
     rows = np.flatnonzero(rank > 0)

@@ -19,7 +19,6 @@ import polars as pl
 
 from featurestore.hookspecs import hookimpl
 from featurestore.transforms import Params, Transform, TransformContext, entity_order
-from featurestore.windowengine import window_aggregate
 from featurestore.windowspec import declared, input_columns, parse_params, value_exprs
 
 NAME = "window"
@@ -43,6 +42,8 @@ def _row_anchored(frame: pl.LazyFrame, params: Params, ctx: TransformContext) ->
             .with_columns(value_exprs(specs, schema)).collect())
     query = rows.select(*ctx.keys, pl.col(ctx.available_column).alias("__fs_window_cutoff"))
     outputs = [o for s in specs for o in s.outputs]
+    from featurestore.windowengine import window_aggregate  # numpy: only when one runs
+
     values = window_aggregate(rows, query, outputs, keys=ctx.keys, cutoff="__fs_window_cutoff",
                               available_at=ctx.available_column,
                               event_timestamp=ctx.time_column, inclusive=True)
