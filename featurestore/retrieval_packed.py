@@ -114,7 +114,9 @@ def _join_view(
         n_rows = k.height
         if k[avp].null_count():
             k = k.with_row_index(ridx).filter(pl.col(avp).is_not_null()).with_columns(run)
-        packed = _pack(k, fkeys, avp, gcol)
+        grp = _key_runs(k, fkeys, gcol)
+        k = k.drop(fkeys)  # before packing: the keys and the packed column are never both held
+        packed = None if grp is None else _pack(k, avp, gcol)
         if packed is not None and not _ties_in_order(keyframe, k, packed[0], ridx):
             packed = None
         if packed is None:
@@ -141,10 +143,14 @@ def _join_view(
             )
             .with_columns(run)
         )
-        packed = _pack(k, fkeys, avp, gcol)
-        assert packed is not None  # sorted just above
-    packed_a, grp, lo, span = packed
-    k = k.select(avp, *([ridx] if ridx in k.columns else []))  # free the key columns
+        grp = _key_runs(k, fkeys, gcol)
+        k = k.drop(fkeys)
+        packed = _pack(k, avp, gcol)
+        assert grp is not None and packed is not None  # sorted just above
+    packed_a, lo, span = packed
+    # Free the key columns, and the times unless ttl or the availability output reads them.
+    keep_av = ttl is not None or with_availability
+    k = k.select(*([avp] if keep_av else []), *([ridx] if ridx in k.columns else []))
 
     # Query side: run number of each key (hash join against the distinct keys), packed cutoff.
     internals = [p.internal for p in plan.pairs]
@@ -175,8 +181,11 @@ def _join_view(
         stale_before = t.gather(order) - min(_ttl_units(ttl, plan.unit), 2**62)
         ok = ok & (k[avp].gather(m_safe) >= stale_before)
     rows = k[ridx].gather(m_safe) if ridx in k.columns else m_safe
+    # The searched columns are not needed to fetch: freed first, they leave room for the values.
+    av = k[avp] if with_availability else None
+    del k, packed, packed_a, packed_q, grp, g, t
     return _fetch(
-        plan, source, n_rows, n_query, order, ok, rows, k[avp], m_safe, with_availability, prefix
+        plan, source, n_rows, n_query, order, ok, rows, av, m_safe, with_availability, prefix
     )
 
 
@@ -186,32 +195,40 @@ def _last_before(packed: pl.Series, needles: pl.Series, inclusive: bool) -> pl.S
     if packed.dtype == pl.Int64:
         # Both sides sorted: an as-of merge walks them once, where a binary search per needle
         # jumps around the larger side (about three times slower at 1M needles in 10M).
+        at = pl.int_range(packed.len(), dtype=pl.UInt32 if packed.len() < 2**32 else pl.Int64,
+                          eager=True)
         hits = pl.DataFrame({"v": needles}).join_asof(
-            pl.DataFrame({"v": packed, "m": pl.int_range(packed.len(), dtype=pl.Int64, eager=True)}),
-            on="v", strategy="backward", allow_exact_matches=inclusive, check_sortedness=False)
-        return hits.get_column("m").fill_null(-1)
+            pl.DataFrame({"v": packed, "m": at}), on="v", strategy="backward",
+            allow_exact_matches=inclusive, check_sortedness=False)
+        return hits.get_column("m").cast(pl.Int64).fill_null(-1)
     pos = packed.search_sorted(needles, side="right" if inclusive else "left")
     return pos.cast(pl.Int64) - 1
 
 
-def _pack(
-    k: pl.DataFrame, fkeys: list[str], avp: str, gcol: str
-) -> tuple[pl.Series, pl.DataFrame, int, int] | None:
-    """Pack (key run, available_at) of a key-sorted frame into one sorted integer column.
-
-    ``k`` holds the key columns, the physical ``available_at`` (no nulls) and the key run
-    number ``gcol`` (``rle_id``). Returns (packed, distinct keys with their run number, lowest
-    instant, span) or None when ``k`` is not sorted by (keys, available_at): a key in two runs,
-    or time going back within a run.
-    """
+def _key_runs(k: pl.DataFrame, fkeys: list[str], gcol: str) -> pl.DataFrame | None:
+    """The distinct keys of a key-sorted frame with their run number ``gcol`` (``rle_id``), or
+    None when a key is in two runs (the frame is not sorted by keys)."""
     if k.height == 0:
-        return pl.Series("A", [], dtype=pl.Int64), k.select(*fkeys, gcol), 0, 3
+        return k.select(*fkeys, gcol)
     runs = k[gcol]
     n_runs = int(runs[-1]) + 1
     starts = runs.search_sorted(pl.int_range(n_runs, dtype=pl.UInt32, eager=True), side="left")
     grp = k.select(*fkeys, gcol).gather(starts)
     if n_runs > 1 and grp.select(pl.struct(fkeys).is_duplicated().any()).item():
         return None
+    return grp
+
+
+def _pack(k: pl.DataFrame, avp: str, gcol: str) -> tuple[pl.Series, int, int] | None:
+    """Pack (key run, available_at) of a frame sorted by its key runs into one sorted integer
+    column.
+
+    ``k`` holds the physical ``available_at`` (no nulls) and the key run number ``gcol``.
+    Returns (packed, lowest instant, span) or None when time goes back within a run.
+    """
+    if k.height == 0:
+        return pl.Series("A", [], dtype=pl.Int64), 0, 3
+    n_runs = int(k[gcol][-1]) + 1
     lo, hi = k.select(pl.col(avp).min(), pl.col(avp).max().alias("hi")).row(0)
     span = hi - lo + 3  # offsets 1..hi-lo+1 for rows; 0 and hi-lo+2 for cutoffs outside
     dt = pl.Int64 if n_runs * span < _INT128_LIMIT else pl.Int128
@@ -223,7 +240,7 @@ def _pack(
     ).to_series().rechunk()  # one chunk per row group otherwise: searches would be slower
     if not packed.is_sorted():
         return None
-    return packed, grp, lo, span
+    return packed, lo, span
 
 
 def _ties_in_order(frame: pl.LazyFrame, k: pl.DataFrame, packed: pl.Series, ridx: str) -> bool:
@@ -250,7 +267,7 @@ def _fetch(
     order: pl.Series,
     ok: pl.Series,
     rows: pl.Series,
-    av: pl.Series,
+    av: pl.Series | None,
     m: pl.Series,
     with_availability: bool,
     prefix: str,
@@ -310,7 +327,7 @@ def _fetch(
     got = sub.rechunk().select(picked)
     del sub
     result = [got.get_column(c).alias(out) for out, c, _ in plan.outputs]
-    if with_availability:
+    if av is not None:
         av_q = pl.repeat(None, n_query, dtype=pl.Int64, eager=True).scatter(
             valid_order, av.gather(m.filter(ok))
         )

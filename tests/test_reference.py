@@ -356,3 +356,49 @@ def test_the_spark_engine_says_it_cannot_read_an_index(tmp_path: Path,
         with pytest.raises(DefinitionError, match=r"snapshot by reference.*polars engine"):
             store.get_historical_features(query, ["speed"], tier="historical", cutoff="cutoff",
                                           engine="spark")
+
+
+def test_row_group_reads_give_the_scan_s_rows_and_dtypes(tmp_path: Path) -> None:
+    """``Reference._read`` by row group (pyarrow) against the plain scan with a row mask and
+    against a gather from the whole frame: files of several row groups, asked rows on both
+    sides of every boundary, none at all, and columns pyarrow may read unlike polars (a
+    nanosecond time zone, a dictionary-encoded string, nulls, a date64)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from featurestore.reference import Reference
+
+    rng = np.random.default_rng(7)
+    sizes = [13, 0, 40, 7]  # an empty file too
+    frames, files = [], []
+    for i, n in enumerate(sizes):
+        t = pa.table({
+            "speed": pa.array([None if v < 0.1 else float(v) for v in rng.random(n)],
+                              pa.float64()),
+            "tyre": pa.array(rng.choice(["soft", "hard", "wet"], n)).dictionary_encode(),
+            "seen": pa.array((rng.integers(0, 10**12, n) * 1000).tolist(),
+                             pa.timestamp("ns", tz="Europe/Paris")),
+            # pyarrow reads a date64 as a date, polars as a millisecond datetime
+            "day": pa.array((rng.integers(0, 20_000, n) * 86_400_000).tolist(), pa.date64()),
+        })
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(t, path, row_group_size=5)
+        files.append((str(path), n))
+        frames.append(pl.read_parquet(path))
+    whole = pl.concat(frames)
+    values = pl.scan_parquet([f for f, _ in files])
+    by_groups = Reference(pl.LazyFrame(), values, whole.height, tuple(files))
+    by_scan = Reference(pl.LazyFrame(), values, whole.height)
+    n = whole.height
+    asks = [[], [0], [n - 1], [4, 5, 12, 13, 14, 52, 53], list(range(n)),
+            *[rng.choice(n, k, replace=False).tolist() for k in (1, 9, 30)]]  # any order
+    for ask in asks:
+        rows = pl.Series(ask, dtype=pl.UInt32)
+        for cols in (["speed", "tyre", "seen", "day"], ["day"]):
+            got = by_groups._read(rows, cols)  # in source order, whatever the order asked
+            assert got.schema == by_scan._read(rows, cols).schema == whole.select(cols).schema
+            assert got.equals(whole.select(cols)[sorted(ask)]), (ask, cols)
+            assert got.equals(by_scan._read(rows, cols))
+    with pytest.raises(ArtifactError, match="returned 0 of 1 rows"):
+        by_groups._read(pl.Series([n], dtype=pl.UInt32), ["speed"])
