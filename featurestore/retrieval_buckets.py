@@ -3,13 +3,15 @@
 A bucketed artifact (``featurestore.buckets``) is a list of part files, each holding whole
 entities. The eager engine (``retrieval_packed``) reads a view's key and ``available_at``
 columns whole; over a bucketed view that would be the whole artifact's keys at once. Here each
-part is joined on its own: the query rows whose keys occur in the part (found with the engine's
-own key alignment, so a query key matches a part exactly when the engine would match it) go
-through the engine against that part alone, and the answers are put back in query order. Every
-query row's entity lives in at most one part, so the result is the engine's result over the
-whole artifact; the peak is one part's key columns (plus the query and the answer).
+part is joined on its own: every query row is routed to the part holding its key (one join of
+the query's keys against the parts' distinct keys, with the engine's own key alignment, so a
+query key reaches a part exactly when the engine would match it), each part's rows go through
+the engine against that part alone, and the answers are scattered back into query order. Every
+entity lives in exactly one part (a key found in two is an ``ArtifactError``), so the result
+is the engine's result over the whole artifact; the peak is one part's key columns (plus the
+query and the answer).
 
-Routing reads the part's distinct keys, not a hash: nothing depends on the hash function that
+Routing reads the parts' distinct keys, not a hash: nothing depends on the hash function that
 split the rows staying the same between writing and reading.
 
 The lazy engine (``retrieval_lazy``) gets the same treatment as a plan
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
+from featurestore.errors import ArtifactError
 from featurestore.reference import SOURCE_ROW
 from featurestore.retrieval_lazy import point_in_time_join_lazy
 from featurestore.retrieval_packed import point_in_time_join
@@ -130,23 +133,39 @@ def _by_part(q: pl.DataFrame, view: ViewFrame, plan: ViewPlan, files: Sequence[P
              template: pl.DataFrame, prefix: str, options: dict) -> pl.DataFrame:
     """One bucketed view's output columns for every query row, in query order."""
     qrow = f"{prefix}qrow"
+    part = f"{prefix}part"
     internals = [p.internal for p in plan.pairs]
-    qkeys = q.select([p.query_expr().alias(p.internal) for p in plan.pairs]).with_row_index(qrow)
+    columns = view.frame.collect_schema().names()
+    scans = [pl.scan_parquet(f).select(columns) for f in files]  # only the view's columns
+    # Route every query row at once: which part holds each distinct key (one part's keys in
+    # memory at a time while they are read), then one join of the query's keys against them.
+    owners = pl.concat([
+        scan.select([p.frame_expr().alias(p.internal) for p in plan.pairs]).unique().collect()
+        .with_columns(pl.lit(i, dtype=pl.UInt32).alias(part))
+        for i, scan in enumerate(scans)])
+    if owners.select(pl.struct(internals).is_duplicated().any()).item():
+        raise ArtifactError(f"view {view.name!r}: a key is in two parts of its artifact; each "
+                            "part must hold whole entities (run `featurestore doctor`, then "
+                            "materialize the view again)")
+    where = (q.select([p.query_expr().alias(p.internal) for p in plan.pairs])
+             .join(owners, on=internals, how="left", maintain_order="left", nulls_equal=False)
+             .get_column(part))
+    del owners
     pieces = []
-    for f in files:
-        scan = pl.scan_parquet(f).select(view.frame.collect_schema().names())  # its columns
-        present = scan.select([p.frame_expr().alias(p.internal) for p in plan.pairs]).unique()
-        rows = qkeys.join(present.collect(), on=internals, how="semi", nulls_equal=False)[qrow]
+    for i, scan in enumerate(scans):
+        rows = where.eq(i).arg_true()  # ascending query rows
         if rows.len() == 0:
             continue
         joined = point_in_time_join(q[rows], [dataclasses.replace(view, frame=scan)], **options)
         pieces.append(joined.select(joined.columns[q.width:]).with_columns(rows.alias(qrow)))
     if not pieces:
-        got = template.with_columns(pl.Series(qrow, [], dtype=pl.UInt32))
-    else:
-        got = pl.concat(pieces)
-    order = pl.DataFrame({qrow: pl.int_range(q.height, dtype=pl.UInt32, eager=True)})
-    return order.join(got, on=qrow, how="left", maintain_order="left").drop(qrow)
+        return template.clear(q.height)
+    got = pl.concat(pieces)
+    # Back in query order without a join: each query row's position among the answers, null
+    # for a row whose key no part holds.
+    at = pl.repeat(None, q.height, dtype=pl.UInt32, eager=True).scatter(
+        got.get_column(qrow), pl.int_range(got.height, dtype=pl.UInt32, eager=True))
+    return got.drop(qrow).select(pl.all().gather(pl.lit(at)))
 
 
 def point_in_time_join_lazy_parts(

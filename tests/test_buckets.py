@@ -383,3 +383,26 @@ def test_marking_parts_holds_one_part_at_a_time() -> None:
     # deque(maxlen=0) drops each item before asking for the next, as the part writer does.
     _frames_released_one_by_one(lambda frames: deque(_marking(frames, ["k"], params), maxlen=0))
     assert params == {}  # each part is in event order
+
+
+def test_a_key_in_two_parts_is_refused(tmp_path: Path) -> None:
+    """Routing assumes each part holds whole entities (what the store writes); parts that
+    break it (here: written by hand) are an error naming the view, never a half answer."""
+    from featurestore.retrieval_buckets import point_in_time_join_parts
+
+    laps = _laps([("a", 1, h, 0, float(h), h) for h in range(4)] + [("b", 2, 1, 0, 9.0, 9)])
+    frame = laps.rename({"t": "event_timestamp", "seen": "available_at"})
+    files = [tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"]
+    frame.slice(0, 2).write_parquet(files[0])  # car a/1's first two laps
+    frame.slice(2).write_parquet(files[1])  # its other two, and car b/2
+    view = ViewFrame("laps", pl.scan_parquet(files), keys=("team", "car_no"),
+                     features={"speed": "speed"}, presorted=True)
+    query = pl.DataFrame({"team": ["a"], "car_no": [1],
+                          "cutoff": [T0 + dt.timedelta(hours=9)]})
+    with pytest.raises(ArtifactError, match="view 'laps': a key is in two parts"):
+        point_in_time_join_parts(query, [view], [files], cutoff="cutoff")
+    # Split between entities, the same parts answer as the whole frame does.
+    frame.slice(0, 4).write_parquet(files[0])
+    frame.slice(4).write_parquet(files[1])
+    got = point_in_time_join_parts(query, [view], [files], cutoff="cutoff")
+    assert got["speed"].to_list() == [3.0]

@@ -75,3 +75,29 @@ def test_serving_does_not_import_the_store() -> None:
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "featurestore.store" not in imported
+
+
+def test_a_retrieval_without_windows_loads_no_window_engine(tmp_path: Path) -> None:
+    """A training frame of plain features loads neither numpy nor the window engine (about
+    0.3 s of a process's start): both come with the default plugins' window and field
+    transforms only when one of them runs."""
+    from featurestore.materialize import materialize
+    from tests.storekit import basic_defs, open_store, write_results
+
+    with open_store(tmp_path) as store:
+        store.apply(basic_defs(write_results(tmp_path / "r.parquet")))
+        materialize(store)
+        root = store.root
+    code = (
+        "import sys, datetime as dt, polars as pl\n"
+        "from featurestore import FeatureStore\n"
+        f"with FeatureStore({str(root)!r}) as s:\n"
+        "    q = pl.DataFrame({'driver_id': [1, 2], 't': [dt.datetime(2025, 3, 1)] * 2})\n"
+        "    out = s.get_historical_features(q, ['finish', 'laps_led'], tier='historical',\n"
+        "                                    cutoff='t')\n"
+        "assert out['laps_led'].to_list() == [0, 2], out\n"
+        "print([m for m in ('numpy', 'featurestore.windowengine') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
