@@ -35,7 +35,7 @@ from typing import Any
 
 import polars as pl
 
-from featurestore.errors import ArtifactError, DefinitionError
+from featurestore.errors import ArtifactError
 
 SOURCE_ROW = "__fs_source_row"  # an unsigned integer: Polars' row index type
 LAYOUT_ENV = "FEATURESTORE_SNAPSHOT_LAYOUT"
@@ -44,21 +44,17 @@ LAYOUTS = ("copy", "reference")
 
 def check_layout(value: str, *, what: str) -> str:
     """``value`` as a layout name, or a ``DefinitionError`` naming ``what``."""
-    layout = value.strip().lower()
-    if layout not in LAYOUTS:
-        raise DefinitionError(f"{what}: {value!r} is not a snapshot layout; use "
-                              f"{' or '.join(LAYOUTS)}")
-    return layout
+    from featurestore.settings import one_of
+
+    return one_of(value, LAYOUTS, what=what, noun="snapshot layout")
 
 
 def snapshot_layout(settings: Mapping[str, str | None]) -> str:
     """The layout of the next snapshot: the environment's, else the store's setting, else
     ``copy``."""
-    env = os.environ.get(LAYOUT_ENV, "").strip()
-    if env:
-        return check_layout(env, what=LAYOUT_ENV)
-    value = settings.get("snapshot_layout")
-    return check_layout(value, what="setting snapshot_layout") if value else "copy"
+    from featurestore.settings import resolved
+
+    return resolved(settings, "snapshot_layout", LAYOUT_ENV, LAYOUTS, "copy", "snapshot layout")
 
 
 def reference_of(row: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -23,14 +23,14 @@ it is written.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
-
-from sqlalchemy import Connection
 
 from featurestore.errors import DefinitionError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from featurestore.registry import Registry
 
 PREFIX = "setting."
@@ -77,25 +77,40 @@ COMPRESSION_ENV = "FEATURESTORE_COMPRESSION"
 DEFAULT_COMPRESSION = "lz4"
 
 
+def one_of(value: str, choices: Sequence[str], *, what: str, noun: str) -> str:
+    """``value`` (trimmed, lower case) when it is one of ``choices``, else a
+    ``DefinitionError`` naming ``what`` and the choices."""
+    chosen = value.strip().lower()
+    if chosen not in choices:
+        raise DefinitionError(f"{what}: {value!r} is not a {noun}; use one of "
+                              f"{', '.join(choices)}")
+    return chosen
+
+
+def resolved(settings: Mapping[str, str | None], name: str, env: str,
+             choices: Sequence[str], default: str, noun: str) -> str:
+    """A choice setting's value for this process: the environment variable ``env`` when set,
+    else the store's setting ``name``, else ``default``; each checked against ``choices``."""
+    if os.environ.get(env, "").strip():
+        return one_of(os.environ[env], choices, what=env, noun=noun)
+    value = settings.get(name)
+    return one_of(value, choices, what=f"setting {name}", noun=noun) if value else default
+
+
 def check_compression(value: str, *, what: str) -> str:
     """``value`` as a codec name, or a ``DefinitionError`` naming ``what``."""
     from featurestore.definitions import COMPRESSIONS
 
-    codec = value.strip().lower()
-    if codec not in COMPRESSIONS:
-        raise DefinitionError(f"{what}: {value!r} is not a compression; use one of "
-                              f"{', '.join(COMPRESSIONS)}")
-    return codec
+    return one_of(value, COMPRESSIONS, what=what, noun="compression")
 
 
 def artifact_compression(settings: Mapping[str, str | None]) -> str:
     """The codec of the next artifact: the environment's, else the store's setting, else
     ``lz4``."""
-    env = os.environ.get(COMPRESSION_ENV, "").strip()
-    if env:
-        return check_compression(env, what=COMPRESSION_ENV)
-    value = settings.get("compression")
-    return check_compression(value, what="setting compression") if value else DEFAULT_COMPRESSION
+    from featurestore.definitions import COMPRESSIONS
+
+    return resolved(settings, "compression", COMPRESSION_ENV, COMPRESSIONS,
+                    DEFAULT_COMPRESSION, "compression")
 
 
 def setting_name(key: str) -> str:

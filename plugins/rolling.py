@@ -81,6 +81,7 @@ from featurestore.transforms import (
     Transform,
     TransformContext,
 )
+from featurestore.windowdefs import output_dtype  # the window transform's dtype rules
 
 # --------------------------------------------------------------------------- schema
 
@@ -105,16 +106,6 @@ def _value_dtype(spec: Spec, schema: Mapping[str, pl.DataType]) -> pl.DataType:
     return dtype
 
 
-def _out_dtype(agg: str, value_dtype: pl.DataType) -> pl.DataType:
-    if agg in ("mean", "std"):
-        return pl.Float64()
-    if agg == "count":
-        return pl.Int64()
-    if agg == "sum":
-        return pl.Float64() if value_dtype.is_float() else pl.Int64()
-    return value_dtype
-
-
 def _declare(plan: Plan, schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
     for col in plan.tie_break:
         if col not in schema:
@@ -130,7 +121,7 @@ def _declare(plan: Plan, schema: Mapping[str, pl.DataType]) -> dict[str, pl.Data
                     f"param '{spec.path}windows': time window {out.window!r} needs a temporal "
                     "event time column"
                 )
-            declared[out.name] = _out_dtype(out.agg, value_dtype)
+            declared[out.name] = output_dtype(out.agg, value_dtype)
     return declared
 
 
@@ -267,7 +258,7 @@ def _rolling(frame: pl.LazyFrame, params: Params, ctx: TransformContext) -> pl.L
     for spec in plan.specs:
         value = _value_expr(spec, schema, clean)
         value_dtype = _value_dtype(spec, schema)
-        sum_dtype = _out_dtype("sum", value_dtype)
+        sum_dtype = output_dtype("sum", value_dtype)
         for out in spec.outputs:
             if _is_time(out.window):
                 expr = _time_window(value, spec, out, sum_dtype, ctx.time_column)
