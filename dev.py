@@ -2,7 +2,8 @@
 """Set up featurestore's environment and run its main job or its tests.
 
     python3 dev.py quickstart [ARGS...]   # the main job: a NASCAR season, end to end
-    python3 dev.py test [PYTEST ARGS...]  # the whole test suite
+    python3 dev.py test [PYTEST ARGS...]  # the test suite, without the long end-to-end cases
+    python3 dev.py test --all [ARGS...]   # every test (CI runs the rest with `test -m slow`)
 
 Needs only Python 3.11+. Creates ./.venv on first use and (re)installs the project with its
 extras whenever pyproject.toml changes, then runs the command inside that environment.
@@ -51,7 +52,12 @@ def main(argv: list[str]) -> int:
         # the disk, so the suite takes about half as long; `-n 0` runs it in one process.
         workers = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) \
             else ["-n", "2"]
-        return subprocess.call([str(PY), "-m", "pytest", *workers, *rest], cwd=ROOT)
+        # The long end-to-end cases (marked slow: Spark, real pip installs, process storms and
+        # kills) are left to `--all` or `-m slow`, so the everyday run stays under ten minutes.
+        marks = [] if "--all" in rest or any(a == "-m" or a.startswith("-m") for a in rest) \
+            else ["-m", "not slow"]
+        rest = [a for a in rest if a != "--all"]
+        return subprocess.call([str(PY), "-m", "pytest", *workers, *marks, *rest], cwd=ROOT)
     return subprocess.call([str(BIN / "featurestore"), "quickstart", *rest], cwd=ROOT)
 
 

@@ -26,6 +26,8 @@ from featurestore import FeatureStore, FeatureStoreError
 from featurestore import registry as registry_module
 from tests.storekit import basic_defs, write_results
 
+pytestmark = pytest.mark.slow  # storms of writer processes against both registries
+
 WORKERS = 8
 OPS = int(os.environ.get("FEATURESTORE_STORM_OPS", "50"))
 

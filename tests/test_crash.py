@@ -40,6 +40,8 @@ import pytest
 from featurestore import FeatureStore
 from featurestore.artifacts import TMP_PREFIX
 
+pytestmark = pytest.mark.slow  # processes killed at random moments of their writes
+
 ROWS = int(os.environ.get("FEATURESTORE_CRASH_ROWS", "2000000"))
 SEED = 6
 # (ingest, materialize, apply) kill points per registry: 20 on SQLite, 6 on PostgreSQL.

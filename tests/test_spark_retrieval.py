@@ -19,6 +19,8 @@ from test_retrieval import ET, frame, scenarios, utc
 from featurestore.errors import DataError
 from featurestore.retrieval import ViewFrame, point_in_time_join
 
+pytestmark = pytest.mark.slow  # the Spark engine: a JVM per worker, seconds per job
+
 SPARK_SETTINGS = settings(max_examples=12, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.function_scoped_fixture])

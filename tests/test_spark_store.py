@@ -21,6 +21,8 @@ from featurestore import Entity, Feature, Fill, Source
 from featurestore.errors import DataError, LeakageError
 from featurestore.materialize import materialize
 
+pytestmark = pytest.mark.slow  # the Spark engine: a JVM per worker, seconds per job
+
 
 def artifact_frame(store, row) -> pl.DataFrame:
     """The artifact's rows: only its columns (a Polars column view's file is its snapshot's),

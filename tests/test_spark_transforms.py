@@ -32,6 +32,8 @@ from featurestore.errors import LeakageError, PluginError
 from featurestore.transforms import Transform, TransformContext
 from featurestore.verification import verify_causality
 
+pytestmark = pytest.mark.slow  # the Spark engine: a JVM per worker, seconds per job
+
 FEW = settings(max_examples=5, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
