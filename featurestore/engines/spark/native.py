@@ -40,10 +40,12 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
                    schema: Mapping[str, pl.DataType]) -> Any | None:
     """The ``rolling`` output of the Spark DataFrame ``frame`` (store layout), or None when the
     params need the Polars code (see the module doc)."""
-    from featurestore_plugins.rolling import EXPANDING, _declare, _out_dtype, _value_dtype
+    from featurestore_plugins.rolling import EXPANDING, _declare, _value_dtype
     from featurestore_plugins.rolling_params import parse_params
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+
+    from featurestore.windowdefs import output_dtype
 
     plan = parse_params(params)
     declared = _declare(plan, schema)
@@ -100,7 +102,7 @@ def native_rolling(frame: Any, params: Any, keys: Sequence[str],
         elif out.agg == "mean":
             expr = F.when(enough, F.avg(value.cast("double")).over(w))
         elif out.agg == "sum":
-            sum_type = _SPARK_TYPES[type(_out_dtype("sum", value_dtype))]  # type: ignore[index]
+            sum_type = _SPARK_TYPES[type(output_dtype("sum", value_dtype))]  # type: ignore[index]
             expr = F.when(enough, F.sum(value.cast(sum_type)).over(w))
         elif out.agg == "min":
             expr = F.when(enough, F.min(value).over(w))
@@ -141,9 +143,10 @@ def _time_window(value: Any, spec: Any, agg: str, period: int, keys: Sequence[st
     RANGE frame ``[t - P + 1us, t - 1us]`` over the event time in microseconds, which leaves out
     every row at the row's own instant, merged with the row's own value as the Polars code
     merges it (sums and counts added, min/max of both, std by Chan's update)."""
-    from featurestore_plugins.rolling import _out_dtype
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+
+    from featurestore.windowdefs import output_dtype
 
     t = F.unix_micros(F.col(EVENT_TIMESTAMP).cast("timestamp"))
     w = Window.partitionBy(*keys).orderBy(t).rangeBetween(-(period - 1), -1)
@@ -154,7 +157,7 @@ def _time_window(value: Any, spec: Any, agg: str, period: int, keys: Sequence[st
         return count
     enough = count >= max(spec.min_periods, 2 if agg == "std" else 1)
     x = value.cast("double")
-    sum_type = _SPARK_TYPES[type(_out_dtype("sum", value_dtype))]  # type: ignore[index]
+    sum_type = _SPARK_TYPES[type(output_dtype("sum", value_dtype))]  # type: ignore[index]
     before = {"mean": F.avg(x), "std": F.stddev_samp(x), "sum": F.sum(value.cast(sum_type)),
               "min": F.min(value), "max": F.max(value)}
     if not spec.include_current:
