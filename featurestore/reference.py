@@ -7,8 +7,8 @@ key columns, ``event_timestamp`` and ``available_at`` of every validated row, in
 order, plus ``__fs_source_row``, the row's position in the concatenation of the source's files
 (read in ``resolve_files`` order). Under the memory limit an index may be bucketed like a copy
 (``index_buckets``); its parts are searched one by one (``retrieval_buckets``). The value
-columns stay in the source's own files; the snapshot's registry row lists those files with their sha256, size and row count
-(``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
+columns stay in the source's own files; the snapshot's registry row lists those files with
+their sha256, size and row count (``params.reference``). Setup then reads, checks, sorts and writes only the narrow columns,
 which is what makes the first training frame cheap.
 
 What the contract keeps: every read checks the referenced files' checksums first, exactly as an
@@ -128,11 +128,6 @@ def index_buckets(files: Sequence[str], keys: Sequence[str], settings: Mapping[s
     return max(1, math.ceil(total * INDEX_FACTOR / limit))
 
 
-def source_rows(ref: Mapping[str, Any]) -> int:
-    """How many rows the referenced files hold together."""
-    return sum(int(f["rows"]) for f in ref["files"])
-
-
 def verify_referenced(ref: Mapping[str, Any], label: str, expected: Mapping[str, str], *,
                       checksum: bool = True, trust_cache: bool = True) -> None:
     """Check the files an index refers to: there, of their recorded size and checksum, with
@@ -175,13 +170,12 @@ def index_schema(expected: Mapping[str, str], ref: Mapping[str, Any]) -> dict[st
 @dataclass(frozen=True)
 class Reference:
     """An index's two halves for a reader that fetches few rows: ``index`` (keys, times,
-    ``__fs_source_row``, in the artifact's order) and ``values`` (the value columns in source
-    order, ``rows`` of them)."""
+    ``__fs_source_row``, in the artifact's order), ``values`` (the value columns in source
+    order) and ``files``, the source files with their row counts, in source order."""
 
     index: pl.LazyFrame
     values: pl.LazyFrame
-    rows: int
-    files: tuple[tuple[str, int], ...]  # (path, rows) of the source files, in source order
+    files: tuple[tuple[str, int], ...]
 
     def fetch(self, index_rows: pl.Series, columns: Sequence[str]
               ) -> tuple[pl.DataFrame, pl.Series]:
@@ -224,22 +218,14 @@ class Reference:
         return pl.DataFrame(out)
 
     def _read(self, rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
-        """The value ``columns`` of the distinct source positions ``rows``, in source order:
-        one pass over the source files that keeps only those rows."""
-        got = self._read_row_groups(rows, columns)
-        if got.height != rows.len():
-            raise ArtifactError(f"source files returned {got.height} of {rows.len()} rows "
-                                "asked for; the index does not match them")
-        return got
+        """The value ``columns`` of the distinct source positions ``rows``, in source order.
 
-
-    def _read_row_groups(self, rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
-        """``_read`` by row group: each row group holding an asked row is read whole (its
-        columns decoded in parallel by pyarrow) and cut to those rows at once, so memory holds
-        one row group and the rows kept. Source files are the user's, often zstd with
-        dictionary pages: pyarrow decoded the benchmark's 10 value columns of 10M rows this way
-        in 1.18-1.83 s, against 1.80-1.84 s for the row mask over a polars streaming scan that
-        this replaced (a noisy machine: the gain is not certain, the bounded memory is)."""
+        Each row group holding an asked row is read whole (its columns decoded in parallel by
+        pyarrow) and cut to those rows at once, so memory holds one row group and the rows
+        kept. Source files are the user's, often zstd with dictionary pages: pyarrow decoded
+        the benchmark's 10 value columns of 10M rows this way in 1.18-1.83 s, against
+        1.80-1.84 s for the row mask over a polars streaming scan that this replaced (a noisy
+        machine: the gain is not certain, the bounded memory is)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -265,7 +251,11 @@ class Reference:
                         pieces.append(piece if piece.schema == schema else piece.cast(dict(schema)))
                     at += n
             start += n_file
-        return pl.concat(pieces) if pieces else pl.DataFrame(schema=schema)
+        got = pl.concat(pieces) if pieces else pl.DataFrame(schema=schema)
+        if got.height != rows.len():
+            raise ArtifactError(f"source files returned {got.height} of {rows.len()} rows "
+                                "asked for; the index does not match them")
+        return got
 
 
 def reference(root: Path, row: Mapping[str, Any]) -> Reference | None:
@@ -277,8 +267,7 @@ def reference(root: Path, row: Mapping[str, Any]) -> Reference | None:
         return None
     index = pl.scan_parquet(artifact_files(root, dict(row)))
     values = pl.scan_parquet([f["path"] for f in ref["files"]]).select(ref["columns"])
-    return Reference(index, values, source_rows(ref),
-                     tuple((f["path"], int(f["rows"])) for f in ref["files"]))
+    return Reference(index, values, tuple((f["path"], int(f["rows"])) for f in ref["files"]))
 
 
 def artifact_frame(root: Path, row: Mapping[str, Any]) -> pl.LazyFrame:

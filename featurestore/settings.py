@@ -17,7 +17,7 @@ it is written.
   ``zstd``, ``snappy``, ``gzip``, ``brotli`` or ``uncompressed``. ``FEATURESTORE_COMPRESSION``
   overrides it per process, and ``FeatureStore(compression=...)`` overrides both. Retrieval
   decodes every value page it reads, and LZ4 decodes about five times faster than zstd (see
-  docs/memory.md); zstd keeps compressible data smaller on disk.
+  docs/semantics.md, "Storage"); zstd keeps compressible data smaller on disk.
 """
 
 from __future__ import annotations

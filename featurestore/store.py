@@ -14,7 +14,6 @@ from sqlalchemy import Connection
 
 from featurestore import catalog
 from featurestore.definitions import (
-    COMPRESSIONS,
     Definitions,
     Entity,
     Feature,
@@ -24,7 +23,6 @@ from featurestore.definitions import (
     load_definitions,
 )
 from featurestore.errors import (
-    DefinitionError,
     ReadOnlyStoreError,
 )
 from featurestore.plan import Plan, build_plan, execute_plan
@@ -70,8 +68,10 @@ class FeatureStore(StoreData):
         from featurestore.identity import open_store
 
         self.root = Path(root).resolve()
-        if compression is not None and compression not in COMPRESSIONS:
-            raise DefinitionError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        if compression is not None:
+            from featurestore.settings import check_compression
+
+            compression = check_compression(compression, what="compression")
         self._compression = compression
         opened = open_store(self.root, registry_url or os.environ.get(REGISTRY_ENV) or None,
                             create=create and not read_only, read_only=read_only)
